@@ -1,0 +1,4 @@
+"""authz: an Envoy ext_authz v3 server with Istio's RequestAuthentication and
+AuthorizationPolicy semantics."""
+
+__version__ = "0.1.0"

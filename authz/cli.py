@@ -1,0 +1,141 @@
+"""Command line: argument parsing and sub-commands only.
+
+Every ``serve`` flag can also come from an ``AUTHZ_*`` environment variable
+(flag wins). ``AUTHZ_POLICY`` holds one or more paths separated by ``:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from authz import __version__
+from authz.config import ConfigError, Settings
+from authz.observe import LOG_LEVELS, configure_logging
+from authz.policy.errors import PolicyErrors
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    dest: str
+    help: str
+    default: Any = None
+    type: Any = str
+    choices: Sequence[str] | None = None
+    repeat: bool = False
+
+    @property
+    def env(self) -> str:
+        return "AUTHZ_" + self.dest.upper()
+
+
+SERVE_OPTIONS = (
+    Option("--policy", "policy", "policy file or directory of Kubernetes-style YAML/JSON "
+           "(repeatable)", repeat=True),
+    Option("--grpc-address", "grpc_address", "gRPC listen address (Check, health, reflection)",
+           "0.0.0.0:9000"),
+    Option("--http-address", "http_address", "admin HTTP address for /healthz /readyz /metrics; "
+           "keep it on loopback unless a scraper needs it; empty disables it", "127.0.0.1:9090"),
+    Option("--root-namespace", "root_namespace", "Istio root namespace: its policies apply "
+           "to every namespace", "istio-system"),
+    Option("--default-namespace", "default_namespace", "namespace of requests whose route names "
+           "none and whose destination has no SPIFFE identity", "default"),
+    Option("--log-format", "log_format", "log output: json, console, or auto (console on a "
+           "terminal)", "auto", choices=("auto", "json", "console")),
+    Option("--log-level", "log_level", "minimum log level", "info", choices=LOG_LEVELS),
+    Option("--grace-period", "grace_period", "seconds in-flight Checks get to finish on "
+           "SIGTERM", 10.0, float),
+    Option("--drain-delay", "drain_delay", "seconds to keep answering after SIGTERM while "
+           "health reports NOT_SERVING", 0.0, float),
+)
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for opt in options:
+        env_value = os.environ.get(opt.env)
+        help_text = f"{opt.help} [env {opt.env}"
+        if opt.repeat:
+            default: Any = env_value.split(os.pathsep) if env_value else []
+            parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
+                                metavar="PATH", help=help_text + "]")
+            parser.set_defaults(**{f"{opt.dest}_env": default})
+            continue
+        if opt.default not in (None, ""):
+            help_text += f", default {opt.default}"
+        default = opt.type(env_value) if env_value is not None else opt.default
+        parser.add_argument(opt.flag, dest=opt.dest, default=default, type=opt.type,
+                            choices=opt.choices, help=help_text + "]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authz",
+        description="Envoy ext_authz v3 server that enforces Istio RequestAuthentication and "
+        "AuthorizationPolicy resources, per route.",
+        epilog="Run 'authz serve --help' for the server's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"authz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC ext_authz server",
+        description="Serve envoy.service.auth.v3.Authorization/Check, grpc.health.v1.Health and "
+        "gRPC reflection; admin HTTP on --http-address. SIGTERM drains and exits 0.",
+    )
+    _add_options(serve, SERVE_OPTIONS)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    policies = args.policy if args.policy is not None else args.policy_env
+    return Settings(
+        policy_paths=tuple(p for p in policies if p),
+        grpc_address=args.grpc_address,
+        http_address=args.http_address,
+        root_namespace=args.root_namespace,
+        default_namespace=args.default_namespace,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        grace_period=args.grace_period,
+        drain_delay=args.drain_delay,
+    )
+
+
+def serve(settings: Settings) -> int:
+    from authz.server import AuthzServer
+
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(AuthzServer(settings).serve())
+    except PolicyErrors as exc:
+        print(f"authz: policies rejected:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"authz: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "serve":
+            return serve(settings_from_args(args))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    parser.error(f"unknown command {args.command!r}")
+    return 2  # pragma: no cover - parser.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Frozen settings. Every CLI flag has an ``AUTHZ_*`` environment twin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and why."""
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is out of range")
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(f"{what}: missing host in {text!r}")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy_paths: tuple[str, ...] = ()
+    grpc_address: str = "0.0.0.0:9000"
+    http_address: str = "127.0.0.1:9090"
+    """Admin port (health, readiness, metrics). Loopback unless told otherwise."""
+    root_namespace: str = "istio-system"
+    default_namespace: str = "default"
+    """Scope namespace when neither context_extensions nor a SPIFFE peer name one."""
+    log_format: str = "auto"
+    log_level: str = "info"
+    grace_period: float = 10.0
+    """Seconds in-flight Checks get to finish after SIGTERM."""
+    drain_delay: float = 0.0
+    """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
+
+    def __post_init__(self) -> None:
+        parse_address(self.grpc_address, "--grpc-address")
+        if self.http_address:
+            parse_address(self.http_address, "--http-address")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError(f"--log-format: expected json|console|auto, got {self.log_format!r}")
+        if self.grace_period < 0:
+            raise ConfigError("--grace-period must be >= 0")
+        if self.drain_delay < 0:
+            raise ConfigError("--drain-delay must be >= 0")

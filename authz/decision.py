@@ -1,0 +1,75 @@
+"""The outcome of one ``Check``: data shared by responses, logs and metrics.
+
+A deny is a ``Decision``; an internal failure is an exception (it becomes a gRPC
+error status at the edge, so Envoy applies its own ``failure_mode_allow``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Reason(StrEnum):
+    """One code per outcome: the log field, the metric label and the docs use it."""
+
+    NO_POLICY = "no_policy"
+    """No ALLOW/DENY policy applies to the request's scope (Istio: allow)."""
+    ALLOWED = "allowed"
+    """An ALLOW policy matched, or only DENY policies exist and none matched."""
+    RBAC_DENIED = "rbac_denied"
+    """A DENY policy matched, or ALLOW policies exist and none matched."""
+    JWT_INVALID = "jwt_invalid"
+    """A token was present and failed verification (401)."""
+    JWT_AUDIENCE = "jwt_audience_not_allowed"
+    """The token's ``aud`` matched none of the rule's audiences (403)."""
+    INVALID_SCOPE = "invalid_scope"
+    """The route's ``context_extensions`` cannot be read as a scope (403, fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    name: str
+    value: str
+    append: bool = False
+    """False: overwrite or add (Envoy's default for ext_authz responses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow or deny, with everything Envoy must do about it.
+
+    On allow, ``upstream_headers``/``upstream_headers_to_remove`` and the query
+    mutations change the request sent upstream and ``response_headers`` go to the
+    client. On deny, ``status``, ``body`` and ``response_headers`` make the
+    client's response.
+    """
+
+    allowed: bool
+    status: int
+    reason: Reason
+    body: str = ""
+    upstream_headers: tuple[Header, ...] = ()
+    upstream_headers_to_remove: tuple[str, ...] = ()
+    query_parameters_to_remove: tuple[str, ...] = ()
+    response_headers: tuple[Header, ...] = ()
+    dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    policy: str | None = None
+    """Which policy (and rule) decided, e.g. ``ns[foo]-policy[bar]-rule[0]``."""
+    detail: str = ""
+    """A human explanation for logs; never a token or a secret."""
+
+    @classmethod
+    def allow(cls, reason: Reason = Reason.NO_POLICY, **kw: Any) -> Decision:
+        return cls(allowed=True, status=200, reason=reason, **kw)
+
+    @classmethod
+    def deny(cls, status: int, body: str, reason: Reason, **kw: Any) -> Decision:
+        if not 400 <= status <= 599:
+            raise ValueError(f"deny status must be an HTTP error code, got {status}")
+        return cls(allowed=False, status=status, reason=reason, body=body, **kw)

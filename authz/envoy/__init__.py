@@ -1,0 +1,1 @@
+"""Protobuf in and out: the only place that reads CheckRequest or builds CheckResponse."""

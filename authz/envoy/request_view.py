@@ -1,0 +1,132 @@
+"""CheckRequest -> RequestView: everything later steps read, parsed once.
+
+Envoy sends headers either as ``attributes.request.http.headers`` (a map with
+lower-cased names, repeated headers already joined with ``,``) or, with the
+filter's ``encode_raw_headers`` on, as ``header_map`` entries whose value is in
+``raw_value`` bytes and where a repeated header is one entry per occurrence. Both
+become the same lower-cased, joined mapping here. ``path`` arrives with the
+query; it is split once here so matchers never see ``?``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from authz._proto.envoy.config.core.v3 import address_pb2
+from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz.scope import Scope, resolve_scope
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One end of the downstream connection as Envoy saw it."""
+
+    ip: str = ""
+    port: int | None = None
+    principal: str = ""
+    """The peer certificate's URI SAN (else subject), e.g. an Istio SPIFFE id."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """An immutable, parsed view of one ``CheckRequest``."""
+
+    method: str
+    host: str
+    path: str
+    """The request path without query or fragment, as Envoy normalized it."""
+    query: str
+    """The raw query string after ``?`` (no fragment), still percent-encoded."""
+    headers: Mapping[str, str]
+    """Lower-cased names; repeated headers joined with ``,`` (``; `` for cookie)."""
+    source: Peer
+    destination: Peer
+    context_extensions: Mapping[str, str]
+    scope: Scope
+    scheme: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    sni: str = ""
+
+    @property
+    def original_path(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def split_path(raw: str) -> tuple[str, str]:
+    """``/a/b?x=1#f`` -> (``/a/b``, ``x=1``)."""
+    path, _, _fragment = raw.partition("#")
+    path, _, query = path.partition("?")
+    return path, query
+
+
+def _join(name: str, existing: str, value: str) -> str:
+    # HTTP/2 splits cookies into one header per crumb (RFC 9113 8.2.3); they
+    # rejoin with "; ". Every other repeated header joins with "," as Envoy does.
+    return f"{existing}; {value}" if name == "cookie" else f"{existing},{value}"
+
+
+def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Mapping[str, str]:
+    if http.HasField("header_map") and http.header_map.headers:
+        merged: dict[str, str] = {}
+        for entry in http.header_map.headers:
+            name = entry.key.lower()
+            value = (
+                entry.raw_value.decode("utf-8", "surrogateescape")
+                if entry.raw_value
+                else entry.value
+            )
+            merged[name] = _join(name, merged[name], value) if name in merged else value
+        return MappingProxyType(merged)
+    if not http.headers:
+        return _NO_HEADERS
+    # Envoy already lower-cases and joins; lower-casing again protects against
+    # other clients of this API that do not.
+    return MappingProxyType({k.lower(): v for k, v in http.headers.items()})
+
+
+def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:
+    ip, port = "", None
+    if peer.address.HasField("socket_address"):
+        sock: address_pb2.SocketAddress = peer.address.socket_address
+        ip = sock.address
+        with contextlib.suppress(ValueError):  # a pipe path or a name is kept as sent
+            ip = str(ipaddress.ip_address(ip))
+        port = sock.port_value if sock.WhichOneof("port_specifier") == "port_value" else None
+    return Peer(ip=ip, port=port, principal=peer.principal)
+
+
+def view_from_check_request(
+    request: external_auth_pb2.CheckRequest, default_namespace: str
+) -> RequestView:
+    """Build the view. Missing parts of the request read as empty, never as errors."""
+    attrs = request.attributes
+    http = attrs.request.http
+    headers = read_headers(http)
+    path, query = split_path(http.path or headers.get(":path", ""))
+    destination = read_peer(attrs.destination)
+    extensions = MappingProxyType(dict(attrs.context_extensions))
+    return RequestView(
+        method=http.method or headers.get(":method", ""),
+        host=http.host or headers.get(":authority", "") or headers.get("host", ""),
+        path=path,
+        query=query,
+        headers=headers,
+        source=read_peer(attrs.source),
+        destination=destination,
+        context_extensions=extensions,
+        scope=resolve_scope(extensions, destination.principal, default_namespace),
+        scheme=http.scheme or headers.get(":scheme", ""),
+        protocol=http.protocol,
+        request_id=http.id or headers.get("x-request-id", ""),
+        sni=attrs.tls_session.sni,
+    )

@@ -1,0 +1,46 @@
+"""Decision -> CheckResponse: the only place that builds protobuf responses."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authz._proto.envoy.config.core.v3 import base_pb2
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.decision import Decision, Header
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+
+
+def _header(h: Header) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=h.name, value=h.value),
+        append_action=_APPEND if h.append else _OVERWRITE,
+    )
+
+
+def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    response = external_auth_pb2.CheckResponse()
+    if decision.allowed:
+        response.status.CopyFrom(status_pb2.Status(code=code_pb2.OK))
+        ok = response.ok_response
+        ok.headers.extend(_header(h) for h in decision.upstream_headers)
+        ok.headers_to_remove.extend(decision.upstream_headers_to_remove)
+        ok.response_headers_to_add.extend(_header(h) for h in decision.response_headers)
+        ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+        # Touch the oneof so an allow with no mutations is still an OkHttpResponse.
+        ok.SetInParent()
+    else:
+        response.status.CopyFrom(
+            status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=decision.reason.value)
+        )
+        denied = response.denied_response
+        denied.status.code = decision.status  # type: ignore[assignment]
+        denied.body = decision.body
+        denied.headers.extend(_header(h) for h in decision.response_headers)
+    if decision.dynamic_metadata:
+        metadata = struct_pb2.Struct()
+        metadata.update(dict(decision.dynamic_metadata))
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response

@@ -1,0 +1,1 @@
+"""Policies: files -> resources -> compiled, immutable snapshots."""

@@ -1,0 +1,194 @@
+"""Files -> Kubernetes-style resources, each remembering its file and line.
+
+YAML is composed into nodes first so every resource, and every field inside it,
+can be reported by line. JSON files are YAML too. Multi-document files and
+``kind: List`` objects are flattened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from authz.policy.errors import Location, PolicyError, PolicyErrors
+
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One parsed object: ``spec`` is plain data, ``lines`` maps field paths to lines."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    location: Location
+    spec: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """``"spec.rules[0].from"`` -> line, for error messages."""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def where(self, path: str) -> Location:
+        """The location of ``path`` (or of its closest recorded parent)."""
+        probe = path
+        while probe:
+            if probe in self.lines:
+                return Location(self.location.file, self.lines[probe])
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return self.location
+
+    def error(self, path: str, message: str) -> PolicyError:
+        return PolicyError(message, self.where(path), self.ref, path)
+
+
+def _to_data(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _constructor.construct_object(key_node, deep=True)
+            child = f"{path}.{key}" if path else str(key)
+            out[str(key)] = _to_data(value_node, child, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+    return _constructor.construct_object(node, deep=True)
+
+
+_constructor = yaml.SafeLoader("")
+
+
+def _documents(text: str, file: str) -> Iterator[tuple[yaml.Node, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                yield node, node.start_mark.line + 1
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise PolicyError(f"invalid YAML: {exc.problem or exc}", Location(file, line)) from exc
+    finally:
+        loader.dispose()
+
+
+def _resource(data: Any, lines: dict[str, int], loc: Location) -> Resource:
+    if not isinstance(data, dict):
+        raise PolicyError("a resource must be a mapping with apiVersion and kind", loc)
+    kind, api_version = data.get("kind"), data.get("apiVersion")
+    if not isinstance(kind, str) or not kind:
+        raise PolicyError("missing or invalid 'kind'", loc, field="kind")
+    if not isinstance(api_version, str) or not api_version:
+        raise PolicyError("missing or invalid 'apiVersion'", loc, kind, "apiVersion")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise PolicyError("'metadata' must be a mapping", loc, kind, "metadata")
+    name = metadata.get("name")
+    if kind != "List" and (not isinstance(name, str) or not name):
+        raise PolicyError("missing 'metadata.name'", loc, kind, "metadata.name")
+    namespace = metadata.get("namespace") or ""
+    if not isinstance(namespace, str):
+        raise PolicyError("'metadata.namespace' must be a string", loc, kind, "metadata.namespace")
+    spec = data.get("spec")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise PolicyError("'spec' must be a mapping", loc, f"{kind} {name}", "spec")
+    return Resource(
+        api_version=api_version,
+        kind=kind,
+        name=str(name or ""),
+        namespace=namespace,
+        location=loc,
+        spec=spec,
+        metadata=metadata,
+        lines=MappingProxyType(lines),
+    )
+
+
+def parse_text(text: str, file: str, default_namespace: str = "default") -> list[Resource]:
+    """Parse one file's text. ``default_namespace`` fills in a missing namespace."""
+    out: list[Resource] = []
+    for node, line in _documents(text, file):
+        lines: dict[str, int] = {}
+        data = _to_data(node, "", lines)
+        if data is None:
+            continue
+        res = _resource(data, lines, Location(file, line))
+        if res.kind == "List":
+            items = data.get("items") or []
+            if not isinstance(items, list):
+                raise PolicyError("'items' of a List must be a list", res.location, "List", "items")
+            for i, item in enumerate(items):
+                sub = {k[len(f"items[{i}].") :]: v for k, v in lines.items()
+                       if k.startswith(f"items[{i}].")}
+                item_loc = Location(file, lines.get(f"items[{i}]", line))
+                out.append(_with_namespace(_resource(item, sub, item_loc), default_namespace))
+        else:
+            out.append(_with_namespace(res, default_namespace))
+    return out
+
+
+def _with_namespace(res: Resource, default_namespace: str) -> Resource:
+    if res.namespace:
+        return res
+    return Resource(
+        res.api_version, res.kind, res.name, default_namespace, res.location,
+        res.spec, res.metadata, res.lines,
+    )
+
+
+def policy_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and directories (recursively) in a stable order.
+
+    Hidden entries are skipped: Kubernetes mounts a ConfigMap as ``..data`` and
+    ``..<timestamp>`` folders plus symlinks to them, so only the visible links
+    count and nothing is read twice.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                p for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix in POLICY_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PolicyError(f"policy path does not exist: {path}")
+    return found
+
+
+def load_paths(paths: Iterable[str | Path], default_namespace: str = "default") -> list[Resource]:
+    """Load every resource; raise ``PolicyErrors`` listing every file that failed."""
+    resources: list[Resource] = []
+    errors: list[PolicyError] = []
+    try:
+        files = policy_files(paths)
+    except PolicyError as exc:
+        raise PolicyErrors([exc]) from exc
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+            resources.extend(parse_text(text, str(file), default_namespace))
+        except PolicyError as exc:
+            errors.append(exc)
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(PolicyError(f"cannot read: {exc}", Location(str(file), 1)))
+    if errors:
+        raise PolicyErrors(errors)
+    return resources

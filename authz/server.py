@@ -1,0 +1,208 @@
+"""The async shell: gRPC wiring, health, reflection, admin, lifecycle and signals.
+
+Everything here is transport; decisions come from ``Snapshot.evaluate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authz import __version__
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.admin import AdminServer
+from authz.config import Settings, parse_address
+from authz.decision import Decision, Reason
+from authz.envoy.request_view import view_from_check_request
+from authz.envoy.response import check_response
+from authz.observe import Metrics
+from authz.policy.load import load_paths
+from authz.policy.snapshot import SnapshotStore, compile_snapshot
+from authz.scope import ScopeError
+
+log = structlog.get_logger("authz.server")
+
+AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+HEALTH_SERVICES = ("", AUTHORIZATION_SERVICE)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame: enough to find a bug, carries no data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """``envoy.service.auth.v3.Authorization``: CheckRequest -> view -> Decision -> response."""
+
+    def __init__(self, store: SnapshotStore, settings: Settings, metrics: Metrics) -> None:
+        self._store = store
+        self._default_namespace = settings.default_namespace
+        self._metrics = metrics
+        self.answered = 0
+        """Checks answered with a CheckResponse (logged at shutdown)."""
+
+    def decide(self, request: external_auth_pb2.CheckRequest) -> Decision:
+        try:
+            view = view_from_check_request(request, self._default_namespace)
+        except ScopeError as exc:
+            # The route's context_extensions are wrong: fail closed, say why.
+            return Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
+        snapshot = self._store.current  # read once: a reload never splits a Check
+        return snapshot.evaluate(view, time.time())
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> external_auth_pb2.CheckResponse:
+        start = time.perf_counter()
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        try:
+            decision = self.decide(request)
+            response = check_response(decision)
+        except Exception as exc:
+            # An internal failure is not a deny: answer with a gRPC error so Envoy
+            # applies its own failure_mode_allow / status_on_error (closed by default).
+            metrics.check_errors.inc()
+            log.error("check_failed", error=type(exc).__name__, at=_where(exc),
+                      request_id=request.attributes.request.http.id)
+            failed = True
+        else:
+            failed = False
+            metrics.checks.labels(
+                "allow" if decision.allowed else "deny", str(decision.status), decision.reason.value
+            ).inc()
+        finally:
+            metrics.in_flight.dec()
+            metrics.check_latency.observe(time.perf_counter() - start)
+        if failed:
+            await context.abort(grpc.StatusCode.INTERNAL, "authz internal error")
+        self.answered += 1
+        return response
+
+
+class AuthzServer:
+    """One server process: gRPC (Check, health, reflection) plus the admin HTTP port."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = SnapshotStore()
+        self.health = HealthServicer()
+        self.ready = False
+        self.draining = False
+        self.grpc_port: int | None = None
+        self.service: AuthorizationService | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: AdminServer | None = None
+        self._stop = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+    def load_policies(self) -> None:
+        """Load and compile ``--policy`` paths; raise PolicyErrors on any problem."""
+        version = self.store.current.version + 1
+        resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
+        snapshot = compile_snapshot(resources, version)
+        self.store.swap(snapshot)
+        self.metrics.snapshot_version.set(version)
+        log.info("policies_loaded", version=version, resources=len(snapshot.resources),
+                 paths=list(self.settings.policy_paths))
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, status)
+
+    async def start(self) -> None:
+        """Bind ports and start answering; readiness follows once policies load."""
+        await self._set_health(NOT_SERVING)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self.service = AuthorizationService(self.store, self.settings, self.metrics)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
+            self.service, server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        host, port = parse_address(self.settings.grpc_address, "--grpc-address")
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC address {self.settings.grpc_address}")
+        self.grpc_port = bound
+        await server.start()
+        self._grpc = server
+        if self.settings.http_address:
+            self._admin = AdminServer(self)
+            await self._admin.start(self.settings.http_address)
+        log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
+                 http_address=self.settings.http_address or None)
+
+    async def become_ready(self, load: bool = True) -> None:
+        if load:
+            self.load_policies()
+        self.ready = True
+        self.metrics.ready.set(1)
+        await self._set_health(SERVING)
+        log.info("server_ready")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING first, then refuse new calls, then let in-flight ones finish."""
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        self.metrics.ready.set(0)
+        await self.health.enter_graceful_shutdown()
+        log.info("server_draining", grace_period=self.settings.grace_period,
+                 drain_delay=self.settings.drain_delay)
+        if self.settings.drain_delay:
+            # Keep answering while health checkers notice NOT_SERVING and move away.
+            await asyncio.sleep(self.settings.drain_delay)
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grace_period)
+        if self._admin is not None:
+            await self._admin.stop()
+        log.info("server_stopped", checks_answered=self.service.answered if self.service else 0)
+
+    async def serve(self, install_signals: bool = True) -> None:
+        """Run until SIGTERM/SIGINT (or ``request_stop``), then drain and return."""
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal(sig))
+        self.load_policies()  # a bad policy fails before any port is bound
+        await self.start()
+        await self.become_ready(load=False)
+        await self._stop.wait()
+        await self.stop()
+
+    def _on_signal(self, sig: signal.Signals) -> Callable[[], None]:
+        def handler() -> None:
+            log.info("signal_received", signal=sig.name)
+            self.request_stop()
+
+        return handler

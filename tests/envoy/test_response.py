@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from authz._proto.envoy.config.core.v3 import base_pb2
+from authz.decision import Decision, Header, Reason
+from authz.envoy.response import check_response
+
+
+def test_allow_is_ok_http_response_with_mutations() -> None:
+    resp = check_response(
+        Decision.allow(
+            Reason.ALLOWED,
+            upstream_headers=(Header("x-jwt-sub", "alice"), Header("x-multi", "b", append=True)),
+            upstream_headers_to_remove=("authorization",),
+            query_parameters_to_remove=("access_token",),
+            response_headers=(Header("x-served-by", "authz"),),
+            dynamic_metadata={"payload": {"sub": "alice"}},
+        )
+    )
+    assert resp.status.code == 0
+    ok = resp.ok_response
+    assert [(h.header.key, h.header.value) for h in ok.headers] == [
+        ("x-jwt-sub", "alice"), ("x-multi", "b")]
+    assert ok.headers[0].append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert ok.headers[1].append_action == base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    assert list(ok.headers_to_remove) == ["authorization"]
+    assert list(ok.query_parameters_to_remove) == ["access_token"]
+    assert ok.response_headers_to_add[0].header.key == "x-served-by"
+    assert resp.dynamic_metadata["payload"]["sub"] == "alice"
+
+
+def test_plain_allow_still_sets_ok_response() -> None:
+    resp = check_response(Decision.allow())
+    assert resp.WhichOneof("http_response") == "ok_response"
+    assert not resp.HasField("dynamic_metadata")
+
+
+def test_deny_is_denied_http_response_with_status_body_headers() -> None:
+    resp = check_response(
+        Decision.deny(
+            401, "Jwt is expired", Reason.JWT_INVALID,
+            response_headers=(Header("www-authenticate", 'Bearer realm="x"'),),
+        )
+    )
+    assert resp.status.code == 7  # PERMISSION_DENIED: any non-OK code denies
+    denied = resp.denied_response
+    assert denied.status.code == 401
+    assert denied.body == "Jwt is expired"
+    assert denied.headers[0].header.value == 'Bearer realm="x"'
+
+
+def test_deny_status_must_be_an_error() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="HTTP error"):
+        Decision.deny(200, "", Reason.RBAC_DENIED)

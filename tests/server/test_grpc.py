@@ -1,0 +1,132 @@
+"""The gRPC surface through a real channel: Check, health, reflection, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.server import AUTHORIZATION_SERVICE, AuthzServer
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check_request(**http: object) -> external_auth_pb2.CheckRequest:
+    req = external_auth_pb2.CheckRequest()
+    h = req.attributes.request.http
+    h.method = str(http.get("method", "GET"))
+    h.path = str(http.get("path", "/"))
+    h.host = str(http.get("host", "example.com"))
+    for k, v in dict(http.get("headers", {})).items():  # type: ignore[call-overload]
+        h.headers[k] = v
+    return req
+
+
+async def test_check_allows_with_no_policies(channel: grpc.aio.Channel) -> None:
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    resp = await stub.Check(check_request(headers={"authorization": "Bearer x"}))
+    assert resp.status.code == grpc.StatusCode.OK.value[0]
+    assert resp.WhichOneof("http_response") == "ok_response"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        external_auth_pb2.CheckRequest(),  # no attributes at all
+        check_request(headers={}),  # empty headers
+        check_request(path="", host="", method=""),
+    ],
+    ids=["empty", "no-headers", "blank-fields"],
+)
+async def test_malformed_requests_get_a_well_formed_answer(
+    channel: grpc.aio.Channel, request_: external_auth_pb2.CheckRequest
+) -> None:
+    resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(request_)
+    assert resp.WhichOneof("http_response") == "ok_response"
+
+
+async def test_bad_scope_labels_deny_closed(channel: grpc.aio.Channel) -> None:
+    req = check_request()
+    req.attributes.context_extensions["labels"] = "app"  # not k=v
+    resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(req)
+    assert resp.status.code != 0
+    assert resp.denied_response.status.code == 403
+    assert "invalid scope" in resp.denied_response.body
+
+
+async def test_internal_error_is_a_grpc_error_not_a_crash(
+    server: AuthzServer, channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object) -> None:
+        raise RuntimeError("secret-token-value must not be logged")
+
+    snapshot = server.store.current
+    monkeypatch.setattr(type(snapshot), "evaluate", boom)
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Check(check_request())
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    monkeypatch.undo()
+    resp = await stub.Check(check_request())  # still serving
+    assert resp.WhichOneof("http_response") == "ok_response"
+    assert server.metrics.check_errors._value.get() == 1
+
+
+@pytest.mark.parametrize("service", ["", AUTHORIZATION_SERVICE])
+async def test_health_not_serving_until_ready(
+    start_server: Callable[..., Awaitable[AuthzServer]], service: str
+) -> None:
+    server = await start_server(ready=False)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        req = health_pb2.HealthCheckRequest(service=service)
+        assert (await health.Check(req)).status == NOT_SERVING
+        await server.become_ready()
+        assert (await health.Check(req)).status == SERVING
+
+
+async def test_health_watch_sees_ready_then_draining(
+    start_server: Callable[..., Awaitable[AuthzServer]],
+) -> None:
+    server = await start_server(ready=False)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        call = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service=AUTHORIZATION_SERVICE)
+        )
+        seen = [(await call.read()).status]
+        await server.become_ready()
+        seen.append((await call.read()).status)
+        stopping = asyncio.create_task(server.stop())
+        seen.append((await asyncio.wait_for(call.read(), 5)).status)
+        await stopping
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
+
+
+async def test_unknown_health_service_is_not_found(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="nope")
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_and_describes_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def ask(**kw: str) -> reflection_pb2.ServerReflectionResponse:
+        call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(**kw)]))
+        async for resp in call:
+            return resp
+        raise AssertionError("no reflection answer")
+
+    listed = await ask(list_services="")
+    names = {s.name for s in listed.list_services_response.service}
+    assert {AUTHORIZATION_SERVICE, "grpc.health.v1.Health"} <= names
+    desc = await ask(file_containing_symbol=AUTHORIZATION_SERVICE)
+    assert desc.file_descriptor_response.file_descriptor_proto

@@ -1,0 +1,52 @@
+"""Graceful shutdown: in-flight Checks finish, then the server stops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.server import AuthorizationService, AuthzServer
+
+
+async def test_in_flight_checks_finish_within_grace(
+    start_server: Callable[..., Awaitable[AuthzServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered = asyncio.Event()
+    original = AuthorizationService.Check
+
+    async def slow_check(self: AuthorizationService, request: object, context: object) -> object:
+        entered.set()
+        await asyncio.sleep(0.5)
+        return await original(self, request, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AuthorizationService, "Check", slow_check)
+    server = await start_server(grace_period=5.0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        calls = [asyncio.ensure_future(stub.Check(external_auth_pb2.CheckRequest()))
+                 for _ in range(5)]
+        await entered.wait()
+        await asyncio.sleep(0.05)
+        await server.stop()
+        results = await asyncio.gather(*calls)
+    assert all(r.WhichOneof("http_response") == "ok_response" for r in results)
+
+
+async def test_drain_delay_keeps_answering_while_not_serving(
+    start_server: Callable[..., Awaitable[AuthzServer]],
+) -> None:
+    server = await start_server(drain_delay=0.6)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.1)
+        assert server.draining and not server.ready
+        resp = await stub.Check(external_auth_pb2.CheckRequest())
+        assert resp.WhichOneof("http_response") == "ok_response"
+        await stopping
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Check(external_auth_pb2.CheckRequest(), timeout=1)

@@ -1,0 +1,180 @@
+"""The `authz` command as a user runs it: flags, env twins, errors, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authz import __version__
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.cli import build_parser, main, settings_from_args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "authz", *args], capture_output=True,
+                          text=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+def test_version_and_help() -> None:
+    assert run("--version").stdout.strip() == f"authz {__version__}"
+    out = run("--help").stdout
+    assert "serve" in out and "ext_authz" in out
+    serve_help = run("serve", "--help").stdout
+    for flag in ("--policy", "--grpc-address", "--http-address", "--root-namespace",
+                 "--log-format", "--log-level", "--grace-period", "AUTHZ_GRPC_ADDRESS"):
+        assert flag in serve_help
+
+
+def test_no_command_prints_help_and_fails() -> None:
+    proc = run()
+    assert proc.returncode == 2 and "usage: authz" in proc.stdout
+
+
+def test_defaults_keep_admin_on_loopback() -> None:
+    settings = settings_from_args(build_parser().parse_args(["serve"]))
+    assert settings.http_address == "127.0.0.1:9090"
+    assert settings.grpc_address == "0.0.0.0:9000"
+    assert settings.root_namespace == "istio-system"
+
+
+def test_env_twins_and_flag_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHZ_GRPC_ADDRESS", "127.0.0.1:7000")
+    monkeypatch.setenv("AUTHZ_POLICY", f"a.yaml{os.pathsep}dir")
+    monkeypatch.setenv("AUTHZ_GRACE_PERIOD", "2.5")
+    monkeypatch.setenv("AUTHZ_LOG_FORMAT", "json")
+    s = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (s.grpc_address, s.policy_paths, s.grace_period, s.log_format) == (
+        "127.0.0.1:7000", ("a.yaml", "dir"), 2.5, "json")
+    s = settings_from_args(build_parser().parse_args(
+        ["serve", "--grpc-address", "127.0.0.1:7001", "--policy", "b.yaml"]))
+    assert (s.grpc_address, s.policy_paths) == ("127.0.0.1:7001", ("b.yaml",))
+
+
+def test_bad_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--grpc-address", "nonsense"])
+    assert info.value.code == 2
+    assert "--grpc-address: expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_bad_policy_refuses_to_start_and_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: X\nmetadata: {name: ok}\n---\napiVersion: v1\nmetadata: {}\n"
+    )
+    proc = run("serve", "--grpc-address", f"127.0.0.1:{free_port()}", "--http-address", "",
+               "--policy", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}:5: kind: missing or invalid 'kind'" in proc.stderr
+    assert "server_started" not in proc.stderr  # refused before binding any port
+
+
+def _serving(port: int) -> bool:
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz", "serve", "--grpc-address", f"127.0.0.1:{port}",
+         "--http-address", "", "--log-format", "json", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not _serving(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server never became SERVING: {proc.communicate()}")
+        time.sleep(0.1)
+    return proc
+
+
+def _answered_by_server(stderr: str) -> int:
+    for line in stderr.splitlines():
+        if '"server_stopped"' in line:
+            return int(json.loads(line)["checks_answered"])
+    raise AssertionError(f"no server_stopped line in:\n{stderr}")
+
+
+@pytest.mark.parametrize("follow_health", [True, False], ids=["health-aware", "blind-client"])
+def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool) -> None:
+    """A client that follows health (as Envoy's health checker does) sees no failure
+    during --drain-delay; a blind client may be refused after the listener stops,
+    but every call the server accepted is answered before exit 0."""
+    port = free_port()
+    proc = _start(port, "--drain-delay", "0.5")
+    try:
+        answered, failed = asyncio.run(_load_then_sigterm(port, proc, follow_health))
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+    assert answered > 50
+    assert answered == _answered_by_server(stderr), "an answered call never reached the client"
+    refusals = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    if follow_health:
+        assert failed == [], stderr
+    else:
+        assert set(failed) <= refusals, failed
+
+
+async def _load_then_sigterm(
+    port: int, proc: subprocess.Popen[str], follow_health: bool
+) -> tuple[int, list[grpc.StatusCode]]:
+    answered = 0
+    failed: list[grpc.StatusCode] = []
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+
+        async def watch_health() -> None:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest())
+            async for update in watch:
+                if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    stop.set()
+                    return
+
+        async def worker() -> None:
+            nonlocal answered
+            while not stop.is_set():
+                try:
+                    resp = await stub.Check(external_auth_pb2.CheckRequest(), timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    failed.append(exc.code())
+                    await asyncio.sleep(0.01)
+                    continue
+                assert resp.WhichOneof("http_response") == "ok_response"
+                answered += 1
+
+        watcher = asyncio.create_task(watch_health()) if follow_health else None
+        workers = [asyncio.create_task(worker()) for _ in range(8)]
+        await asyncio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*workers)
+        if watcher:
+            watcher.cancel()
+    return answered, failed
