@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 GRPC_ADDRESS ?= 127.0.0.1:9000
 HTTP_ADDRESS ?= 127.0.0.1:9090
 PYTEST_ARGS ?=
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
 
 .PHONY: help run test lint proto clean
 
@@ -33,8 +35,14 @@ run: $(VENV)/.installed-run
 	$(BIN)/authz serve --policy examples/policies \
 		--grpc-address $(GRPC_ADDRESS) --http-address $(HTTP_ADDRESS)
 
-test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# buf curl is an independent gRPC client for the tests; npm is optional.
+$(BUF):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@1.75.0 >/dev/null; \
+	else echo "npm not found: tests that use buf curl will be skipped"; fi
+
+test: $(VENV)/.installed-dev $(BUF)
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check authz tests proto
@@ -44,4 +52,4 @@ proto: $(VENV)/.installed-dev
 	$(BIN)/python proto/generate.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
