@@ -1,0 +1,694 @@
+"""AuthorizationPolicy resources -> validated, immutable values.
+
+Validation follows Istio's CRD schema and ``ValidateAuthorizationPolicy``
+(reference B.3, B.10, C.1): a policy Istio would reject is rejected here, with
+the field path named, so a file that loads here also applies in a mesh. Every
+problem of one resource is reported together (``PolicyErrors``).
+
+Two kinds of policy are kept but never enforced by this server (the engine
+lists them so the snapshot can explain why):
+
+- ``targetRef``/``targetRefs`` policies attach to gateways and waypoints only.
+  Istio's ``ShouldAttachPolicy`` never attaches them to a sidecar workload,
+  which is what a route's scope (namespace + labels) describes.
+- ``action: CUSTOM`` policies configure Envoy: they decide *when Envoy calls*
+  the external provider, and this server is that provider. Re-applying them
+  here would be circular, so they are validated (Istio's CUSTOM rules) and
+  otherwise ignored. Rejecting them instead would break files written for a
+  mesh where the same policy set also enables this server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from authz.policy.errors import Location, PolicyError, PolicyErrors
+from authz.policy.load import Resource
+from authz.rbac import match
+
+KIND = "AuthorizationPolicy"
+API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+MAX_SERVICE_ACCOUNTS = 16
+MAX_SERVICE_ACCOUNT_LENGTH = 320
+MAX_RULES = 512
+MAX_FROM = 512
+MAX_TARGET_REFS = 16
+
+
+class Action(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    AUDIT = "AUDIT"
+    CUSTOM = "CUSTOM"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    kind: str
+    name: str
+    group: str = ""
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """``rules[].from[].source``: every set field must match (AND); () = unset."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """``rules[].to[].operation``: every set field must match (AND); () = unset."""
+
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+# YAML field name -> dataclass attribute, in the CRD's order.
+SOURCE_FIELDS: Mapping[str, str] = MappingProxyType({
+    "principals": "principals",
+    "notPrincipals": "not_principals",
+    "requestPrincipals": "request_principals",
+    "notRequestPrincipals": "not_request_principals",
+    "namespaces": "namespaces",
+    "notNamespaces": "not_namespaces",
+    "ipBlocks": "ip_blocks",
+    "notIpBlocks": "not_ip_blocks",
+    "remoteIpBlocks": "remote_ip_blocks",
+    "notRemoteIpBlocks": "not_remote_ip_blocks",
+    "serviceAccounts": "service_accounts",
+    "notServiceAccounts": "not_service_accounts",
+    "trustDomains": "trust_domains",
+    "notTrustDomains": "not_trust_domains",
+})
+OPERATION_FIELDS: Mapping[str, str] = MappingProxyType({
+    "hosts": "hosts",
+    "notHosts": "not_hosts",
+    "ports": "ports",
+    "notPorts": "not_ports",
+    "methods": "methods",
+    "notMethods": "not_methods",
+    "paths": "paths",
+    "notPaths": "not_paths",
+})
+
+
+class Attribute(StrEnum):
+    """The ``when[].key`` attributes Istio accepts (reference B.3)."""
+
+    REQUEST_HEADER = "request.headers"
+    SOURCE_IP = "source.ip"
+    REMOTE_IP = "remote.ip"
+    SOURCE_NAMESPACE = "source.namespace"
+    SOURCE_PRINCIPAL = "source.principal"
+    SOURCE_SERVICE_ACCOUNT = "source.serviceAccount"
+    SOURCE_TRUST_DOMAIN = "source.trustDomain"
+    REQUEST_PRINCIPAL = "request.auth.principal"
+    REQUEST_AUDIENCES = "request.auth.audiences"
+    REQUEST_PRESENTER = "request.auth.presenter"
+    REQUEST_CLAIMS = "request.auth.claims"
+    DESTINATION_IP = "destination.ip"
+    DESTINATION_PORT = "destination.port"
+    CONNECTION_SNI = "connection.sni"
+    ENVOY_METADATA = "experimental.envoy.filters"
+
+
+_PLAIN_KEYS = {a.value: a for a in Attribute}
+_BRACKETED = (Attribute.REQUEST_HEADER, Attribute.REQUEST_CLAIMS)
+_RETIRED_KEYS = ("destination.namespace", "destination.labels", "destination.name",
+                 "destination.user")
+_CUSTOM_FORBIDDEN_SOURCE = ("principals", "notPrincipals", "namespaces", "notNamespaces",
+                            "serviceAccounts", "notServiceAccounts", "trustDomains",
+                            "notTrustDomains", "requestPrincipals", "notRequestPrincipals")
+_CUSTOM_FORBIDDEN_KEYS = (Attribute.SOURCE_NAMESPACE, Attribute.SOURCE_SERVICE_ACCOUNT,
+                          Attribute.SOURCE_TRUST_DOMAIN, Attribute.SOURCE_PRINCIPAL,
+                          Attribute.REQUEST_PRINCIPAL, Attribute.REQUEST_AUDIENCES,
+                          Attribute.REQUEST_PRESENTER, Attribute.REQUEST_CLAIMS)
+_PROVIDER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_TARGET_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_TARGET_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """``rules[].when[]``: ``key`` parsed once into an attribute and its names."""
+
+    key: str
+    attribute: Attribute
+    names: tuple[str, ...] = ()
+    """Header name (lower-cased), claim path, or (filter, key) for Envoy metadata."""
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``from``/``to`` None = absent ("any"); ``when`` conditions are ANDed."""
+
+    from_: tuple[Source, ...] | None = None
+    to: tuple[Operation, ...] | None = None
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    name: str
+    namespace: str
+    action: Action = Action.ALLOW
+    rules: tuple[Rule, ...] = ()
+    """No rules: the policy matches nothing (an ALLOW then denies all)."""
+    selector: Mapping[str, str] | None = None
+    """``selector.matchLabels``; None = no selector (whole namespace)."""
+    target_refs: tuple[TargetRef, ...] = ()
+    """``targetRef`` and ``targetRefs`` together; such a policy never applies to a workload."""
+    provider: str | None = None
+    dry_run: bool = False
+    api_version: str = API_VERSIONS[0]
+    location: Location | None = field(default=None, compare=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def rule_name(self, index: int) -> str:
+        """Istio's RBAC policy name (B.11), used in logs and results."""
+        return f"ns[{self.namespace}]-policy[{self.name}]-rule[{index}]"
+
+
+# --- condition keys -----------------------------------------------------------
+
+
+def bracket_names(text: str) -> tuple[str, ...] | None:
+    """``[a][b]`` -> (a, b); anything else that is ``[...]`` -> the whole content
+    as one name (Istio ``extractNameInNestedBrackets``); None if not bracketed."""
+    names: list[str] = []
+    pos = 0
+    while pos < len(text):
+        end = -1
+        if text[pos] == "[":
+            for i in range(pos + 1, len(text)):
+                if text[i] == "[":
+                    break
+                if text[i] == "]":
+                    end = i
+                    break
+        if end == -1:
+            if text.startswith("[") and text.endswith("]") and len(text) >= 2:
+                return (text[1:-1],)
+            return None
+        names.append(text[pos + 1 : end])
+        pos = end + 1
+    return tuple(names) if names else None
+
+
+def _map_key_ok(key: str) -> bool:
+    """Istio ``validateMapKey``: ``a[b]`` with a non-empty ``b``."""
+    open_at = key.find("[")
+    return key.endswith("]") and 0 < open_at < len(key) - 2
+
+
+def parse_condition_key(key: str) -> tuple[Attribute, tuple[str, ...]]:
+    """Split a ``when`` key into its attribute and names. Raises ValueError."""
+    if key in _PLAIN_KEYS and key not in _BRACKETED and key != Attribute.ENVOY_METADATA:
+        return _PLAIN_KEYS[key], ()
+    for retired in _RETIRED_KEYS:
+        if key == retired or key.startswith(retired + "["):
+            raise ValueError(f"attribute {key!r} is no longer supported")
+    if key.startswith(Attribute.REQUEST_HEADER + "["):
+        if not _map_key_ok(key):
+            raise ValueError(f"bad key {key!r}: should have the form request.headers[Name]")
+        return Attribute.REQUEST_HEADER, (key[len(Attribute.REQUEST_HEADER) + 1 : -1].lower(),)
+    if key.startswith(Attribute.REQUEST_CLAIMS + "["):
+        names = bracket_names(key[len(Attribute.REQUEST_CLAIMS) :])
+        if not _map_key_ok(key) or names is None:
+            raise ValueError(f"bad key {key!r}: should have the form request.auth.claims[a][b]")
+        return Attribute.REQUEST_CLAIMS, names
+    if key.startswith(Attribute.ENVOY_METADATA + "."):
+        if not _map_key_ok(key):
+            raise ValueError(
+                f"bad key {key!r}: should have the form experimental.envoy.filters.<f>[<key>]"
+            )
+        open_at = key.index("[")
+        return Attribute.ENVOY_METADATA, (key[len("experimental.") : open_at],
+                                          key[open_at + 1 : -1])
+    raise ValueError(f"unknown attribute {key!r}")
+
+
+def parse_bool(text: str) -> bool:
+    """Go's ``strconv.ParseBool``, which Istio uses for ``istio.io/dry-run``."""
+    if text in _GO_TRUE:
+        return True
+    if text in _GO_FALSE:
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+# --- value validation ---------------------------------------------------------
+
+
+def check_path(value: str) -> str | None:
+    """Istio ``CheckValidPathTemplate`` (+ Envoy needs templates to start with ``/``)."""
+    template = match.is_path_template(value)
+    if template and not value.startswith("/"):
+        return f"path template {value!r} must start with '/'"
+    any_seen = False
+    for segment in value.strip("/").split("/"):
+        if segment in (match.MATCH_ONE_TEMPLATE, match.MATCH_ANY_TEMPLATE):
+            if any_seen:
+                return f"invalid path {value!r}: {{**}} is not the last operator"
+            any_seen = segment == match.MATCH_ANY_TEMPLATE
+            continue
+        if "{" in segment or "}" in segment:
+            return f"invalid path {value!r}: '{{' or '}}' outside a supported template"
+        if template and not match.TEMPLATE_LITERAL.fullmatch(segment):
+            return f"invalid path {value!r}: segment {segment!r} is not a valid literal"
+    return None
+
+
+def check_cidr(value: str) -> str | None:
+    try:
+        match.parse_cidr(value)
+    except ValueError:
+        return f"invalid IP address or CIDR range {value!r}"
+    return None
+
+
+def check_port(value: str) -> str | None:
+    try:
+        match.parse_port(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def check_service_account(value: str) -> str | None:
+    if len(value) > MAX_SERVICE_ACCOUNT_LENGTH:
+        return f"service account longer than {MAX_SERVICE_ACCOUNT_LENGTH} characters"
+    if "*" in value:
+        return f"service account {value!r}: wildcards are not supported"
+    parts = value.split("/")
+    if len(parts) > 2 or not all(parts):
+        return f"service account {value!r} must be <namespace>/<name> or <name>"
+    return None
+
+
+def check_trust_domain(value: str) -> str | None:
+    if value.count("*") > 1:
+        return f"trust domain {value!r}: at most one '*' is supported"
+    return None
+
+
+_SOURCE_CHECKS: Mapping[str, Callable[[str], str | None]] = MappingProxyType({
+    "ipBlocks": check_cidr, "notIpBlocks": check_cidr,
+    "remoteIpBlocks": check_cidr, "notRemoteIpBlocks": check_cidr,
+    "serviceAccounts": check_service_account, "notServiceAccounts": check_service_account,
+    "trustDomains": check_trust_domain, "notTrustDomains": check_trust_domain,
+})
+_OPERATION_CHECKS: Mapping[str, Callable[[str], str | None]] = MappingProxyType({
+    "ports": check_port, "notPorts": check_port, "paths": check_path, "notPaths": check_path,
+})
+_CONDITION_CHECKS: Mapping[Attribute, Callable[[str], str | None]] = MappingProxyType({
+    Attribute.SOURCE_IP: check_cidr,
+    Attribute.REMOTE_IP: check_cidr,
+    Attribute.DESTINATION_IP: check_cidr,
+    Attribute.DESTINATION_PORT: check_port,
+    Attribute.SOURCE_SERVICE_ACCOUNT: check_service_account,
+    Attribute.SOURCE_TRUST_DOMAIN: check_trust_domain,
+})
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+class _Parser:
+    """Walks one resource, collecting every error instead of stopping at the first."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.res = resource
+        self.errors: list[PolicyError] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(self.res.error(path, message))
+
+    def mapping(self, value: Any, path: str) -> dict[str, Any] | None:
+        if isinstance(value, dict):
+            return value
+        self.error(path, f"must be a mapping, got {_type(value)}")
+        return None
+
+    def known(self, data: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.error(f"{path}.{key}",
+                           f"unknown field {key!r} (known: {', '.join(allowed)})")
+
+    def string(self, value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            return value
+        self.error(path, f"must be a string, got {_type(value)} (quote it)")
+        return None
+
+    def strings(
+        self, value: Any, path: str, check: Callable[[str], str | None] | None = None
+    ) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.error(path, f"must be a list of strings, got {_type(value)}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            text = self.string(item, f"{path}[{i}]")
+            if text is None:
+                continue
+            if text == "":
+                self.error(f"{path}[{i}]", "empty value not allowed")
+                continue
+            problem = check(text) if check else None
+            if problem:
+                self.error(f"{path}[{i}]", problem)
+                continue
+            out.append(text)
+        return tuple(out)
+
+    def items(self, value: Any, path: str, limit: int | None = None) -> list[Any]:
+        if not isinstance(value, list):
+            self.error(path, f"must be a list, got {_type(value)}")
+            return []
+        if limit is not None and len(value) > limit:
+            self.error(path, f"at most {limit} items are allowed, got {len(value)}")
+        return value
+
+    # -- spec ------------------------------------------------------------------
+
+    def policy(self) -> AuthorizationPolicy | None:
+        res = self.res
+        if res.api_version not in API_VERSIONS:
+            self.error("apiVersion", f"unsupported apiVersion {res.api_version!r} for {KIND} "
+                       f"(expected one of {', '.join(API_VERSIONS)})")
+        spec = res.spec
+        self.known(spec, ("selector", "targetRef", "targetRefs", "action", "provider",
+                          "rules"), "spec")
+        action = self.action(spec.get("action"))
+        selector = self.selector(spec["selector"]) if "selector" in spec else None
+        refs = self.target_refs(spec)
+        present = [k for k in ("selector", "targetRef", "targetRefs") if spec.get(k) is not None]
+        if len(present) > 1:
+            self.error(f"spec.{present[1]}",
+                       "only one of selector, targetRef or targetRefs can be set")
+        provider = self.provider(spec.get("provider"), action)
+        rules: list[Rule] = []
+        raw_rules = spec.get("rules")
+        if raw_rules is not None:
+            for i, raw in enumerate(self.items(raw_rules, "spec.rules", MAX_RULES)):
+                rule = self.rule(raw, f"spec.rules[{i}]", action)
+                if rule is not None:
+                    rules.append(rule)
+        if action is Action.DENY and not raw_rules:
+            self.error("spec.rules", "a DENY policy without rules is meaningless "
+                       "(it never matches); add rules or remove the policy")
+        if action is Action.CUSTOM and not raw_rules:
+            self.error("spec.rules", "a CUSTOM policy must have rules")
+        dry_run = self.dry_run(action)
+        if self.errors or action is None:
+            return None
+        return AuthorizationPolicy(
+            name=res.name, namespace=res.namespace, action=action, rules=tuple(rules),
+            selector=selector, target_refs=refs, provider=provider, dry_run=dry_run,
+            api_version=res.api_version, location=res.location,
+        )
+
+    def action(self, value: Any) -> Action | None:
+        if value is None or value == "":
+            return Action.ALLOW
+        if isinstance(value, str) and value in Action.__members__:
+            return Action(value)
+        self.error("spec.action", f"invalid action {value!r} (valid: ALLOW, DENY, AUDIT, CUSTOM)")
+        return None
+
+    def selector(self, value: Any) -> Mapping[str, str] | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "spec.selector")
+        if data is None:
+            return None
+        self.known(data, ("matchLabels",), "spec.selector")
+        labels_raw = data.get("matchLabels")
+        if labels_raw is None:
+            return MappingProxyType({})
+        labels = self.mapping(labels_raw, "spec.selector.matchLabels") or {}
+        out: dict[str, str] = {}
+        for key, raw in labels.items():
+            path = f"spec.selector.matchLabels.{key}"
+            if key == "":
+                self.error(path, "label key must not be empty")
+            elif "*" in key:
+                self.error(path, "wildcard not allowed in label key match")
+            text = self.string(raw, path)
+            if text is None:
+                continue
+            if "*" in text:
+                self.error(path, "wildcard not allowed in label value match")
+            elif len(text) > 63:
+                self.error(path, "label value longer than 63 characters")
+            out[str(key)] = text
+        return MappingProxyType(out)
+
+    def target_refs(self, spec: Mapping[str, Any]) -> tuple[TargetRef, ...]:
+        raw: list[tuple[str, Any]] = []
+        if spec.get("targetRef") is not None:
+            raw.append(("spec.targetRef", spec["targetRef"]))
+        if spec.get("targetRefs") is not None:
+            items = self.items(spec["targetRefs"], "spec.targetRefs", MAX_TARGET_REFS)
+            raw.extend((f"spec.targetRefs[{i}]", item) for i, item in enumerate(items))
+        refs: list[TargetRef] = []
+        for path, value in raw:
+            data = self.mapping(value, path)
+            if data is None:
+                continue
+            self.known(data, ("group", "kind", "name", "namespace"), path)
+            kind = self.string(data.get("kind", ""), f"{path}.kind") or ""
+            name = self.string(data.get("name", ""), f"{path}.name") or ""
+            group = self.string(data.get("group", ""), f"{path}.group") or ""
+            namespace = self.string(data.get("namespace", ""), f"{path}.namespace") or ""
+            if not _TARGET_KIND.fullmatch(kind) or len(kind) > 63:
+                self.error(f"{path}.kind", f"invalid or missing kind {kind!r}")
+            if not name or len(name) > 253:
+                self.error(f"{path}.name", "name is required (at most 253 characters)")
+            if not _TARGET_GROUP.match(group) or len(group) > 253:
+                self.error(f"{path}.group", f"invalid group {group!r}")
+            if namespace:
+                self.error(f"{path}.namespace",
+                           "cross namespace referencing is not currently supported")
+            refs.append(TargetRef(kind=kind, name=name, group=group, namespace=namespace))
+        return tuple(refs)
+
+    def provider(self, value: Any, action: Action | None) -> str | None:
+        if value is None:
+            if action is Action.CUSTOM:
+                self.error("spec.provider", "a CUSTOM policy must set provider.name")
+            return None
+        data = self.mapping(value, "spec.provider")
+        if data is None:
+            return None
+        self.known(data, ("name",), "spec.provider")
+        name = self.string(data.get("name", ""), "spec.provider.name") or ""
+        if action is not Action.CUSTOM:
+            self.error("spec.provider", "provider can only be set with action CUSTOM")
+        elif not name:
+            self.error("spec.provider.name", "a CUSTOM policy must set provider.name")
+        elif len(name) > 63 or not _PROVIDER_NAME.fullmatch(name):
+            self.error("spec.provider.name",
+                       f"invalid provider name {name!r} (a DNS-1123 label: [a-z0-9-], "
+                       "at most 63 characters, no leading or trailing '-')")
+        return name or None
+
+    def dry_run(self, action: Action | None) -> bool:
+        annotations = self.res.metadata.get("annotations") or {}
+        if not isinstance(annotations, dict) or DRY_RUN_ANNOTATION not in annotations:
+            return False
+        path = f"metadata.annotations.{DRY_RUN_ANNOTATION}"
+        value = annotations[DRY_RUN_ANNOTATION]
+        if action not in (Action.ALLOW, Action.DENY, None):
+            self.error(path, f"dry-run is only supported on ALLOW and DENY policies, "
+                       f"not {action}")
+            return False
+        if not isinstance(value, str):
+            self.error(path, f"annotation values are strings, got {_type(value)} (quote it)")
+            return False
+        try:
+            return parse_bool(value)
+        except ValueError as exc:
+            self.error(path, f"{exc} (use \"true\" or \"false\")")
+            return False
+
+    # -- rules -----------------------------------------------------------------
+
+    def rule(self, value: Any, path: str, action: Action | None) -> Rule | None:
+        if value is None:
+            self.error(path, "rule must not be null")
+            return None
+        data = self.mapping(value, path)
+        if data is None:
+            return None
+        self.known(data, ("from", "to", "when"), path)
+        sources: tuple[Source, ...] | None = None
+        operations: tuple[Operation, ...] | None = None
+        if data.get("from") is not None:
+            items = self.items(data["from"], f"{path}.from", MAX_FROM)
+            if not items and isinstance(data["from"], list):
+                self.error(f"{path}.from", "from must not be empty (omit it to match any source)")
+            sources = tuple(
+                s for i, item in enumerate(items)
+                if (s := self.source(item, f"{path}.from[{i}]", action)) is not None
+            )
+        if data.get("to") is not None:
+            items = self.items(data["to"], f"{path}.to")
+            if not items and isinstance(data["to"], list):
+                self.error(f"{path}.to", "to must not be empty (omit it to match any operation)")
+            operations = tuple(
+                o for i, item in enumerate(items)
+                if (o := self.operation(item, f"{path}.to[{i}]")) is not None
+            )
+        conditions: list[Condition] = []
+        if data.get("when") is not None:
+            for i, item in enumerate(self.items(data["when"], f"{path}.when")):
+                cond = self.condition(item, f"{path}.when[{i}]", action)
+                if cond is not None:
+                    conditions.append(cond)
+        return Rule(from_=sources, to=operations, when=tuple(conditions))
+
+    def source(self, value: Any, path: str, action: Action | None) -> Source | None:
+        data = self.mapping(value, path) if value is not None else None
+        if data is None:
+            if value is None:
+                self.error(path, "from entry must not be null")
+            return None
+        self.known(data, ("source",), path)
+        path = f"{path}.source"
+        if data.get("source") is None:
+            self.error(path, "from.source must be set")
+            return None
+        src = self.mapping(data["source"], path)
+        if src is None:
+            return None
+        self.known(src, tuple(SOURCE_FIELDS), path)
+        values = {
+            attr: self.strings(src.get(name), f"{path}.{name}", _SOURCE_CHECKS.get(name))
+            for name, attr in SOURCE_FIELDS.items()
+        }
+        if not any(src.get(name) for name in SOURCE_FIELDS):
+            self.error(path, "source must not be empty (set at least one field)")
+        if len(src.get("serviceAccounts") or ()) > MAX_SERVICE_ACCOUNTS:
+            self.error(f"{path}.serviceAccounts", f"at most {MAX_SERVICE_ACCOUNTS} values")
+        if len(src.get("notServiceAccounts") or ()) > MAX_SERVICE_ACCOUNTS:
+            self.error(f"{path}.notServiceAccounts", f"at most {MAX_SERVICE_ACCOUNTS} values")
+        has_sa = src.get("serviceAccounts") is not None or src.get("notServiceAccounts") is not None
+        if has_sa and any(src.get(k) is not None for k in
+                          ("principals", "notPrincipals", "namespaces", "notNamespaces")):
+            self.error(path, "cannot set serviceAccounts with namespaces or principals")
+        if action is Action.CUSTOM:
+            for name in _CUSTOM_FORBIDDEN_SOURCE:
+                if src.get(name):
+                    self.error(f"{path}.{name}", f"{name} is not supported with CUSTOM action "
+                               "(Envoy calls the provider before JWT and identity checks)")
+        return Source(**values)
+
+    def operation(self, value: Any, path: str) -> Operation | None:
+        data = self.mapping(value, path) if value is not None else None
+        if data is None:
+            if value is None:
+                self.error(path, "to entry must not be null")
+            return None
+        self.known(data, ("operation",), path)
+        path = f"{path}.operation"
+        if data.get("operation") is None:
+            self.error(path, "to.operation must be set")
+            return None
+        op = self.mapping(data["operation"], path)
+        if op is None:
+            return None
+        self.known(op, tuple(OPERATION_FIELDS), path)
+        values = {
+            attr: self.strings(op.get(name), f"{path}.{name}", _OPERATION_CHECKS.get(name))
+            for name, attr in OPERATION_FIELDS.items()
+        }
+        if not any(op.get(name) for name in OPERATION_FIELDS):
+            self.error(path, "operation must not be empty (set at least one field)")
+        return Operation(**values)
+
+    def condition(self, value: Any, path: str, action: Action | None) -> Condition | None:
+        data = self.mapping(value, path) if value is not None else None
+        if data is None:
+            if value is None:
+                self.error(path, "condition must not be null")
+            return None
+        self.known(data, ("key", "values", "notValues"), path)
+        key = self.string(data.get("key", ""), f"{path}.key")
+        if key is None:
+            return None
+        if not key:
+            self.error(f"{path}.key", "key must not be empty")
+            return None
+        try:
+            attribute, names = parse_condition_key(key)
+        except ValueError as exc:
+            self.error(f"{path}.key", str(exc))
+            return None
+        if action is Action.CUSTOM and attribute in _CUSTOM_FORBIDDEN_KEYS:
+            self.error(f"{path}.key", f"{key} is not supported with CUSTOM action "
+                       "(Envoy calls the provider before JWT and identity checks)")
+        check = _CONDITION_CHECKS.get(attribute)
+        values = self.strings(data.get("values"), f"{path}.values", check)
+        not_values = self.strings(data.get("notValues"), f"{path}.notValues", check)
+        if not data.get("values") and not data.get("notValues"):
+            self.error(path, f"at least one of values or notValues must be set for key {key}")
+        return Condition(key=key, attribute=attribute, names=names, values=values,
+                         not_values=not_values)
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def is_authorization_policy(resource: Resource) -> bool:
+    return resource.kind == KIND and resource.api_version.startswith("security.istio.io/")
+
+
+def parse_authorization_policy(resource: Resource) -> AuthorizationPolicy:
+    """Validate and convert one resource. Raises ``PolicyErrors`` listing every problem."""
+    if resource.kind != KIND:
+        raise PolicyErrors([resource.error("kind", f"expected kind {KIND}, got {resource.kind}")])
+    parser = _Parser(resource)
+    policy = parser.policy()
+    if parser.errors or policy is None:
+        raise PolicyErrors(parser.errors or [resource.error("spec", "invalid policy")])
+    return policy
