@@ -29,6 +29,7 @@ class Option:
     type: Any = str
     choices: Sequence[str] | None = None
     repeat: bool = False
+    metavar: str | None = None
 
     @property
     def env(self) -> str:
@@ -37,7 +38,7 @@ class Option:
 
 SERVE_OPTIONS = (
     Option("--policy", "policy", "policy file or directory of Kubernetes-style YAML/JSON "
-           "(repeatable)", repeat=True),
+           "(repeatable)", repeat=True, metavar="PATH"),
     Option("--grpc-address", "grpc_address", "gRPC listen address (Check, health, reflection)",
            "0.0.0.0:9000"),
     Option("--http-address", "http_address", "admin HTTP address for /healthz /readyz /metrics; "
@@ -46,6 +47,14 @@ SERVE_OPTIONS = (
            "to every namespace", "istio-system"),
     Option("--default-namespace", "default_namespace", "namespace of requests whose route names "
            "none and whose destination has no SPIFFE identity", "default"),
+    Option("--trust-domain", "trust_domain", "mesh trust domain (meshConfig trustDomain)",
+           "cluster.local"),
+    Option("--trust-domain-alias", "trust_domain_alias", "another trust domain whose "
+           "principals count as ours (meshConfig trustDomainAliases; repeatable)",
+           repeat=True, metavar="DOMAIN"),
+    Option("--xff-num-trusted-hops", "xff_num_trusted_hops", "trusted proxies in front of "
+           "Envoy; must equal the listener's xff_num_trusted_hops (remoteIpBlocks, remote.ip)",
+           0, int),
     Option("--log-format", "log_format", "log output: json, console, or auto (console on a "
            "terminal)", "auto", choices=("auto", "json", "console")),
     Option("--log-level", "log_level", "minimum log level", "info", choices=LOG_LEVELS),
@@ -63,7 +72,7 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
         if opt.repeat:
             default: Any = env_value.split(os.pathsep) if env_value else []
             parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
-                                metavar="PATH", help=help_text + "]")
+                                metavar=opt.metavar, help=help_text + "]")
             parser.set_defaults(**{f"{opt.dest}_env": default})
             continue
         if opt.default not in (None, ""):
@@ -92,14 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _repeated(args: argparse.Namespace, dest: str) -> list[str]:
+    """A repeatable flag's values, else its env twin's (``:``-separated)."""
+    given = getattr(args, dest)
+    values: list[str] = given if given is not None else getattr(args, f"{dest}_env")
+    return [v for v in values if v]
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    policies = args.policy if args.policy is not None else args.policy_env
     return Settings(
-        policy_paths=tuple(p for p in policies if p),
+        policy_paths=tuple(_repeated(args, "policy")),
         grpc_address=args.grpc_address,
         http_address=args.http_address,
         root_namespace=args.root_namespace,
         default_namespace=args.default_namespace,
+        trust_domain=args.trust_domain,
+        trust_domain_aliases=tuple(_repeated(args, "trust_domain_alias")),
+        xff_num_trusted_hops=args.xff_num_trusted_hops,
         log_format=args.log_format,
         log_level=args.log_level,
         grace_period=args.grace_period,

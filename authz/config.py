@@ -40,6 +40,11 @@ class Settings:
     log_level: str = "info"
     grace_period: float = 10.0
     """Seconds in-flight Checks get to finish after SIGTERM."""
+    trust_domain: str = "cluster.local"
+    trust_domain_aliases: tuple[str, ...] = ()
+    """Istio meshConfig trustDomain / trustDomainAliases: principals match across them."""
+    xff_num_trusted_hops: int = 0
+    """Must equal Envoy's ``xff_num_trusted_hops``: how remote.ip is derived."""
     drain_delay: float = 0.0
     """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
 
@@ -51,5 +56,7 @@ class Settings:
             raise ConfigError(f"--log-format: expected json|console|auto, got {self.log_format!r}")
         if self.grace_period < 0:
             raise ConfigError("--grace-period must be >= 0")
+        if self.xff_num_trusted_hops < 0:
+            raise ConfigError("--xff-num-trusted-hops must be >= 0")
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")

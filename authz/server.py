@@ -27,7 +27,7 @@ from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
 from authz.observe import Metrics
 from authz.policy.load import load_paths
-from authz.policy.snapshot import SnapshotStore, compile_snapshot
+from authz.policy.snapshot import PolicyOptions, SnapshotStore, compile_snapshot, empty_snapshot
 from authz.scope import ScopeError
 
 log = structlog.get_logger("authz.server")
@@ -99,7 +99,13 @@ class AuthzServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = SnapshotStore()
+        self.policy_options = PolicyOptions(
+            root_namespace=settings.root_namespace,
+            trust_domain=settings.trust_domain,
+            trust_domain_aliases=settings.trust_domain_aliases,
+            xff_num_trusted_hops=settings.xff_num_trusted_hops,
+        )
+        self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
         self.ready = False
         self.draining = False
@@ -114,7 +120,7 @@ class AuthzServer:
         """Load and compile ``--policy`` paths; raise PolicyErrors on any problem."""
         version = self.store.current.version + 1
         resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
-        snapshot = compile_snapshot(resources, version)
+        snapshot = compile_snapshot(resources, version, self.policy_options)
         self.store.swap(snapshot)
         self.metrics.snapshot_version.set(version)
         log.info("policies_loaded", version=version, resources=len(snapshot.resources),

@@ -137,7 +137,7 @@ def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool) ->
     if follow_health:
         assert failed == [], stderr
     else:
-        assert set(failed) <= refusals, failed
+        assert set(failed) <= refusals, (failed, stderr)
 
 
 async def _load_then_sigterm(

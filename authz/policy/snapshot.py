@@ -13,61 +13,124 @@ from dataclasses import dataclass
 import structlog
 
 from authz.decision import Decision, Reason
+from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
+from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.policy.load import Resource
+from authz.rbac import engine as rbac
+from authz.rbac.context import AuthzContext, RequestAuth
 
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"
-ENFORCED_KINDS: frozenset[str] = frozenset()
-"""Kinds this build enforces. Istio security kinds it cannot enforce are refused."""
+RBAC_DENIED_BODY = "RBAC: access denied"
+"""Envoy RBAC filter's exact 403 body."""
+NOT_FOR_THIS_SERVER = {
+    "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyOptions:
+    """Mesh-wide settings that change how policies compile."""
+
+    root_namespace: str = "istio-system"
+    trust_domain: str = "cluster.local"
+    trust_domain_aliases: tuple[str, ...] = ()
+    xff_num_trusted_hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
     resources: tuple[Resource, ...]
+    authorization: rbac.PolicySet
+    options: PolicyOptions
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request. Pure: no I/O, no awaits, no shared writes."""
-        del view, now  # with no enforceable policy, Istio allows every request
-        return Decision.allow(Reason.NO_POLICY)
+        auth: RequestAuth | None = None
+        ctx = AuthzContext(
+            view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
+        )
+        result = self.authorization.evaluate(ctx)
+        if not result.allowed:
+            return Decision.deny(
+                403, RBAC_DENIED_BODY, Reason.RBAC_DENIED,
+                policy=result.policy, detail=result.reason,
+            )
+        reason = Reason.NO_POLICY if result.reason == rbac.NO_POLICY else Reason.ALLOWED
+        return Decision.allow(reason, policy=result.policy, detail=result.reason)
+
+    @property
+    def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
+        return self.authorization.policies
 
 
-def compile_snapshot(resources: Sequence[Resource], version: int) -> Snapshot:
+def empty_snapshot(options: PolicyOptions | None = None) -> Snapshot:
+    options = options or PolicyOptions()
+    return Snapshot(0, (), rbac.PolicySet.compile((), options.root_namespace), options)
+
+
+def compile_snapshot(
+    resources: Sequence[Resource], version: int, options: PolicyOptions | None = None
+) -> Snapshot:
     """Validate and compile; raise ``PolicyErrors`` naming every bad resource.
 
     Resources of kinds that are not policies are ignored (a mounted ConfigMap
     folder often holds other files). An Istio security resource that this build
     cannot enforce is an error, never a silent allow.
     """
+    options = options or PolicyOptions()
     errors: list[PolicyError] = []
     kept: list[Resource] = []
+    authz_policies: list[AuthorizationPolicy] = []
     for res in resources:
-        if res.api_version.startswith(ISTIO_SECURITY_GROUP):
-            if res.kind in ENFORCED_KINDS:
-                kept.append(res)
-            else:
-                errors.append(
-                    PolicyError(
-                        f"{res.api_version} {res.kind} is not enforced by this version of authz",
-                        res.location,
-                        res.ref,
-                    )
-                )
+        if not res.api_version.startswith(ISTIO_SECURITY_GROUP):
+            log.debug("resource_ignored", kind=res.kind, name=res.name, file=res.location.file)
             continue
-        log.debug("resource_ignored", kind=res.kind, name=res.name, file=res.location.file)
+        try:
+            if res.kind == "AuthorizationPolicy":
+                authz_policies.append(parse_authorization_policy(res))
+            elif res.kind in NOT_FOR_THIS_SERVER:
+                log.warning("resource_not_enforced", kind=res.kind, resource=res.ref,
+                            file=str(res.location), why=NOT_FOR_THIS_SERVER[res.kind])
+                continue
+            else:
+                raise PolicyError(
+                    f"{res.api_version} {res.kind} is not enforced by this version of authz",
+                    res.location, res.ref,
+                )
+        except PolicyErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        except PolicyError as exc:
+            errors.append(exc)
+            continue
+        kept.append(res)
+    try:
+        policy_set = rbac.PolicySet.compile(
+            authz_policies,
+            options.root_namespace,
+            (options.trust_domain, *options.trust_domain_aliases),
+        )
+    except PolicyErrors as exc:
+        errors.extend(exc.errors)
     if errors:
         raise PolicyErrors(errors)
-    return Snapshot(version=version, resources=tuple(kept))
+    for policy in policy_set.custom:
+        log.info("custom_policy_not_evaluated", policy=policy.ref, why=rbac.CUSTOM_EXPLANATION)
+    for policy in policy_set.not_attached:
+        log.warning("policy_not_attached", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
+    return Snapshot(version, tuple(kept), policy_set, options)
 
 
 class SnapshotStore:
     """Holds the snapshot in use. Swapping is one reference assignment."""
 
     def __init__(self, initial: Snapshot | None = None) -> None:
-        self._current = initial or Snapshot(version=0, resources=())
+        self._current = initial or empty_snapshot()
 
     @property
     def current(self) -> Snapshot:

@@ -1,3 +1,5 @@
+"""Snapshot.evaluate end to end on parsed YAML: the whole pure core."""
+
 from __future__ import annotations
 
 import time
@@ -5,18 +7,117 @@ import time
 import pytest
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz.decision import Reason
-from authz.envoy.request_view import view_from_check_request
+from authz.decision import Decision, Reason
+from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
-from authz.policy.snapshot import Snapshot, SnapshotStore, compile_snapshot
+from authz.policy.snapshot import (
+    PolicyOptions,
+    SnapshotStore,
+    compile_snapshot,
+    empty_snapshot,
+)
+
+POLICIES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {notRequestPrincipals: ["*"]}
+    to:
+    - operation: {paths: ["/private/*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: orders}}
+  rules:
+  - to:
+    - operation: {methods: ["GET"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block-admin, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin"]}
+"""
+
+
+def view(method: str = "GET", path: str = "/", **ext: str) -> RequestView:
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.request.http.method = method
+    req.attributes.request.http.path = path
+    for k, v in ext.items():
+        req.attributes.context_extensions[k] = v
+    return view_from_check_request(req, "default")
+
+
+def decide(v: RequestView, text: str = POLICIES) -> Decision:
+    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    return snap.evaluate(v, time.time())
 
 
 def test_no_policies_allow() -> None:
-    snap = compile_snapshot([], version=1)
-    view = view_from_check_request(external_auth_pb2.CheckRequest(), "default")
-    decision = snap.evaluate(view, time.time())
+    decision = empty_snapshot().evaluate(view(), time.time())
     assert decision.allowed and decision.reason is Reason.NO_POLICY
+
+
+def test_deny_without_token_is_rbac_403_with_envoys_body() -> None:
+    d = decide(view(path="/private/x?q=1", namespace="shop"))
+    assert (d.allowed, d.status, d.body, d.reason) == (
+        False, 403, "RBAC: access denied", Reason.RBAC_DENIED)
+    assert d.policy == "ns[shop]-policy[require-jwt]-rule[0]"
+
+
+def test_root_namespace_policy_applies_everywhere() -> None:
+    d = decide(view(path="/admin", namespace="elsewhere"))
+    assert not d.allowed and d.policy == "ns[istio-system]-policy[block-admin]-rule[0]"
+
+
+def test_selector_picks_workload_by_route_labels() -> None:
+    assert not decide(view("POST", "/", namespace="shop", labels="app=orders")).allowed
+    allowed = decide(view("GET", "/", namespace="shop", labels="app=orders,v=2"))
+    assert allowed.allowed and allowed.reason is Reason.ALLOWED
+    assert allowed.policy == "ns[shop]-policy[only-get]-rule[0]"
+    # Same namespace, other workload: only the DENY policy applies, it does not match.
+    other = decide(view("POST", "/", namespace="shop", labels="app=web"))
+    assert other.allowed and other.reason is Reason.ALLOWED and other.policy is None
+
+
+def test_other_namespace_sees_only_root_policies() -> None:
+    d = decide(view("POST", "/", namespace="web"))
+    assert d.allowed and d.reason is Reason.ALLOWED and d.policy is None  # root DENY applies
+    shop_only = POLICIES.split("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                               "metadata: {name: block-admin")[0]
+    d = decide(view("POST", "/admin", namespace="web"), shop_only)
+    assert d.allowed and d.reason is Reason.NO_POLICY
+
+
+def test_remote_ip_uses_xff_with_trusted_hops() -> None:
+    text = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: office, namespace: default}
+spec:
+  rules:
+  - from:
+    - source: {remoteIpBlocks: ["203.0.113.0/24"]}
+"""
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.source.address.socket_address.address = "10.0.0.1"
+    req.attributes.request.http.headers["x-forwarded-for"] = "203.0.113.9, 10.9.9.9"
+    v = view_from_check_request(req, "default")
+    res = parse_text(text, "p.yaml")
+    assert not compile_snapshot(res, 1).evaluate(v, 0).allowed
+    trusted = compile_snapshot(res, 1, PolicyOptions(xff_num_trusted_hops=1))
+    assert trusted.evaluate(v, 0).allowed
 
 
 def test_unrelated_kinds_are_ignored() -> None:
@@ -24,22 +125,44 @@ def test_unrelated_kinds_are_ignored() -> None:
     assert compile_snapshot(res, version=3).resources == ()
 
 
+def test_peer_authentication_is_ignored_not_refused() -> None:
+    res = parse_text(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n"
+        "spec: {mtls: {mode: STRICT}}\n", "f.yaml")
+    assert compile_snapshot(res, version=1).resources == ()
+
+
+def test_unknown_security_kind_fails_closed() -> None:
+    res = parse_text(
+        "apiVersion: security.istio.io/v1\nkind: Frobnicate\nmetadata: {name: x}\n", "f.yaml")
+    with pytest.raises(PolicyErrors, match=r"f\.yaml:1: Frobnicate default/x"):
+        compile_snapshot(res, version=1)
+
+
+def test_all_errors_of_all_resources_are_reported() -> None:
+    text = POLICIES + """\
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad, namespace: shop}
+spec:
+  action: MAYBE
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-get, namespace: shop}
+spec: {}
+"""
+    with pytest.raises(PolicyErrors) as info:
+        compile_snapshot(parse_text(text, "p.yaml"), 1)
+    messages = [str(e) for e in info.value.errors]
+    assert any("p.yaml:34" in m and "spec.action" in m for m in messages), messages
+    assert any("duplicate" in m for m in messages), messages
+
+
 def test_store_swaps_whole_snapshots() -> None:
     store = SnapshotStore()
     first = store.current
-    new = Snapshot(version=7, resources=())
+    new = compile_snapshot([], version=7)
     assert store.swap(new) is first
     assert store.current is new
-
-
-def test_unenforceable_security_kind_fails_closed() -> None:
-    from authz.policy import snapshot as snapshot_module
-
-    if "Telemetry" in snapshot_module.ENFORCED_KINDS:  # pragma: no cover
-        pytest.skip("kind became enforceable")
-    res = parse_text(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n",
-        "f.yaml",
-    )
-    with pytest.raises(PolicyErrors, match=r"f\.yaml:1: PeerAuthentication default/x"):
-        compile_snapshot(res, version=1)

@@ -1,0 +1,32 @@
+"""The original client address, derived the way Envoy's HCM derives it.
+
+Envoy gives an ext_authz server only the direct peer (``attributes.source``).
+Istio's ``remoteIpBlocks`` and ``remote.ip`` match what Envoy RBAC calls
+``remote_ip``: the address the connection manager computed from
+``x-forwarded-for`` and ``xff_num_trusted_hops``. The ext_authz filter runs after
+the HCM edited ``x-forwarded-for`` (with ``use_remote_address: true`` it appended
+the peer), so the same rule works for both settings: skip ``trusted_hops``
+entries from the right and take the next one; when there are not enough
+entries, or that entry is not an IP, use the direct peer.
+``--xff-num-trusted-hops`` must equal the listener's ``xff_num_trusted_hops``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from authz.envoy.request_view import RequestView
+
+
+def original_client_ip(view: RequestView, trusted_hops: int = 0) -> str:
+    xff = view.headers.get("x-forwarded-for")
+    if not xff:
+        return view.source.ip
+    entries = xff.split(",")
+    if trusted_hops >= len(entries):
+        return view.source.ip
+    candidate = entries[len(entries) - 1 - trusted_hops].strip()
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return view.source.ip
