@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gRPC reflection; admin HTTP on --http-address. SIGTERM drains and exits 0.",
     )
     _add_options(serve, SERVE_OPTIONS)
+    serve.set_defaults(func=lambda args: serve_command(settings_from_args(args)))
     return parser
 
 
@@ -125,7 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def serve(settings: Settings) -> int:
+def serve_command(settings: Settings) -> int:
     from authz.server import AuthzServer
 
     configure_logging(settings.log_format, settings.log_level)
@@ -147,12 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "serve":
-            return serve(settings_from_args(args))
+        code: int = args.func(args)
     except ConfigError as exc:
         parser.error(str(exc))
-    parser.error(f"unknown command {args.command!r}")
-    return 2  # pragma: no cover - parser.error exits
+    return code
 
 
 if __name__ == "__main__":
