@@ -13,11 +13,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import structlog
 import yaml
 
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+log = structlog.get_logger("authz.policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,12 @@ def _documents(text: str, file: str) -> Iterator[tuple[yaml.Node, int]]:
         loader.dispose()
 
 
+def _is_object(data: Any) -> bool:
+    """Kubernetes objects have apiVersion or kind; other documents (an Envoy config
+    kept beside the policies, say) are not ours to read."""
+    return not isinstance(data, dict) or "kind" in data or "apiVersion" in data
+
+
 def _resource(data: Any, lines: dict[str, int], loc: Location) -> Resource:
     if not isinstance(data, dict):
         raise PolicyError("a resource must be a mapping with apiVersion and kind", loc)
@@ -125,6 +133,9 @@ def parse_text(text: str, file: str, default_namespace: str = "default") -> list
         lines: dict[str, int] = {}
         data = _to_data(node, "", lines)
         if data is None:
+            continue
+        if not _is_object(data):
+            log.debug("document_ignored", file=file, line=line, why="no apiVersion or kind")
             continue
         res = _resource(data, lines, Location(file, line))
         if res.kind == "List":

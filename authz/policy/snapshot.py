@@ -67,6 +67,11 @@ class Snapshot:
     def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
         return self.authorization.policies
 
+    @property
+    def jwt_namespaces(self) -> frozenset[str]:
+        """Namespaces holding a RequestAuthentication (none until JWT support)."""
+        return frozenset(r.namespace for r in self.resources if r.kind == "RequestAuthentication")
+
 
 def empty_snapshot(options: PolicyOptions | None = None) -> Snapshot:
     options = options or PolicyOptions()

@@ -49,6 +49,7 @@ def test_multi_document_and_list_with_lines() -> None:
     [
         ("a: [\n", 2, "invalid YAML"),
         ("kind: X\nmetadata: {name: n}\n", 1, "apiVersion"),
+        ("- a\n- b\n", 1, "mapping"),
         ("apiVersion: v1\nmetadata: {name: n}\n", 1, "kind"),
         ("apiVersion: v1\nkind: X\n", 1, "metadata.name"),
         ("---\nfoo\n", 2, "mapping"),
@@ -91,6 +92,11 @@ def test_directories_recurse_and_skip_configmap_internals(tmp_path: Path) -> Non
     files = policy_files([tmp_path])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["p.yaml", "sub/q.yml"]
     assert len(load_paths([tmp_path])) == 2
+
+
+def test_documents_that_are_not_kubernetes_objects_are_skipped() -> None:
+    text = "static_resources: {}\n---\napiVersion: v1\nkind: X\nmetadata: {name: n}\n"
+    assert [r.kind for r in parse_text(text, "f.yaml")] == ["X"]
 
 
 def test_missing_path_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Command-line tools beside the server: validate, keys, jwks, token, envoy-config."""
