@@ -74,7 +74,8 @@ def lint_authorization(
             warn("uses requestPrincipals or request.auth.* but no RequestAuthentication is in "
                  "its namespace or the root namespace: no request will carry a principal")
         for i, rule in enumerate(p.rules):
-            for item in (*(rule.from_ or ()), *(rule.to or ())):
+            items: tuple[Source | Operation, ...] = (*(rule.from_ or ()), *(rule.to or ()))
+            for item in items:
                 for problem in _contradictions(item):
                     warn(f"rule[{i}]: {problem}: that entry can never match")
             for cond in rule.when:
