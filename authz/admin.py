@@ -41,6 +41,7 @@ class AdminServer:
             "ready": server.ready,
             "draining": server.draining,
             "snapshot_version": server.store.current.version,
+            "last_reload_error": server.last_reload_error,
         }
         return web.json_response(body, status=200 if server.ready else 503)
 

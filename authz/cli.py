@@ -56,6 +56,8 @@ SERVE_OPTIONS = (
     Option("--xff-num-trusted-hops", "xff_num_trusted_hops", "trusted proxies in front of "
            "Envoy; must equal the listener's xff_num_trusted_hops (remoteIpBlocks, remote.ip)",
            0, int),
+    Option("--watch-interval", "watch_interval", "seconds between checks of the policy files "
+           "for changes (SIGHUP also reloads); 0 disables watching", 0.5, float),
     Option("--log-format", "log_format", "log output: json, console, or auto (console on a "
            "terminal)", "auto", choices=("auto", "json", "console")),
     Option("--log-level", "log_level", "minimum log level", "info", choices=LOG_LEVELS),
@@ -125,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         log_level=args.log_level,
         grace_period=args.grace_period,
+        watch_interval=args.watch_interval,
         drain_delay=args.drain_delay,
     )
 

@@ -45,6 +45,8 @@ class Settings:
     """Istio meshConfig trustDomain / trustDomainAliases: principals match across them."""
     xff_num_trusted_hops: int = 0
     """Must equal Envoy's ``xff_num_trusted_hops``: how remote.ip is derived."""
+    watch_interval: float = 0.5
+    """Seconds between checks of the policy files for changes; 0 disables watching."""
     drain_delay: float = 0.0
     """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
 
@@ -58,5 +60,7 @@ class Settings:
             raise ConfigError("--grace-period must be >= 0")
         if self.xff_num_trusted_hops < 0:
             raise ConfigError("--xff-num-trusted-hops must be >= 0")
+        if self.watch_interval < 0:
+            raise ConfigError("--watch-interval must be >= 0")
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")

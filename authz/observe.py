@@ -72,6 +72,12 @@ class Metrics:
         self.ready = Gauge(
             "authz_ready", "1 when the server reports SERVING.", registry=self.registry
         )
+        self.reloads = Counter(
+            "authz_policy_reloads",
+            "Policy reloads by result; a failed reload keeps the last good snapshot.",
+            ["result"],
+            registry=self.registry,
+        )
         self.snapshot_version = Gauge(
             "authz_policy_snapshot_version",
             "Version of the policy snapshot in use.",

@@ -26,8 +26,16 @@ from authz.decision import Decision, Reason
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
 from authz.observe import Metrics
+from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths
-from authz.policy.snapshot import PolicyOptions, SnapshotStore, compile_snapshot, empty_snapshot
+from authz.policy.snapshot import (
+    PolicyOptions,
+    Snapshot,
+    SnapshotStore,
+    compile_snapshot,
+    empty_snapshot,
+)
+from authz.policy.watch import PolicyWatcher
 from authz.scope import ScopeError
 
 log = structlog.get_logger("authz.server")
@@ -114,17 +122,49 @@ class AuthzServer:
         self._grpc: grpc.aio.Server | None = None
         self._admin: AdminServer | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[bool]] = set()
+        self.last_reload_error: str | None = None
+        self._watcher = PolicyWatcher(
+            settings.policy_paths, self.reload, interval=settings.watch_interval
+        )
 
     # -- lifecycle -------------------------------------------------------------
+    def _compile(self, version: int) -> Snapshot:
+        resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
+        return compile_snapshot(resources, version, self.policy_options)
+
+    def _install(self, snapshot: Snapshot, event: str) -> None:
+        self.store.swap(snapshot)
+        self.metrics.snapshot_version.set(snapshot.version)
+        kinds: dict[str, int] = {}
+        for res in snapshot.resources:
+            kinds[res.kind] = kinds.get(res.kind, 0) + 1
+        log.info(event, version=snapshot.version, resources=kinds,
+                 paths=list(self.settings.policy_paths))
+
     def load_policies(self) -> None:
         """Load and compile ``--policy`` paths; raise PolicyErrors on any problem."""
-        version = self.store.current.version + 1
-        resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
-        snapshot = compile_snapshot(resources, version, self.policy_options)
-        self.store.swap(snapshot)
-        self.metrics.snapshot_version.set(version)
-        log.info("policies_loaded", version=version, resources=len(snapshot.resources),
-                 paths=list(self.settings.policy_paths))
+        self._install(self._compile(self.store.current.version + 1), "policies_loaded")
+
+    async def reload(self) -> bool:
+        """Rebuild the snapshot off the event loop and swap it in; on any error keep
+        serving the last good one. In-flight Checks finish on the snapshot they read."""
+        async with self._reload_lock:
+            try:
+                snapshot = await asyncio.to_thread(
+                    self._compile, self.store.current.version + 1
+                )
+            except PolicyErrors as exc:
+                self.last_reload_error = str(exc)
+                self.metrics.reloads.labels("failure").inc()
+                log.error("policy_reload_failed", errors=[str(e) for e in exc.errors],
+                          serving_version=self.store.current.version)
+                return False
+            self._install(snapshot, "policies_reloaded")
+            self.last_reload_error = None
+            self.metrics.reloads.labels("success").inc()
+            return True
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in HEALTH_SERVICES:
@@ -170,6 +210,8 @@ class AuthzServer:
         self.ready = True
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
+        if self.settings.watch_interval > 0:
+            self._watcher.start()
         log.info("server_ready")
 
     def request_stop(self) -> None:
@@ -181,6 +223,7 @@ class AuthzServer:
             return
         self.draining = True
         self.ready = False
+        await self._watcher.stop()
         self.metrics.ready.set(0)
         await self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_period=self.settings.grace_period,
@@ -200,11 +243,18 @@ class AuthzServer:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal(sig))
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.load_policies()  # a bad policy fails before any port is bound
         await self.start()
         await self.become_ready(load=False)
         await self._stop.wait()
         await self.stop()
+
+    def _on_sighup(self) -> None:
+        log.info("signal_received", signal="SIGHUP")
+        task = asyncio.create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_signal(self, sig: signal.Signals) -> Callable[[], None]:
         def handler() -> None:

@@ -1,0 +1,107 @@
+"""Hot reload: good changes take effect, bad ones change nothing and say why."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import grpc
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.server import AuthzServer
+
+DENY_ADMIN = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["%s"]}
+"""
+
+
+def request(path: str) -> external_auth_pb2.CheckRequest:
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.request.http.path = path
+    return req
+
+
+async def status(stub: external_auth_pb2_grpc.AuthorizationStub, path: str) -> int:
+    resp = await stub.Check(request(path))
+    return 200 if resp.status.code == 0 else int(resp.denied_response.status.code)
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 2.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if await predicate():
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within}s")
+
+
+async def test_file_edit_reloads_bad_edit_keeps_last_good(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    server = await start_server(policy)
+    assert server._admin is not None
+    readyz = f"http://127.0.0.1:{server._admin.port}/readyz"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch, \
+            aiohttp.ClientSession() as http:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        assert await status(stub, "/admin") == 403
+        assert await status(stub, "/ops") == 200
+
+        policy.write_text(DENY_ADMIN % "/ops")
+
+        async def ops_denied() -> bool:
+            return await status(stub, "/ops") == 403 and await status(stub, "/admin") == 200
+
+        await eventually(ops_denied)
+        assert server.store.current.version == 2
+
+        policy.write_text(DENY_ADMIN.replace("DENY", "DENYY") % "/x")
+
+        async def error_reported() -> bool:
+            async with http.get(readyz) as r:
+                body = await r.json()
+                return r.status == 200 and bool(body["last_reload_error"])
+
+        await eventually(error_reported)
+        async with http.get(readyz) as r:
+            body = await r.json()
+        assert f"{policy}:5" in body["last_reload_error"] and "spec.action" in body[
+            "last_reload_error"]
+        assert body["snapshot_version"] == 2 and body["ready"] is True
+        assert await status(stub, "/ops") == 403  # last good snapshot still decides
+        assert server.metrics.reloads.labels("failure")._value.get() >= 1
+
+        policy.write_text(DENY_ADMIN % "/fixed")
+
+        async def recovered() -> bool:
+            return await status(stub, "/fixed") == 403
+
+        await eventually(recovered)
+        assert server.last_reload_error is None
+
+
+async def test_in_flight_check_keeps_the_snapshot_it_started_with(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    server = await start_server(policy, watch_interval=0)
+    first = server.store.current
+    policy.write_text(DENY_ADMIN % "/other")
+    assert await server.reload()
+    assert server.store.current is not first and server.store.current.version == 2
+    # the old object is untouched: a Check that read it still decides by it
+    assert first.authorization.policies[0].rules[0].to is not None
+    assert first.version == 1
