@@ -58,6 +58,16 @@ SERVE_OPTIONS = (
            0, int),
     Option("--watch-interval", "watch_interval", "seconds between checks of the policy files "
            "for changes (SIGHUP also reloads); 0 disables watching", 0.5, float),
+    Option("--decision-log", "decision_log", "which decisions get a log line: all, deny, "
+           "sample (denies plus --decision-log-sample-rate of allows), none", "all",
+           choices=("all", "deny", "sample", "none")),
+    Option("--decision-log-sample-rate", "decision_log_sample_rate", "fraction of allows "
+           "logged with --decision-log sample", 0.01, float),
+    Option("--decision-log-header", "decision_log_header", "request header to include in "
+           "decision lines (repeatable; authorization, cookie and other sensitive headers are "
+           "always redacted)", repeat=True, metavar="NAME"),
+    Option("--redact-header", "redact_header", "another header to redact in logs (repeatable)",
+           repeat=True, metavar="NAME"),
     Option("--log-format", "log_format", "log output: json, console, or auto (console on a "
            "terminal)", "auto", choices=("auto", "json", "console")),
     Option("--log-level", "log_level", "minimum log level", "info", choices=LOG_LEVELS),
@@ -128,6 +138,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         grace_period=args.grace_period,
         watch_interval=args.watch_interval,
+        decision_log=args.decision_log,
+        decision_log_sample_rate=args.decision_log_sample_rate,
+        decision_log_headers=tuple(_repeated(args, "decision_log_header")),
+        redact_headers=tuple(_repeated(args, "redact_header")),
         drain_delay=args.drain_delay,
     )
 

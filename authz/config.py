@@ -36,6 +36,13 @@ class Settings:
     root_namespace: str = "istio-system"
     default_namespace: str = "default"
     """Scope namespace when neither context_extensions nor a SPIFFE peer name one."""
+    decision_log: str = "all"
+    """all | deny | sample (denies + a fraction of allows) | none."""
+    decision_log_sample_rate: float = 0.01
+    decision_log_headers: tuple[str, ...] = ()
+    """Request headers to include in decision lines (sensitive ones are redacted)."""
+    redact_headers: tuple[str, ...] = ()
+    """Headers redacted in addition to the built-in sensitive list."""
     log_format: str = "auto"
     log_level: str = "info"
     grace_period: float = 10.0
@@ -60,6 +67,10 @@ class Settings:
             raise ConfigError("--grace-period must be >= 0")
         if self.xff_num_trusted_hops < 0:
             raise ConfigError("--xff-num-trusted-hops must be >= 0")
+        if self.decision_log not in ("all", "deny", "sample", "none"):
+            raise ConfigError("--decision-log: expected all|deny|sample|none")
+        if not 0 <= self.decision_log_sample_rate <= 1:
+            raise ConfigError("--decision-log-sample-rate must be within [0, 1]")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
         if self.drain_delay < 0:

@@ -63,6 +63,12 @@ class Decision:
     """Which policy (and rule) decided, e.g. ``ns[foo]-policy[bar]-rule[0]``."""
     detail: str = ""
     """A human explanation for logs; never a token or a secret."""
+    principal: str | None = None
+    """The verified request principal (``<iss>/<sub>``), when a token was valid."""
+    dry_run: tuple[str, ...] = ()
+    """What dry-run policies would have done (Istio's shadow effect): logged, never enforced."""
+    audit: tuple[str, ...] = ()
+    """AUDIT policy rules that matched."""
 
     @classmethod
     def allow(cls, reason: Reason = Reason.NO_POLICY, **kw: Any) -> Decision:

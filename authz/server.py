@@ -23,7 +23,8 @@ from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_
 from authz.admin import AdminServer
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
-from authz.envoy.request_view import view_from_check_request
+from authz.decision_log import DecisionLog
+from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.envoy.response import check_response
 from authz.observe import Metrics
 from authz.policy.errors import PolicyErrors
@@ -55,21 +56,31 @@ def _where(exc: BaseException) -> str:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     """``envoy.service.auth.v3.Authorization``: CheckRequest -> view -> Decision -> response."""
 
-    def __init__(self, store: SnapshotStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        settings: Settings,
+        metrics: Metrics,
+        decision_log: DecisionLog | None = None,
+    ) -> None:
         self._store = store
+        self._decision_log = decision_log or DecisionLog("none")
         self._default_namespace = settings.default_namespace
         self._metrics = metrics
         self.answered = 0
         """Checks answered with a CheckResponse (logged at shutdown)."""
 
-    def decide(self, request: external_auth_pb2.CheckRequest) -> Decision:
+    def decide(
+        self, request: external_auth_pb2.CheckRequest
+    ) -> tuple[RequestView | None, Decision]:
         try:
             view = view_from_check_request(request, self._default_namespace)
         except ScopeError as exc:
             # The route's context_extensions are wrong: fail closed, say why.
-            return Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
+            denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
+            return None, denied
         snapshot = self._store.current  # read once: a reload never splits a Check
-        return snapshot.evaluate(view, time.time())
+        return view, snapshot.evaluate(view, time.time())
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -78,7 +89,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         metrics = self._metrics
         metrics.in_flight.inc()
         try:
-            decision = self.decide(request)
+            view, decision = self.decide(request)
             response = check_response(decision)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
@@ -94,7 +105,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             ).inc()
         finally:
             metrics.in_flight.dec()
-            metrics.check_latency.observe(time.perf_counter() - start)
+            latency = time.perf_counter() - start
+            metrics.check_latency.observe(latency)
+        if not failed:
+            self._decision_log.emit(view, decision, latency)
         if failed:
             await context.abort(grpc.StatusCode.INTERNAL, "authz internal error")
         self.answered += 1
@@ -181,7 +195,17 @@ class AuthzServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        self.service = AuthorizationService(self.store, self.settings, self.metrics)
+        self.service = AuthorizationService(
+            self.store,
+            self.settings,
+            self.metrics,
+            DecisionLog(
+                self.settings.decision_log,
+                self.settings.decision_log_sample_rate,
+                self.settings.decision_log_headers,
+                self.settings.redact_headers,
+            ),
+        )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
             self.service, server
         )

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,16 +97,20 @@ def _serving(port: int) -> bool:
 
 
 def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    # Output goes to a file: a pipe nobody reads would fill up and block the server.
+    out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "authz", "serve", "--grpc-address", f"127.0.0.1:{port}",
          "--http-address", "", "--log-format", "json", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=out, stderr=out, text=True,
     )
+    proc.output = out  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
     while not _serving(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"server never became SERVING: {proc.communicate()}")
+            proc.output.seek(0)  # type: ignore[attr-defined]
+            raise AssertionError(f"server never became SERVING: {proc.output.read()}")  # type: ignore[attr-defined]
         time.sleep(0.1)
     return proc
 
@@ -130,7 +135,9 @@ def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool) ->
     finally:
         if proc.poll() is None:
             proc.kill()
-        _, stderr = proc.communicate()
+        proc.wait()
+        proc.output.seek(0)  # type: ignore[attr-defined]
+        stderr = proc.output.read()  # type: ignore[attr-defined]
     assert answered > 50
     assert answered == _answered_by_server(stderr), "an answered call never reached the client"
     refusals = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}

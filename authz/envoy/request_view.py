@@ -127,6 +127,8 @@ def view_from_check_request(
         scope=resolve_scope(extensions, destination.principal, default_namespace),
         scheme=http.scheme or headers.get(":scheme", ""),
         protocol=http.protocol,
-        request_id=http.id or headers.get("x-request-id", ""),
+        # x-request-id is the id operators trace across proxies; Envoy's http.id is
+        # only its stream number.
+        request_id=headers.get("x-request-id", "") or http.id,
         sni=attrs.tls_session.sni,
     )

@@ -55,13 +55,14 @@ class Snapshot:
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
+        effects = {"dry_run": result.dry_run, "audit": result.audit}
         if not result.allowed:
             return Decision.deny(
                 403, RBAC_DENIED_BODY, Reason.RBAC_DENIED,
-                policy=result.policy, detail=result.reason,
+                policy=result.policy, detail=result.reason, **effects,
             )
         reason = Reason.NO_POLICY if result.reason == rbac.NO_POLICY else Reason.ALLOWED
-        return Decision.allow(reason, policy=result.policy, detail=result.reason)
+        return Decision.allow(reason, policy=result.policy, detail=result.reason, **effects)
 
     @property
     def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:

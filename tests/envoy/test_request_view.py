@@ -129,3 +129,9 @@ def test_scope_from_context_extensions_then_spiffe_then_default() -> None:
     req.attributes.ClearField("context_extensions")
     req.attributes.destination.principal = ""
     assert view_from_check_request(req, "dflt").scope == Scope("dflt")
+
+
+def test_x_request_id_wins_over_envoys_stream_id() -> None:
+    req = _request()
+    req.attributes.request.http.headers["x-request-id"] = "trace-me"
+    assert view_from_check_request(req, "d").request_id == "trace-me"

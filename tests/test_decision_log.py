@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.decision import Decision, Reason
+from authz.decision_log import REDACTED, DecisionLog, trace_context
+from authz.envoy.request_view import RequestView, view_from_check_request
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJl"
+
+
+def view(**headers: str) -> RequestView:
+    req = external_auth_pb2.CheckRequest()
+    http = req.attributes.request.http
+    http.method, http.host, http.path, http.id = "GET", "api", f"/x?access_token={TOKEN}", "r-1"
+    for k, v in headers.items():
+        http.headers[k.replace("_", "-")] = v
+    req.attributes.source.address.socket_address.address = "10.1.2.3"
+    return view_from_check_request(req, "default")
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+         {"trace_id": "a" * 32, "span_id": "b" * 16}),
+        ({"x-b3-traceid": "t1", "x-b3-spanid": "s1"}, {"trace_id": "t1", "span_id": "s1"}),
+        ({"b3": "t2-s2-1"}, {"trace_id": "t2", "span_id": "s2"}),
+        ({"traceparent": "garbage"}, {}),
+        ({}, {}),
+    ],
+)
+def test_trace_context(headers: dict[str, str], expected: dict[str, str]) -> None:
+    assert trace_context(headers) == expected
+
+
+def test_fields_have_what_operators_need_and_no_secret() -> None:
+    v = view(authorization=f"Bearer {TOKEN}", cookie=f"session={TOKEN}", x_team="blue",
+             traceparent="00-" + "c" * 32 + "-" + "d" * 16 + "-01")
+    d = Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED,
+                      policy="ns[default]-policy[p]-rule[0]", dry_run=("deny x",))
+    dl = DecisionLog("all", headers=["authorization", "cookie", "x-team"], redact=["x-team"])
+    fields = dl.fields(v, d, 0.000321)
+    assert fields["request_id"] == "r-1"  # http.id when there is no x-request-id
+    assert (fields["method"], fields["host"], fields["path"]) == ("GET", "api", "/x")
+    assert fields["decision"] == "deny" and fields["status"] == 403
+    assert fields["reason"] == "rbac_denied" and fields["policy"].endswith("rule[0]")
+    assert fields["dry_run"] == ["deny x"] and fields["latency_ms"] == 0.321
+    assert fields["source_ip"] == "10.1.2.3" and fields["scope"] == "default"
+    assert fields["trace_id"] == "c" * 32
+    assert fields["headers"] == {"authorization": REDACTED, "cookie": REDACTED,
+                                 "x-team": REDACTED}
+    assert TOKEN not in repr(fields)
+
+
+@pytest.mark.parametrize(
+    ("mode", "allowed_logged", "denied_logged"),
+    [("all", True, True), ("deny", False, True), ("none", False, False)],
+)
+def test_modes(mode: str, allowed_logged: bool, denied_logged: bool) -> None:
+    dl = DecisionLog(mode)
+    assert dl.wanted(Decision.allow()) is allowed_logged
+    assert dl.wanted(Decision.deny(403, "", Reason.RBAC_DENIED)) is denied_logged
+
+
+def test_sample_mode_logs_every_deny_and_some_allows() -> None:
+    dl = DecisionLog("sample", sample_rate=0.25)
+    dl._random.seed(7)
+    picked = sum(dl.wanted(Decision.allow()) for _ in range(4000))
+    assert 800 < picked < 1200
+    assert all(dl.wanted(Decision.deny(401, "", Reason.JWT_INVALID)) for _ in range(50))
+
+
+def test_emit_writes_one_line() -> None:
+    with structlog.testing.capture_logs() as logs:
+        DecisionLog("all").emit(view(), Decision.allow(), 0.001)
+        DecisionLog("deny").emit(view(), Decision.allow(), 0.001)
+    assert [entry["event"] for entry in logs] == ["decision"]
+
+
+def test_bad_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        DecisionLog("loud")
