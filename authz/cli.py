@@ -18,7 +18,7 @@ from authz import __version__
 from authz.config import ConfigError, Settings
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.policy.errors import PolicyErrors
-from authz.tools import commands, validate
+from authz.tools import check, commands, validate
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(serve, SERVE_OPTIONS)
     serve.set_defaults(func=lambda args: serve_command(settings_from_args(args)))
     validate.register(sub)
+    check.register(sub)
     commands.register(sub)
     return parser
 

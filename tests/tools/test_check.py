@@ -1,0 +1,110 @@
+"""`authz check` answers what the server would answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from authz.tools.check import CheckError, build_request, read_token
+
+POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/web/sa/frontend"], remoteIpBlocks: ["10.0.0.0/8"]}
+    to:
+    - operation: {methods: ["GET"], paths: ["/orders/*"]}
+    when:
+    - key: request.headers[x-tenant]
+      values: ["acme"]
+"""
+
+
+def check(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "authz", "check", "--policy", str(policy), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    return f
+
+
+MATCHING = ["--url", "http://api.shop/orders/7?x=1", "--namespace", "shop", "--labels", "app=api",
+            "--source-principal", "spiffe://cluster.local/ns/web/sa/frontend",
+            "--source-ip", "10.1.2.3", "--header", "X-Tenant: acme"]
+
+
+def test_allow_exits_zero_and_names_the_rule(policy: Path) -> None:
+    proc = check(policy, *MATCHING, "--output", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["decision"] == "allow" and out["status"] == 200
+    assert out["policy"] == "ns[shop]-policy[api]-rule[0]"
+    assert out["scope"] == "shop[app=api]"
+
+
+@pytest.mark.parametrize(
+    ("change", "value"),
+    [("--method", "POST"), ("--header", "X-Tenant: other"), ("--source-ip", "192.168.0.1"),
+     ("--source-principal", "spiffe://cluster.local/ns/web/sa/other"),
+     ("--url", "http://api.shop/admin")],
+)
+def test_each_condition_can_deny(policy: Path, change: str, value: str) -> None:
+    args = list(MATCHING)
+    if change in ("--header",):
+        i = args.index("--header")
+        args[i + 1] = value
+    else:
+        i = args.index(change) if change in args else None
+        if i is None:
+            args += [change, value]
+        else:
+            args[i + 1] = value
+    proc = check(policy, *args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("DENY 403 (rbac_denied)")
+    assert "RBAC: access denied" in proc.stdout
+
+
+def test_other_workload_has_no_policy(policy: Path) -> None:
+    proc = check(policy, "--url", "http://x/", "--namespace", "shop", "--labels", "app=web")
+    assert proc.returncode == 0 and "no_policy" in proc.stdout
+
+
+def test_bad_policy_and_bad_input_exit_two(policy: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("GET", "GET\"]}\n    bogus: [1"))
+    proc = check(bad, "--url", "http://x/")
+    assert proc.returncode == 2 and f"{bad}:" in proc.stderr
+    proc = check(policy, "--url", "/relative")
+    assert proc.returncode == 2 and "--url must be absolute" in proc.stderr
+
+
+def test_build_request_shapes_like_envoy() -> None:
+    req = build_request("https://h:8443/p?q=1", "post", ["A: 1", "a: 2"], token="t0k")
+    http = req.attributes.request.http
+    assert (http.method, http.scheme, http.host, http.path) == ("POST", "https", "h:8443", "/p?q=1")
+    assert http.headers["a"] == "1,2"
+    assert http.headers["authorization"] == "Bearer t0k"
+    assert req.attributes.destination.address.socket_address.port_value == 8443
+    with pytest.raises(CheckError):
+        build_request("http://h/", headers=["no colon"])
+
+
+def test_read_token_forms(tmp_path: Path) -> None:
+    f = tmp_path / "t"
+    f.write_text("Bearer abc\n")
+    assert read_token(f"@{f}") == "abc"
+    assert read_token(" xyz ") == "xyz"
+    assert read_token(None) is None
