@@ -1,0 +1,85 @@
+"""A bounded cache of signature-verified tokens.
+
+The signature check is the only costly step of verification; the cache skips
+it, never the other checks: the engine still runs the issuer/location, time
+and audience checks on every hit. An entry is used only while
+
+- the token has not expired (an entry also lapses after ``max_ttl`` seconds,
+  so a token without ``exp`` is re-verified now and then),
+- the key that verified it is still in the rule's *current* key set (a key
+  removed by rotation invalidates every token it verified), and
+- the cache itself lives: one cache belongs to one ``Authenticator``, i.e. one
+  policy snapshot, so a reload starts empty.
+
+Keys are a SHA-256 of the token, so tokens are not kept in memory here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from authz.authn.verify import Jwt
+
+DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_TTL = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    jwt: Jwt
+    key_fingerprint: str
+    expires_at: float
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class TokenCache:
+    """LRU of (rule id, token digest) -> verified ``Jwt``; safe across threads."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_ttl: float = DEFAULT_MAX_TTL, skew: int = 60) -> None:
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self.skew = skew
+        self._entries: OrderedDict[tuple[int, bytes], CachedToken] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
+            now: float) -> Jwt | None:
+        key = (rule_id, digest)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if now > entry.expires_at or entry.key_fingerprint not in fingerprints:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry.jwt
+
+    def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
+            now: float) -> None:
+        if self.max_entries <= 0:
+            return
+        expires_at = now + self.max_ttl
+        if jwt.exp:
+            expires_at = min(expires_at, float(jwt.exp + self.skew))
+        if expires_at < now:
+            return
+        with self._lock:
+            self._entries[(rule_id, digest)] = CachedToken(jwt, key_fingerprint, expires_at)
+            self._entries.move_to_end((rule_id, digest))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

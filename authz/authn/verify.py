@@ -1,0 +1,285 @@
+"""One token: parse, time, audience and signature checks (reference A.4).
+
+Each step mirrors jwt_verify_lib and Envoy's ``authenticator.cc``, in the same
+order, and a failure carries Envoy's exact status string, which becomes the
+401/403 body. Signatures are checked with ``cryptography`` directly so the
+algorithm is always the token's ``alg`` *pinned to the key's type* (an HS256
+token is only ever tried against ``oct`` keys) and never ``none``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from authz.authn.keys import EC_CURVES, Jwk, KeySet, b64url_decode
+
+CLOCK_SKEW_SECONDS = 60
+"""Envoy's default ``clock_skew_seconds``; Istio never sets it (reference A.2)."""
+MAX_TOKEN_BYTES = 60 * 1024
+"""Envoy's default ``max_request_headers_kb`` (60 KiB) bounds any token it forwards;
+anything longer cannot be a token Envoy would have verified, so it is rejected
+before any decoding."""
+_UINT64_LIMIT = 2.0**64
+
+
+class Status(Enum):
+    """jwt_verify_lib statuses used here; the value is the exact string Envoy sends."""
+
+    OK = "OK"
+    JWT_MISSED = "Jwt is missing"
+    JWT_NOT_YET_VALID = "Jwt not yet valid"
+    JWT_EXPIRED = "Jwt is expired"
+    JWT_BAD_FORMAT = (
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+    JWT_HEADER_BAD_BASE64 = "Jwt header is an invalid Base64url encoded"
+    JWT_HEADER_BAD_JSON = "Jwt header is an invalid JSON"
+    JWT_HEADER_BAD_ALG = "Jwt header [alg] field is required and must be a string"
+    JWT_HEADER_NOT_IMPLEMENTED_ALG = "Jwt header [alg] is not supported"
+    JWT_HEADER_BAD_KID = "Jwt header [kid] field is not a string"
+    JWT_PAYLOAD_BAD_BASE64 = "Jwt payload is an invalid Base64url encoded"
+    JWT_PAYLOAD_BAD_JSON = "Jwt payload is an invalid JSON"
+    JWT_PAYLOAD_ISS_NOT_STRING = "Jwt payload [iss] field is not a string"
+    JWT_PAYLOAD_SUB_NOT_STRING = "Jwt payload [sub] field is not a string"
+    JWT_PAYLOAD_IAT_NOT_INTEGER = "Jwt payload [iat] field is not an integer"
+    JWT_PAYLOAD_IAT_OUT_OF_RANGE = "Jwt payload [iat] field is not a positive 64 bit integer"
+    JWT_PAYLOAD_NBF_NOT_INTEGER = "Jwt payload [nbf] field is not an integer"
+    JWT_PAYLOAD_NBF_OUT_OF_RANGE = "Jwt payload [nbf] field is not a positive 64 bit integer"
+    JWT_PAYLOAD_EXP_NOT_INTEGER = "Jwt payload [exp] field is not an integer"
+    JWT_PAYLOAD_EXP_OUT_OF_RANGE = "Jwt payload [exp] field is not a positive 64 bit integer"
+    JWT_PAYLOAD_JTI_NOT_STRING = "Jwt payload [jti] field is not a string"
+    JWT_PAYLOAD_AUD_NOT_STRING_OR_LIST = "Jwt payload [aud] field is not a string or string list"
+    JWT_SIGNATURE_BAD_BASE64 = "Jwt signature is an invalid Base64url encoded"
+    JWT_UNKNOWN_ISSUER = "Jwt issuer is not configured"
+    JWT_AUDIENCE_NOT_ALLOWED = "Audiences in Jwt are not allowed"
+    JWT_VERIFICATION_FAIL = "Jwt verification fails"
+    JWT_MULTIPLE_TOKENS = "Found multiple Jwt tokens"
+    JWT_ED25519_SIGNATURE_WRONG_LENGTH = "Jwt ED25519 signature is wrong length"
+    JWKS_FETCH_FAIL = "Jwks remote fetch is failed"
+    JWKS_NO_VALID_KEYS = "Jwks doesn't have any valid public key"
+    JWKS_KID_ALG_UNMATCH = "Jwks doesn't have key to match kid or alg from Jwt"
+
+    @property
+    def message(self) -> str:
+        return str(self.value)
+
+
+SUPPORTED_ALGS = frozenset({
+    "ES256", "ES384", "ES512", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512", "EdDSA",
+})
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+}
+
+
+class JwtError(ValueError):
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        super().__init__(status.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Jwt:
+    """A parsed (not yet trusted) token. Never logged: ``payload`` may be personal data."""
+
+    alg: str
+    kid: str | None
+    payload: Mapping[str, Any] = field(repr=False)
+    payload_segment: str = field(repr=False)
+    """The base64url payload exactly as sent (``outputPayloadToHeader``)."""
+    signing_input: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    iss: str = ""
+    sub: str = ""
+    audiences: tuple[str, ...] = ()
+    iat: int = 0
+    nbf: int = 0
+    exp: int = 0
+    """0 means absent (jwt_verify_lib's convention: never expires)."""
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _opt_string(payload: Mapping[str, Any], name: str, status: Status) -> str:
+    if name not in payload:
+        return ""
+    value = payload[name]
+    if not isinstance(value, str):
+        raise JwtError(status)
+    return value
+
+
+def _opt_uint64(payload: Mapping[str, Any], name: str, wrong: Status, out_of_range: Status) -> int:
+    if name not in payload:
+        return 0
+    value = payload[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JwtError(wrong)
+    if value < 0 or value >= _UINT64_LIMIT:
+        raise JwtError(out_of_range)
+    return int(value)
+
+
+def parse_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Jwt:
+    """Decode and type-check a token; raises ``JwtError`` with the first failure."""
+    if len(token) > max_bytes:
+        raise JwtError(Status.JWT_BAD_FORMAT)
+    parts = [p for p in token.split(".") if p]
+    if len(parts) != 3:
+        raise JwtError(Status.JWT_BAD_FORMAT)
+    header_b64, payload_b64, signature_b64 = parts
+    try:
+        header_raw = b64url_decode(header_b64)
+    except ValueError as exc:
+        raise JwtError(Status.JWT_HEADER_BAD_BASE64) from exc
+    header = _json_object(header_raw)
+    if header is None:
+        raise JwtError(Status.JWT_HEADER_BAD_JSON)
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise JwtError(Status.JWT_HEADER_BAD_ALG)
+    if alg not in SUPPORTED_ALGS:
+        raise JwtError(Status.JWT_HEADER_NOT_IMPLEMENTED_ALG)
+    kid = header.get("kid")
+    if "kid" in header and not isinstance(kid, str):
+        raise JwtError(Status.JWT_HEADER_BAD_KID)
+    try:
+        payload_raw = b64url_decode(payload_b64)
+    except ValueError as exc:
+        raise JwtError(Status.JWT_PAYLOAD_BAD_BASE64) from exc
+    payload = _json_object(payload_raw)
+    if payload is None:
+        raise JwtError(Status.JWT_PAYLOAD_BAD_JSON)
+    iss = _opt_string(payload, "iss", Status.JWT_PAYLOAD_ISS_NOT_STRING)
+    sub = _opt_string(payload, "sub", Status.JWT_PAYLOAD_SUB_NOT_STRING)
+    iat = _opt_uint64(payload, "iat", Status.JWT_PAYLOAD_IAT_NOT_INTEGER,
+                      Status.JWT_PAYLOAD_IAT_OUT_OF_RANGE)
+    nbf = _opt_uint64(payload, "nbf", Status.JWT_PAYLOAD_NBF_NOT_INTEGER,
+                      Status.JWT_PAYLOAD_NBF_OUT_OF_RANGE)
+    exp = _opt_uint64(payload, "exp", Status.JWT_PAYLOAD_EXP_NOT_INTEGER,
+                      Status.JWT_PAYLOAD_EXP_OUT_OF_RANGE)
+    _opt_string(payload, "jti", Status.JWT_PAYLOAD_JTI_NOT_STRING)
+    audiences: tuple[str, ...] = ()
+    if "aud" in payload:
+        aud = payload["aud"]
+        if isinstance(aud, str):
+            audiences = (aud,)
+        elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+            audiences = tuple(aud)
+        else:
+            raise JwtError(Status.JWT_PAYLOAD_AUD_NOT_STRING_OR_LIST)
+    try:
+        signature = b64url_decode(signature_b64)
+    except ValueError as exc:
+        raise JwtError(Status.JWT_SIGNATURE_BAD_BASE64) from exc
+    return Jwt(
+        alg=alg, kid=kid, payload=payload, payload_segment=payload_b64,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"), signature=signature,
+        iss=iss, sub=sub, audiences=audiences, iat=iat, nbf=nbf, exp=exp,
+    )
+
+
+def check_time(jwt: Jwt, now: float, skew: int = CLOCK_SKEW_SECONDS) -> Status:
+    """jwt_verify_lib's ``verifyTimeConstraint`` on whole seconds."""
+    seconds = int(now)
+    if seconds + skew < jwt.nbf:
+        return Status.JWT_NOT_YET_VALID
+    if jwt.exp and seconds > jwt.exp + skew:
+        return Status.JWT_EXPIRED
+    return Status.OK
+
+
+def sanitize_audience(aud: str) -> str:
+    """jwt_verify_lib's ``check_audience``: drop one http(s):// prefix and one trailing /."""
+    for scheme in ("http://", "https://"):
+        if aud.startswith(scheme):
+            aud = aud[len(scheme):]
+            break
+    return aud[:-1] if aud.endswith("/") else aud
+
+
+def audience_allowed(jwt: Jwt, allowed: frozenset[str]) -> bool:
+    """``allowed`` holds sanitized audiences; empty means any (or no) ``aud`` passes."""
+    if not allowed:
+        return True
+    return any(sanitize_audience(a) in allowed for a in jwt.audiences)
+
+
+def _verify_with(jwk: Jwk, jwt: Jwt) -> Status | None:
+    """OK / JWT_ED25519_SIGNATURE_WRONG_LENGTH end the search; None means try the next key."""
+    alg, data, sig = jwt.alg, jwt.signing_input, jwt.signature
+    try:
+        if jwk.kty == "RSA" and alg[:2] in ("RS", "PS") and isinstance(jwk.key, rsa.RSAPublicKey):
+            digest = _HASHES[alg[2:]]()
+            pad: padding.AsymmetricPadding = (
+                padding.PKCS1v15() if alg.startswith("RS")
+                else padding.PSS(mgf=padding.MGF1(_HASHES[alg[2:]]()),
+                                 salt_length=padding.PSS.DIGEST_LENGTH))
+            jwk.key.verify(sig, data, pad, digest)
+            return Status.OK
+        if (jwk.kty == "EC" and alg.startswith("ES")
+                and isinstance(jwk.key, ec.EllipticCurvePublicKey)):
+            curve = EC_CURVES.get(jwk.crv or "")
+            if curve is None or curve[1] != alg or len(sig) != 2 * curve[2]:
+                return None
+            size = curve[2]
+            der = encode_dss_signature(int.from_bytes(sig[:size], "big"),
+                                       int.from_bytes(sig[size:], "big"))
+            jwk.key.verify(der, data, ec.ECDSA(_HASHES[alg[2:]]()))
+            return Status.OK
+        if jwk.kty == "oct" and alg.startswith("HS") and isinstance(jwk.key, bytes):
+            expected = hmac.new(jwk.key, data, "sha" + alg[2:]).digest()
+            return Status.OK if hmac.compare_digest(expected, sig) else None
+        if (jwk.kty == "OKP" and alg == "EdDSA"
+                and isinstance(jwk.key, ed25519.Ed25519PublicKey)):
+            if len(sig) != 64:
+                return Status.JWT_ED25519_SIGNATURE_WRONG_LENGTH
+            jwk.key.verify(sig, data)
+            return Status.OK
+    except (InvalidSignature, ValueError):
+        return None
+    return None
+
+
+def verify_signature(jwt: Jwt, keys: KeySet) -> tuple[Status, Jwk | None]:
+    """jwt_verify_lib's key loop: kid/alg filter, then verify by the key's own type.
+
+    A token without ``kid`` (or a key without one) is tried against every key
+    that passes the filter. No key surviving the filter is JWKS_KID_ALG_UNMATCH;
+    keys tried but none verifying is JWT_VERIFICATION_FAIL.
+    """
+    if not keys.keys:
+        return Status.JWKS_NO_VALID_KEYS, None
+    matched = False
+    for jwk in keys.keys:
+        if jwt.kid is not None and jwk.kid is not None and jwk.kid != jwt.kid:
+            continue
+        if jwk.alg is not None and jwk.alg != jwt.alg:
+            continue
+        matched = True
+        result = _verify_with(jwk, jwt)
+        if result is Status.OK:
+            return result, jwk
+        if result is not None:
+            return result, None
+    return (Status.JWT_VERIFICATION_FAIL if matched else Status.JWKS_KID_ALG_UNMATCH), None

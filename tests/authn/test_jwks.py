@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess
+from authz.authn.jwks import JwksManager, JwksSettings, JwksSource
+from authz.policy.request_authentication import JwtRule
+from tests.authn.helpers import NOW, claims, jwks, rsa_key, view
+
+
+@dataclass
+class Issuer:
+    """A JWKS server whose behaviour each test steers."""
+
+    body: str = ""
+    status: int = 200
+    delay: float = 0.0
+    etag: str | None = None
+    max_age: int | None = None
+    hits: list[dict[str, str]] = field(default_factory=list)
+    discovery_hits: int = 0
+    base: str = ""
+
+    async def keys(self, request: web.Request) -> web.StreamResponse:
+        self.hits.append(dict(request.headers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        headers = {}
+        if self.max_age is not None:
+            headers["Cache-Control"] = f"public, max-age={self.max_age}"
+        if self.etag:
+            headers["ETag"] = self.etag
+            if request.headers.get("If-None-Match") == self.etag:
+                return web.Response(status=304, headers=headers)
+        return web.Response(status=self.status, text=self.body, headers=headers,
+                            content_type="application/json")
+
+    async def discovery(self, request: web.Request) -> web.StreamResponse:
+        self.discovery_hits += 1
+        return web.json_response({"issuer": self.base, "jwks_uri": f"{self.base}/keys"})
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[Issuer]:
+    state = Issuer(body=jwks(rsa_key("k1").jwk()))
+    app = web.Application()
+    app.router.add_get("/keys", state.keys)
+    app.router.add_get("/oidc/.well-known/openid-configuration", state.discovery)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.base = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[JwksManager]:
+    m = JwksManager(JwksSettings(refresh_interval=3600, min_refresh_interval=0.05,
+                                 refetch_min_interval=0.3, backoff_initial=0.05,
+                                 backoff_max=0.1, max_body_bytes=64 * 1024))
+    await m.start()
+    yield m
+    await m.stop()
+
+
+def rule(issuer: Issuer, **kw: Any) -> JwtRule:
+    kw.setdefault("jwks_uri", f"{issuer.base}/keys")
+    return JwtRule("issuer-1", **kw)
+
+
+async def test_initial_fetch_shared_uri_and_ready(issuer: Issuer, manager: JwksManager) -> None:
+    r1, r2 = rule(issuer), JwtRule("issuer-2", jwks_uri=f"{issuer.base}/keys", timeout=9)
+    manager.set_rules([r1, r2])
+    assert await manager.wait_ready(5)
+    assert len(issuer.hits) == 1
+    keys = manager.keys_for(r1)
+    assert keys is not None and keys.kids == {"k1"}
+    assert manager.keys_for(r2) is keys
+    assert manager.ready
+    (status,) = manager.status()
+    assert status.keys == 1 and status.last_error is None
+
+
+async def test_engine_uses_live_keys(issuer: Issuer, manager: JwksManager) -> None:
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    token = rsa_key("k1").sign(claims())
+    res = Authenticator([r], manager).authenticate(
+        view(headers={"authorization": f"Bearer {token}"}), NOW)
+    assert isinstance(res, AuthnSuccess) and res.claims is not None
+
+
+async def test_rotation_via_max_age(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.max_age = 0  # clamped to min_refresh_interval (50 ms here)
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    issuer.body = jwks(rsa_key("k2", seed=1).jwk())
+    for _ in range(100):
+        keys = manager.keys_for(r)
+        if keys is not None and keys.kids == {"k2"}:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("rotated key set never published")
+
+
+async def test_server_error_keeps_last_good_and_backs_off(
+        issuer: Issuer, manager: JwksManager) -> None:
+    issuer.max_age = 0
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    good = manager.keys_for(r)
+    issuer.status = 500
+    await asyncio.sleep(0.5)
+    assert manager.keys_for(r) is good
+    (status,) = manager.status()
+    assert status.consecutive_failures >= 2 and "HTTP 500" in (status.last_error or "")
+    failures_before = len(issuer.hits)
+    await asyncio.sleep(0.3)
+    # Backoff capped at 100 ms with jitter: a handful of retries, not a hot loop.
+    assert len(issuer.hits) - failures_before < 10
+    issuer.status = 200
+    await asyncio.sleep(0.4)
+    assert manager.status()[0].consecutive_failures == 0
+
+
+async def test_first_fetch_failure_is_ready_without_keys(
+        issuer: Issuer, manager: JwksManager) -> None:
+    issuer.status = 404
+    r = rule(issuer)
+    manager.set_rules([r])
+    assert await manager.wait_ready(5)
+    assert manager.keys_for(r) is None
+    token = rsa_key("k1").sign(claims())
+    res = Authenticator([r], manager).authenticate(
+        view(headers={"authorization": f"Bearer {token}"}), NOW)
+    assert isinstance(res, AuthnFailure) and res.body == "Jwks remote fetch is failed"
+
+
+async def test_timeout(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.delay = 0.5
+    r = rule(issuer, timeout=0.01)
+    manager.set_rules([r])
+    assert await manager.wait_ready(5)
+    assert manager.keys_for(r) is None
+    assert "Timeout" in (manager.status()[0].last_error or "")
+
+
+async def test_wait_ready_times_out(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.delay = 1.0
+    manager.set_rules([rule(issuer, timeout=5)])
+    assert not await manager.wait_ready(0.05)
+
+
+async def test_etag_conditional_refresh(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.etag, issuer.max_age = '"v1"', 0
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    first = manager.keys_for(r)
+    await asyncio.sleep(0.3)
+    assert len(issuer.hits) >= 2
+    assert issuer.hits[1].get("If-None-Match") == '"v1"'
+    assert manager.keys_for(r) is first  # 304: the same published object
+    assert manager.status()[0].consecutive_failures == 0
+
+
+async def test_unknown_kid_refetch_is_single_flight_and_rate_limited(
+        issuer: Issuer, manager: JwksManager) -> None:
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    await asyncio.sleep(0.35)  # past the rate-limit window of the initial fetch
+    issuer.body = jwks(rsa_key("k1").jwk(), rsa_key("k2", seed=1).jwk())
+    a = Authenticator([r], manager)
+    token = rsa_key("k2", seed=1).sign(claims())
+    req = view(headers={"authorization": f"Bearer {token}"})
+    for _ in range(20):
+        assert isinstance(a.authenticate(req, NOW), AuthnFailure)  # answered from current keys
+    await asyncio.sleep(0.1)
+    assert len(issuer.hits) == 2
+    assert isinstance(a.authenticate(req, NOW), AuthnSuccess)
+    for _ in range(5):
+        manager.request_refetch(r)
+    await asyncio.sleep(0.1)
+    assert len(issuer.hits) == 2  # inside the window: ignored
+
+
+async def test_refetch_from_another_thread(issuer: Issuer, manager: JwksManager) -> None:
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    await asyncio.sleep(0.35)
+    await asyncio.to_thread(manager.request_refetch, r)
+    await asyncio.sleep(0.1)
+    assert len(issuer.hits) == 2
+
+
+async def test_oidc_discovery(issuer: Issuer, manager: JwksManager) -> None:
+    r = JwtRule(f"{issuer.base}/oidc/")
+    assert JwksSource.for_rule(r) == JwksSource(issuer=r.issuer)
+    assert JwksSource.for_rule(r).discovery_url == (  # type: ignore[union-attr]
+        f"{issuer.base}/oidc/.well-known/openid-configuration")
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    keys = manager.keys_for(r)
+    assert keys is not None and keys.kids == {"k1"} and issuer.discovery_hits == 1
+
+
+async def test_body_size_limit_and_bad_json(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.body = json.dumps({"keys": [], "pad": "x" * 70_000})
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    assert manager.keys_for(r) is None
+    assert "larger than" in (manager.status()[0].last_error or "")
+
+
+async def test_no_usable_keys_is_a_failure(issuer: Issuer, manager: JwksManager) -> None:
+    issuer.body = '{"keys": [{"kty": "RSA"}]}'
+    manager.set_rules([rule(issuer)])
+    await manager.wait_ready(5)
+    assert "Jwks doesn't have any valid public key" in (manager.status()[0].last_error or "")
+
+
+async def test_set_rules_drops_unused_sources(issuer: Issuer, manager: JwksManager) -> None:
+    r = rule(issuer)
+    manager.set_rules([r])
+    await manager.wait_ready(5)
+    manager.set_rules([JwtRule("inline", jwks=jwks(rsa_key().jwk()))])
+    assert manager.keys_for(r) is None and manager.status() == ()
+
+
+async def test_set_rules_requires_start() -> None:
+    with pytest.raises(RuntimeError):
+        JwksManager().set_rules([])

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from authz.authn.keys import (
+    JWKS_BAD_KEYS,
+    JWKS_NO_KEYS,
+    JWKS_NO_VALID_KEYS,
+    JWKS_PARSE_ERROR,
+    b64url_decode,
+    parse_jwks,
+)
+from tests.authn.helpers import SAMPLES, ec_key, ed_key, hmac_key, jwks, rsa_key
+
+
+def test_every_supported_kty_parses() -> None:
+    keys = parse_jwks(jwks(rsa_key().jwk(), ec_key().jwk(), ed_key().jwk(), hmac_key().jwk(),
+                           ec_key("ec-384", "ES384").jwk(), ec_key("ec-521", "ES512").jwk()))
+    assert keys.error is None
+    assert [k.kty for k in keys.keys] == ["RSA", "EC", "OKP", "oct", "EC", "EC"]
+    assert keys.kids == {"rsa-1", "ec-1", "ed-1", "hs-1", "ec-384", "ec-521"}
+    assert len(keys.fingerprints) == 6
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("not json", JWKS_PARSE_ERROR),
+    ("[]", JWKS_PARSE_ERROR),
+    ('{"foo": 1}', JWKS_NO_KEYS),
+    ('{"keys": {}}', JWKS_BAD_KEYS),
+    ('{"keys": []}', JWKS_NO_VALID_KEYS),
+    ('{"keys": [1, "x", {"kty": "RSA"}]}', JWKS_NO_VALID_KEYS),
+])
+def test_invalid_sets_carry_envoy_message(text: str, error: str) -> None:
+    keys = parse_jwks(text)
+    assert keys.error == error
+    assert not keys.usable
+
+
+@pytest.mark.parametrize(("jwk", "reason"), [
+    ({"kty": "RSA", "alg": "ES256"}, "[alg] is not started with [RS] or [PS] for an RSA key"),
+    ({"kty": "RSA", "n": "!!", "e": "AQAB"}, "Jwks RSA [n] or [e] field is missing"),
+    ({"kty": "EC", "alg": "RS256"}, "[alg] is not started with [ES] for an EC key"),
+    ({"kty": "oct", "k": "a2V5", "alg": "RS256"}, "for an HMAC key"),
+    ({"kty": "OKP", "crv": "X25519", "x": "AA"}, "Ed25519"),
+    ({"n": "AQAB"}, "[kty] is missing in [keys]"),
+    ({"kty": "XYZ"}, "not supported"),
+    ({"kty": "RSA", "kid": 7}, "[kid] field is not a string"),
+])
+def test_unusable_keys_are_skipped_with_a_reason(jwk: dict[str, object], reason: str) -> None:
+    good = rsa_key().jwk()
+    keys = parse_jwks(json.dumps({"keys": [jwk, good]}))
+    assert keys.usable and len(keys.keys) == 1
+    assert reason in keys.skipped[0]
+
+
+def test_ec_curve_must_agree_with_alg() -> None:
+    p256 = ec_key().jwk()
+    p256["alg"] = "ES384"
+    keys = parse_jwks(jwks(p256))
+    assert not keys.usable
+    assert "does not match" in keys.skipped[0]
+
+
+def test_ec_curve_derived_from_alg_when_crv_absent() -> None:
+    jwk = ec_key().jwk()
+    del jwk["crv"]
+    assert parse_jwks(jwks(jwk)).usable
+
+
+def test_encryption_keys_are_skipped() -> None:
+    keys = parse_jwks(jwks(rsa_key().jwk(use="enc"), rsa_key("sig").jwk(use="sig")))
+    assert [k.kid for k in keys.keys] == ["sig"]
+    assert "[use]" in keys.skipped[0]
+
+
+def test_x509_map_reads_rsa_certificates() -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(private.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(private, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    keys = parse_jwks(json.dumps({"kid-a": pem}))
+    assert keys.usable
+    assert keys.keys[0].kid == "kid-a" and keys.keys[0].kty == "RSA"
+
+
+def test_fingerprint_is_stable_and_material_sensitive() -> None:
+    a = parse_jwks(jwks(rsa_key().jwk())).keys[0]
+    b = parse_jwks(jwks(rsa_key().jwk())).keys[0]
+    c = parse_jwks(jwks(rsa_key(seed=1).jwk())).keys[0]
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_b64url_strictness() -> None:
+    assert b64url_decode("YQ") == b"a"
+    assert b64url_decode("YQ==") == b"a"
+    for bad in ("Y", "YQ===", "Y+Q", "Y/Q", "é"):
+        with pytest.raises(ValueError):
+            b64url_decode(bad)
+
+
+def test_istio_sample_jwks() -> None:
+    path = SAMPLES / "jwks.json"
+    if not path.is_file():
+        pytest.skip(f"Istio samples not found at {SAMPLES}")
+    keys = parse_jwks(path.read_text())
+    assert keys.kids == {"DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ"}

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from authz.authn.keys import parse_jwks
+from authz.authn.verify import (
+    MAX_TOKEN_BYTES,
+    JwtError,
+    Status,
+    audience_allowed,
+    check_time,
+    parse_jwt,
+    sanitize_audience,
+    verify_signature,
+)
+from tests.authn.helpers import (
+    NOW,
+    b64,
+    claims,
+    ec_key,
+    ed_key,
+    hmac_key,
+    jwks,
+    rsa_key,
+    unsigned,
+)
+
+
+def status_of(token: str) -> Status:
+    try:
+        parse_jwt(token)
+    except JwtError as exc:
+        return exc.status
+    return Status.OK
+
+
+@pytest.mark.parametrize("key", [
+    rsa_key(), rsa_key(alg="RS384"), rsa_key(alg="RS512"), rsa_key(alg="PS256"),
+    rsa_key(alg="PS384"), rsa_key(alg="PS512"), ec_key(), ec_key(alg="ES384"),
+    ec_key(alg="ES512"), ed_key(), hmac_key(),
+], ids=lambda k: k.alg)
+def test_valid_signatures(key) -> None:  # type: ignore[no-untyped-def]
+    token = key.sign(claims())
+    jwt = parse_jwt(token)
+    status, used = verify_signature(jwt, parse_jwks(jwks(key.jwk())))
+    assert status is Status.OK and used is not None and used.kid == key.kid
+
+
+def test_rsa_key_without_alg_accepts_rs_and_ps() -> None:
+    keys = parse_jwks(jwks(rsa_key().jwk(with_alg=False)))
+    for alg in ("RS256", "PS512"):
+        jwt = parse_jwt(rsa_key().sign(claims(), alg=alg))
+        assert verify_signature(jwt, keys)[0] is Status.OK
+
+
+def test_bad_signature() -> None:
+    key = rsa_key()
+    token = key.sign(claims())
+    head, _payload, _ = token.split(".")
+    forged = f"{head}.{b64(json.dumps(claims(sub='admin')).encode())}.{token.split('.')[2]}"
+    assert verify_signature(parse_jwt(forged), parse_jwks(jwks(key.jwk())))[0] is \
+        Status.JWT_VERIFICATION_FAIL
+    other = rsa_key(seed=1)
+    assert verify_signature(parse_jwt(token), parse_jwks(jwks(other.jwk())))[0] is \
+        Status.JWT_VERIFICATION_FAIL
+
+
+def test_alg_none_is_rejected_at_parse() -> None:
+    token = unsigned({"alg": "none"}, claims(), b"")
+    assert status_of(token) is Status.JWT_BAD_FORMAT  # empty signature: two sections
+    token = unsigned({"alg": "none"}, claims(), b"x")
+    assert status_of(token) is Status.JWT_HEADER_NOT_IMPLEMENTED_ALG
+
+
+def test_hs256_signed_with_rsa_public_key_is_never_accepted() -> None:
+    key = rsa_key()
+    pem = key.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
+    payload = b64(json.dumps(claims()).encode())
+    sig = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    jwt = parse_jwt(f"{header}.{payload}.{b64(sig)}")
+    # RSA key pinned to RS256: filtered out by alg -> no key fits.
+    assert verify_signature(jwt, parse_jwks(jwks(key.jwk())))[0] is Status.JWKS_KID_ALG_UNMATCH
+    # RSA key without alg: it is "tried" but never with HMAC -> verification fails.
+    assert verify_signature(jwt, parse_jwks(jwks(key.jwk(with_alg=False))))[0] is \
+        Status.JWT_VERIFICATION_FAIL
+
+
+def test_kid_selection() -> None:
+    a, b = rsa_key("a"), rsa_key("b", seed=1)
+    keys = parse_jwks(jwks(a.jwk(), b.jwk()))
+    status, used = verify_signature(parse_jwt(b.sign(claims())), keys)
+    assert status is Status.OK and used is not None and used.kid == "b"
+    unknown = parse_jwt(b.sign(claims(), kid="zzz"))
+    assert verify_signature(unknown, keys)[0] is Status.JWKS_KID_ALG_UNMATCH
+    no_kid = parse_jwt(b.sign(claims(), kid=False))
+    assert no_kid.kid is None
+    status, used = verify_signature(no_kid, keys)
+    assert status is Status.OK and used is not None and used.kid == "b"
+
+
+def test_key_without_kid_is_tried_for_any_token_kid() -> None:
+    key = rsa_key(kid=None)
+    token = key.sign(claims(), kid="whatever")
+    assert verify_signature(parse_jwt(token), parse_jwks(jwks(key.jwk())))[0] is Status.OK
+
+
+def test_key_alg_pins_token_alg() -> None:
+    key = rsa_key(alg="PS256")
+    token = key.sign(claims(), alg="RS256")
+    assert verify_signature(parse_jwt(token), parse_jwks(jwks(key.jwk())))[0] is \
+        Status.JWKS_KID_ALG_UNMATCH
+
+
+def test_ec_curve_mismatch_fails() -> None:
+    k384 = ec_key(alg="ES384")
+    jwk = k384.jwk(with_alg=False)
+    token = ec_key(alg="ES256").sign(claims(), kid=k384.kid)
+    assert verify_signature(parse_jwt(token), parse_jwks(jwks(jwk)))[0] is \
+        Status.JWT_VERIFICATION_FAIL
+
+
+def test_ed25519_wrong_length() -> None:
+    key = ed_key()
+    token = key.sign(claims())
+    head, payload, _ = token.split(".")
+    jwt = parse_jwt(f"{head}.{payload}.{b64(b'short')}")
+    assert verify_signature(jwt, parse_jwks(jwks(key.jwk())))[0] is \
+        Status.JWT_ED25519_SIGNATURE_WRONG_LENGTH
+
+
+@pytest.mark.parametrize(("token", "status"), [
+    ("TokenInvalid", Status.JWT_BAD_FORMAT),
+    ("a.b", Status.JWT_BAD_FORMAT),
+    ("a.b.c.d", Status.JWT_BAD_FORMAT),
+    ("!!.b.c", Status.JWT_HEADER_BAD_BASE64),
+    (f"{b64(b'nope')}.b.c", Status.JWT_HEADER_BAD_JSON),
+    (f"{b64(b'[1]')}.b.c", Status.JWT_HEADER_BAD_JSON),
+    (unsigned({"typ": "JWT"}, {}), Status.JWT_HEADER_BAD_ALG),
+    (unsigned({"alg": 5}, {}), Status.JWT_HEADER_BAD_ALG),
+    (unsigned({"alg": "RS1"}, {}), Status.JWT_HEADER_NOT_IMPLEMENTED_ALG),
+    (unsigned({"alg": "RS256", "kid": 1}, {}), Status.JWT_HEADER_BAD_KID),
+    (b64(b'{"alg":"RS256"}') + ".!!.c", Status.JWT_PAYLOAD_BAD_BASE64),
+    (unsigned({"alg": "RS256"}, "nope"), Status.JWT_PAYLOAD_BAD_JSON),
+    (unsigned({"alg": "RS256"}, {"iss": 1}), Status.JWT_PAYLOAD_ISS_NOT_STRING),
+    (unsigned({"alg": "RS256"}, {"sub": None}), Status.JWT_PAYLOAD_SUB_NOT_STRING),
+    (unsigned({"alg": "RS256"}, {"iat": "1"}), Status.JWT_PAYLOAD_IAT_NOT_INTEGER),
+    (unsigned({"alg": "RS256"}, {"iat": True}), Status.JWT_PAYLOAD_IAT_NOT_INTEGER),
+    (unsigned({"alg": "RS256"}, {"nbf": -1}), Status.JWT_PAYLOAD_NBF_OUT_OF_RANGE),
+    (unsigned({"alg": "RS256"}, {"exp": 2**64}), Status.JWT_PAYLOAD_EXP_OUT_OF_RANGE),
+    (unsigned({"alg": "RS256"}, {"jti": 5}), Status.JWT_PAYLOAD_JTI_NOT_STRING),
+    (unsigned({"alg": "RS256"}, {"aud": ["a", 1]}), Status.JWT_PAYLOAD_AUD_NOT_STRING_OR_LIST),
+    (unsigned({"alg": "RS256"}, {"aud": 3}), Status.JWT_PAYLOAD_AUD_NOT_STRING_OR_LIST),
+    (unsigned({"alg": "RS256"}, {}).rsplit(".", 1)[0] + ".!!", Status.JWT_SIGNATURE_BAD_BASE64),
+])
+def test_malformed_tokens(token: str, status: Status) -> None:
+    assert status_of(token) is status
+
+
+def test_empty_sections_are_skipped_like_envoy() -> None:
+    token = rsa_key().sign(claims())
+    head, payload, sig = token.split(".")
+    assert status_of(f"{head}..{payload}.{sig}") is Status.OK
+
+
+def test_oversized_token_rejected_before_parsing() -> None:
+    assert status_of("a" * (MAX_TOKEN_BYTES + 1)) is Status.JWT_BAD_FORMAT
+
+
+def test_float_times_are_truncated() -> None:
+    jwt = parse_jwt(unsigned({"alg": "RS256"}, {"exp": 10.9}))
+    assert jwt.exp == 10
+
+
+@pytest.mark.parametrize(("payload", "status"), [
+    ({"exp": int(NOW) - 61}, Status.JWT_EXPIRED),
+    ({"exp": int(NOW) - 60}, Status.OK),         # inside the 60 s skew
+    ({"nbf": int(NOW) + 61}, Status.JWT_NOT_YET_VALID),
+    ({"nbf": int(NOW) + 60}, Status.OK),
+    ({}, Status.OK),                              # no exp: never expires
+])
+def test_time_window(payload: dict[str, int], status: Status) -> None:
+    assert check_time(parse_jwt(unsigned({"alg": "RS256"}, payload)), NOW) is status
+
+
+def test_audiences() -> None:
+    assert sanitize_audience("https://foo.com/") == "foo.com"
+    assert sanitize_audience("http://foo") == "foo"
+    allowed = frozenset({sanitize_audience("https://api.example.com/")})
+    jwt = parse_jwt(unsigned({"alg": "RS256"}, {"aud": ["x", "http://api.example.com"]}))
+    assert audience_allowed(jwt, allowed)
+    assert not audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {"aud": "y"})), allowed)
+    assert not audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {})), allowed)
+    assert audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {})), frozenset())
+
+
+def test_jwt_repr_never_shows_payload() -> None:
+    jwt = parse_jwt(rsa_key().sign(claims(secret="hunter2")))
+    assert "hunter2" not in repr(jwt)
