@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authz import __version__
+from authz.authn.jwks import describe
 from authz.config import parse_address
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class AdminServer:
             "draining": server.draining,
             "snapshot_version": server.store.current.version,
             "last_reload_error": server.last_reload_error,
+            "jwks": describe(server.jwks),
         }
         return web.json_response(body, status=200 if server.ready else 503)
 

@@ -56,6 +56,12 @@ SERVE_OPTIONS = (
     Option("--xff-num-trusted-hops", "xff_num_trusted_hops", "trusted proxies in front of "
            "Envoy; must equal the listener's xff_num_trusted_hops (remoteIpBlocks, remote.ip)",
            0, int),
+    Option("--jwks-refresh-interval", "jwks_refresh_interval", "seconds between JWKS "
+           "refreshes (a shorter Cache-Control max-age wins, down to 30 s)", 1200.0, float),
+    Option("--jwks-refetch-interval", "jwks_refetch_interval", "a token with an unknown kid "
+           "refetches its JWKS at most once per this many seconds", 2.0, float),
+    Option("--jwks-ca-file", "jwks_ca_file", "CA bundle for HTTPS JWKS and OIDC discovery "
+           "(default: the system's)"),
     Option("--watch-interval", "watch_interval", "seconds between checks of the policy files "
            "for changes (SIGHUP also reloads); 0 disables watching", 0.5, float),
     Option("--decision-log", "decision_log", "which decisions get a log line: all, deny, "
@@ -139,6 +145,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         grace_period=args.grace_period,
         watch_interval=args.watch_interval,
+        jwks_refresh_interval=args.jwks_refresh_interval,
+        jwks_refetch_interval=args.jwks_refetch_interval,
+        jwks_ca_file=args.jwks_ca_file or None,
         decision_log=args.decision_log,
         decision_log_sample_rate=args.decision_log_sample_rate,
         decision_log_headers=tuple(_repeated(args, "decision_log_header")),

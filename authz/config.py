@@ -52,6 +52,12 @@ class Settings:
     """Istio meshConfig trustDomain / trustDomainAliases: principals match across them."""
     xff_num_trusted_hops: int = 0
     """Must equal Envoy's ``xff_num_trusted_hops``: how remote.ip is derived."""
+    jwks_refresh_interval: float = 1200.0
+    """Seconds between JWKS refreshes (Istio's default: 20 min); max-age can shorten it."""
+    jwks_refetch_interval: float = 2.0
+    """At most one unknown-kid refetch per JWKS source per this many seconds."""
+    jwks_ca_file: str | None = None
+    """CA bundle for HTTPS JWKS endpoints (default: the system's)."""
     watch_interval: float = 0.5
     """Seconds between checks of the policy files for changes; 0 disables watching."""
     drain_delay: float = 0.0
@@ -71,6 +77,8 @@ class Settings:
             raise ConfigError("--decision-log: expected all|deny|sample|none")
         if not 0 <= self.decision_log_sample_rate <= 1:
             raise ConfigError("--decision-log-sample-rate must be within [0, 1]")
+        if self.jwks_refresh_interval <= 0 or self.jwks_refetch_interval < 0:
+            raise ConfigError("--jwks-refresh-interval must be > 0, --jwks-refetch-interval >= 0")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
         if self.drain_delay < 0:

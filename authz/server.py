@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from authz import __version__
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.admin import AdminServer
+from authz.authn.jwks import JwksManager, JwksSettings
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog
@@ -127,6 +128,11 @@ class AuthzServer:
             trust_domain_aliases=settings.trust_domain_aliases,
             xff_num_trusted_hops=settings.xff_num_trusted_hops,
         )
+        self.jwks = JwksManager(JwksSettings(
+            refresh_interval=settings.jwks_refresh_interval,
+            refetch_min_interval=settings.jwks_refetch_interval,
+            ca_bundle=settings.jwks_ca_file,
+        ))
         self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
         self.ready = False
@@ -146,7 +152,18 @@ class AuthzServer:
     # -- lifecycle -------------------------------------------------------------
     def _compile(self, version: int) -> Snapshot:
         resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
-        return compile_snapshot(resources, version, self.policy_options)
+        return compile_snapshot(resources, version, self.policy_options, self.jwks)
+
+    def _jwks_wait_limit(self, *snapshots: Snapshot) -> float:
+        """First attempts are bounded by each rule's timeout (discovery makes two calls)."""
+        timeouts = [r.timeout for s in snapshots for r in s.jwt_rules] or [0.0]
+        return 2 * max(timeouts) + 5.0
+
+    async def _fetch_keys_for(self, *snapshots: Snapshot) -> None:
+        rules = [r for s in snapshots for r in s.jwt_rules]
+        self.jwks.set_rules(rules)
+        if not await self.jwks.wait_ready(self._jwks_wait_limit(*snapshots)):
+            log.warning("jwks_first_fetch_slow", sources=len(self.jwks.status()))
 
     def _install(self, snapshot: Snapshot, event: str) -> None:
         self.store.swap(snapshot)
@@ -175,7 +192,11 @@ class AuthzServer:
                 log.error("policy_reload_failed", errors=[str(e) for e in exc.errors],
                           serving_version=self.store.current.version)
                 return False
+            # New JWKS sources get their first fetch before the snapshot that needs
+            # them serves; the old snapshot's sources stay until it is replaced.
+            await self._fetch_keys_for(self.store.current, snapshot)
             self._install(snapshot, "policies_reloaded")
+            self.jwks.set_rules(snapshot.jwt_rules)
             self.last_reload_error = None
             self.metrics.reloads.labels("success").inc()
             return True
@@ -187,6 +208,7 @@ class AuthzServer:
     async def start(self) -> None:
         """Bind ports and start answering; readiness follows once policies load."""
         await self._set_health(NOT_SERVING)
+        await self.jwks.start()
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -229,8 +251,10 @@ class AuthzServer:
                  http_address=self.settings.http_address or None)
 
     async def become_ready(self, load: bool = True) -> None:
+        """Ready = policies loaded and every JWKS source tried once (good or not)."""
         if load:
             self.load_policies()
+        await self._fetch_keys_for(self.store.current)
         self.ready = True
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
@@ -259,6 +283,7 @@ class AuthzServer:
             await self._grpc.stop(self.settings.grace_period)
         if self._admin is not None:
             await self._admin.stop()
+        await self.jwks.stop()
         log.info("server_stopped", checks_answered=self.service.answered if self.service else 0)
 
     async def serve(self, install_signals: bool = True) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
@@ -11,6 +14,20 @@ from authz.decision import Decision, Header
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+
+
+def _plain(value: Any) -> Any:
+    """Claims arrive as read-only mappings and tuples; Struct takes dicts and lists.
+    Integers become floats there anyway (JSON numbers), so pass them as such."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
 
 
 def _header(h: Header) -> base_pb2.HeaderValueOption:
@@ -41,6 +58,6 @@ def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         denied.headers.extend(_header(h) for h in decision.response_headers)
     if decision.dynamic_metadata:
         metadata = struct_pb2.Struct()
-        metadata.update(dict(decision.dynamic_metadata))
+        metadata.update(_plain(decision.dynamic_metadata))
         response.dynamic_metadata.CopyFrom(metadata)
     return response

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from authz.decision import Decision, Reason
+from authz.authn.engine import Authenticator, AuthnFailure, KeyProvider
+from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.policy.load import Resource
+from authz.policy.request_authentication import JwtRule, RequestAuthnPolicies
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
 
@@ -47,22 +49,44 @@ class Snapshot:
     resources: tuple[Resource, ...]
     authorization: rbac.PolicySet
     options: PolicyOptions
+    authentication: RequestAuthnPolicies
+    authenticator: Authenticator
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
-        """Decide one request. Pure: no I/O, no awaits, no shared writes."""
-        auth: RequestAuth | None = None
+        """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
+
+        Pure apart from the bounded token cache: no I/O, no awaits. A key set
+        the JWKS manager replaces is read as a whole, old or new.
+        """
+        authn = self.authenticator.authenticate(view, now)
+        if isinstance(authn, AuthnFailure):
+            reason = Reason(authn.reason)
+            return Decision.deny(
+                authn.status, authn.body, reason,
+                response_headers=(Header("www-authenticate", authn.www_authenticate),),
+                detail=authn.detail,
+            )
+        auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
-        effects = {"dry_run": result.dry_run, "audit": result.audit}
+        effects = {"dry_run": result.dry_run, "audit": result.audit,
+                   "principal": authn.principal}
         if not result.allowed:
             return Decision.deny(
                 403, RBAC_DENIED_BODY, Reason.RBAC_DENIED,
                 policy=result.policy, detail=result.reason, **effects,
             )
         reason = Reason.NO_POLICY if result.reason == rbac.NO_POLICY else Reason.ALLOWED
-        return Decision.allow(reason, policy=result.policy, detail=result.reason, **effects)
+        return Decision.allow(
+            reason, policy=result.policy, detail=result.reason,
+            upstream_headers=authn.upstream_headers,
+            upstream_headers_to_remove=authn.upstream_headers_to_remove,
+            query_parameters_to_remove=authn.query_parameters_to_remove,
+            dynamic_metadata=authn.dynamic_metadata,
+            **effects,
+        )
 
     @property
     def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
@@ -70,17 +94,24 @@ class Snapshot:
 
     @property
     def jwt_namespaces(self) -> frozenset[str]:
-        """Namespaces holding a RequestAuthentication (none until JWT support)."""
-        return frozenset(r.namespace for r in self.resources if r.kind == "RequestAuthentication")
+        """Namespaces holding a RequestAuthentication."""
+        return frozenset(p.namespace for p in self.authentication.policies)
+
+    @property
+    def jwt_rules(self) -> tuple[JwtRule, ...]:
+        """Every rule whose keys the JWKS manager must keep fresh."""
+        return self.authentication.all_rules
 
 
 def empty_snapshot(options: PolicyOptions | None = None) -> Snapshot:
-    options = options or PolicyOptions()
-    return Snapshot(0, (), rbac.PolicySet.compile((), options.root_namespace), options)
+    return compile_snapshot((), 0, options)
 
 
 def compile_snapshot(
-    resources: Sequence[Resource], version: int, options: PolicyOptions | None = None
+    resources: Sequence[Resource],
+    version: int,
+    options: PolicyOptions | None = None,
+    keys: KeyProvider | None = None,
 ) -> Snapshot:
     """Validate and compile; raise ``PolicyErrors`` naming every bad resource.
 
@@ -99,6 +130,8 @@ def compile_snapshot(
         try:
             if res.kind == "AuthorizationPolicy":
                 authz_policies.append(parse_authorization_policy(res))
+            elif res.kind == "RequestAuthentication":
+                pass  # parsed below, all together
             elif res.kind in NOT_FOR_THIS_SERVER:
                 log.warning("resource_not_enforced", kind=res.kind, resource=res.ref,
                             file=str(res.location), why=NOT_FOR_THIS_SERVER[res.kind])
@@ -123,13 +156,20 @@ def compile_snapshot(
         )
     except PolicyErrors as exc:
         errors.extend(exc.errors)
+    try:
+        authentication = RequestAuthnPolicies.from_resources(kept, options.root_namespace)
+    except PolicyErrors as exc:
+        errors.extend(exc.errors)
     if errors:
         raise PolicyErrors(errors)
     for policy in policy_set.custom:
         log.info("custom_policy_not_evaluated", policy=policy.ref, why=rbac.CUSTOM_EXPLANATION)
     for policy in policy_set.not_attached:
         log.warning("policy_not_attached", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
-    return Snapshot(version, tuple(kept), policy_set, options)
+    return Snapshot(
+        version, tuple(kept), policy_set, options, authentication,
+        Authenticator(authentication, keys),
+    )
 
 
 class SnapshotStore:

@@ -84,7 +84,10 @@ def bootstrap(
     routes: Sequence[Route] = (),
     encode_raw_headers: bool = False,
     xff_num_trusted_hops: int = 0,
+    filters: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``filters`` replaces the ext_authz filter (e.g. Envoy's own jwt_authn + RBAC)
+    so the same listener can serve as the reference to compare against."""
     per_route = [
         {
             "match": {"prefix": r.prefix},
@@ -114,7 +117,7 @@ def bootstrap(
                 ],
             }],
         },
-        "http_filters": [
+        "http_filters": [*(filters if filters is not None else [
             {
                 "name": "envoy.filters.http.ext_authz",
                 "typed_config": {
@@ -125,6 +128,7 @@ def bootstrap(
                     "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "5s"},
                 },
             },
+        ]),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {

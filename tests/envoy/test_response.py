@@ -28,6 +28,17 @@ def test_allow_is_ok_http_response_with_mutations() -> None:
     assert resp.dynamic_metadata["payload"]["sub"] == "alice"
 
 
+def test_metadata_from_readonly_claims_converts() -> None:
+    from types import MappingProxyType
+
+    claims = MappingProxyType({"sub": "a", "scope": ("read", "write"), "exp": 17,
+                               "nested": MappingProxyType({"ok": True, "n": None})})
+    resp = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata={"payload": claims}))
+    payload = resp.dynamic_metadata["payload"]
+    assert list(payload["scope"]) == ["read", "write"]
+    assert payload["exp"] == 17 and payload["nested"]["ok"] is True
+
+
 def test_plain_allow_still_sets_ok_response() -> None:
     resp = check_response(Decision.allow())
     assert resp.WhichOneof("http_response") == "ok_response"
