@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from authz.authn.jwks import JwksManager
 
 # The *_created series double every family for no alerting value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -44,6 +50,39 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     )
 
 
+class JwksCollector(Collector):
+    """JWKS state read at scrape time from the manager (no work on the request path).
+
+    Label cardinality is bounded by the configured JWKS sources.
+    """
+
+    def __init__(self, manager: JwksManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        fetches = CounterMetricFamily(
+            "authz_jwks_fetches", "JWKS fetch attempts by source and outcome.",
+            labels=["source", "outcome"])
+        keys = GaugeMetricFamily(
+            "authz_jwks_keys", "Usable keys in the set in use, by source.", labels=["source"])
+        age = GaugeMetricFamily(
+            "authz_jwks_key_set_age_seconds",
+            "Seconds since the key set in use was fetched; absent before the first success.",
+            labels=["source"])
+        failing = GaugeMetricFamily(
+            "authz_jwks_consecutive_failures",
+            "Failed fetches since the last success, by source.", labels=["source"])
+        now = self._manager.clock()
+        for status in self._manager.status():
+            for outcome, count in status.fetches.items():
+                fetches.add_metric([status.source, outcome], count)
+            keys.add_metric([status.source], status.keys)
+            failing.add_metric([status.source], status.consecutive_failures)
+            if status.keys_updated is not None:
+                age.add_metric([status.source], now - status.keys_updated)
+        yield from (fetches, keys, age, failing)
+
+
 class Metrics:
     """Prometheus families. A registry per server keeps tests independent."""
 
@@ -78,8 +117,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.policies = Gauge(
+            "authz_policies_loaded",
+            "Policies in the snapshot in use, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.snapshot_version = Gauge(
             "authz_policy_snapshot_version",
             "Version of the policy snapshot in use.",
             registry=self.registry,
         )
+
+    def watch_jwks(self, manager: JwksManager) -> None:
+        self.registry.register(JwksCollector(manager))

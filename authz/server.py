@@ -133,6 +133,7 @@ class AuthzServer:
             refetch_min_interval=settings.jwks_refetch_interval,
             ca_bundle=settings.jwks_ca_file,
         ))
+        self.metrics.watch_jwks(self.jwks)
         self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
         self.ready = False
@@ -168,9 +169,11 @@ class AuthzServer:
     def _install(self, snapshot: Snapshot, event: str) -> None:
         self.store.swap(snapshot)
         self.metrics.snapshot_version.set(snapshot.version)
-        kinds: dict[str, int] = {}
+        kinds = {"AuthorizationPolicy": 0, "RequestAuthentication": 0}
         for res in snapshot.resources:
             kinds[res.kind] = kinds.get(res.kind, 0) + 1
+        for kind, count in kinds.items():
+            self.metrics.policies.labels(kind).set(count)
         log.info(event, version=snapshot.version, resources=kinds,
                  paths=list(self.settings.policy_paths))
 

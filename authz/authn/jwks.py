@@ -35,7 +35,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -101,6 +101,10 @@ class SourceStatus:
     last_success: float | None
     last_error: str | None
     consecutive_failures: int
+    fetches: Mapping[str, int] = field(default_factory=dict)
+    """Attempts by outcome: ``updated``, ``not_modified``, ``failed``."""
+    keys_updated: float | None = None
+    """Clock time the key set in use was published (its age is now minus this)."""
 
 
 class FetchError(Exception):
@@ -131,6 +135,8 @@ class _Fetcher:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.failures = 0
+        self.outcomes: dict[str, int] = {"updated": 0, "not_modified": 0, "failed": 0}
+        self.keys_updated: float | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -164,7 +170,9 @@ class _Fetcher:
                                 else type(exc).__name__)
         finally:
             self.in_flight = False
+        self.outcomes["updated" if result.keys is not None else "not_modified"] += 1
         if result.keys is not None:
+            self.keys_updated = self.manager.clock()
             self.manager._publish(self.source, result.keys)
             log.info("jwks_updated", source=str(self.source), keys=len(result.keys.keys),
                      kids=sorted(result.keys.kids), skipped=list(result.keys.skipped))
@@ -180,6 +188,7 @@ class _Fetcher:
     def _failed(self, error: str) -> float:
         settings = self.manager.settings
         self.failures += 1
+        self.outcomes["failed"] += 1
         self.last_error = error
         delay: float = min(settings.backoff_max, settings.refresh_interval,
                     settings.backoff_initial * 2.0 ** min(self.failures - 1, 30))
@@ -353,6 +362,7 @@ class JwksManager:
                 kids=tuple(sorted(keys.kids)) if keys else (),
                 last_success=fetcher.last_success, last_error=fetcher.last_error,
                 consecutive_failures=fetcher.failures,
+                fetches=dict(fetcher.outcomes), keys_updated=fetcher.keys_updated,
             ))
         return tuple(out)
 
