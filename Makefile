@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 
-.PHONY: help run test lint proto clean
+.PHONY: help run test lint proto bench clean
 
 help:
 	@echo "make run    - run authz serve on examples/policies (gRPC $(GRPC_ADDRESS), admin $(HTTP_ADDRESS))"
 	@echo "make test   - install test dependencies (Envoy included) and run the whole suite"
 	@echo "make lint   - ruff and mypy --strict on authz/"
 	@echo "make proto  - regenerate authz/_proto from proto/"
+	@echo "make bench  - Check cost with 10 policies in scope vs. 10,000 more elsewhere"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "authz needs Python >= 3.11; set PYTHON=python3.11")'
@@ -47,6 +48,9 @@ test: $(VENV)/.installed-dev $(BUF)
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check authz tests proto
 	$(BIN)/mypy
+
+bench: $(VENV)/.installed-run
+	$(BIN)/python bench/policy_scale.py
 
 proto: $(VENV)/.installed-dev
 	$(BIN)/python proto/generate.py
