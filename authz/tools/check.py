@@ -8,25 +8,75 @@ live ``Check``, so what this prints is what the server would answer.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.authn.engine import AuthnFailure
+from authz.authn.jwks import JwksManager
+from authz.authn.keys import KeySet, parse_jwks
 from authz.decision import Decision
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths
-from authz.policy.snapshot import PolicyOptions, compile_snapshot
+from authz.policy.request_authentication import JwtRule
+from authz.policy.snapshot import PolicyOptions, Snapshot, compile_snapshot
 from authz.scope import LABELS_KEY, NAMESPACE_KEY
 
 
 class CheckError(ValueError):
     """A request description that cannot be turned into a CheckRequest."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileKeys:
+    """``--jwks FILE``: one key set for every rule, so no network is needed."""
+
+    keys: KeySet
+
+    def keys_for(self, rule: JwtRule) -> KeySet | None:
+        return self.keys
+
+    def request_refetch(self, rule: JwtRule) -> None:
+        """A file does not change under us."""
+
+
+def load_snapshot(
+    paths: list[str], root_namespace: str, default_namespace: str, jwks_file: str | None
+) -> Snapshot:
+    """Compile the policies and give their JWT rules keys: from a file, or fetched
+    live once by the server's own JWKS manager (first attempt of every source)."""
+    options = PolicyOptions(root_namespace=root_namespace)
+    resources = load_paths(paths, default_namespace)
+    if jwks_file is not None:
+        keyset = parse_jwks(Path(jwks_file).read_bytes())
+        if not keyset.usable:
+            raise CheckError(f"{jwks_file}: {keyset.error}")
+        return compile_snapshot(resources, 1, options, FileKeys(keyset))
+    manager = JwksManager()
+    snapshot = compile_snapshot(resources, 1, options, manager)
+    if snapshot.jwt_rules:
+
+        async def fetch() -> None:
+            await manager.start()
+            try:
+                manager.set_rules(snapshot.jwt_rules)
+                await manager.wait_ready(2 * max(r.timeout for r in snapshot.jwt_rules) + 5)
+            finally:
+                await manager.stop()
+
+        asyncio.run(fetch())
+        for status in manager.status():
+            if status.last_error:
+                print(f"authz: JWKS {status.source}: {status.last_error}", file=sys.stderr)
+    return snapshot
 
 
 def build_request(
@@ -73,6 +123,26 @@ def build_request(
     return req
 
 
+def verdict_for_token(
+    raw: str, policy: list[str], namespace: str | None, labels: str | None,
+    jwks_file: str | None, url: str = "http://localhost/",
+) -> dict[str, Any]:
+    """Would the RequestAuthentications in scope accept this token, and why not."""
+    snapshot = load_snapshot(policy, "istio-system", "default", jwks_file)
+    request = build_request(url, token=raw, namespace=namespace, labels=labels)
+    view = view_from_check_request(request, "default")
+    rules = snapshot.authenticator.rules_for(view.scope)
+    if not rules:
+        return {"accepted": False, "why": f"no RequestAuthentication applies to scope "
+                f"{view.scope}: the token would not be verified at all"}
+    result = snapshot.authenticator.authenticate(view, time.time())
+    if isinstance(result, AuthnFailure):
+        return {"accepted": False, "status": result.status, "why": result.body,
+                "detail": result.detail}
+    return {"accepted": True, "principal": result.principal,
+            "issuers_in_scope": sorted({r.issuer for r in rules})}
+
+
 def read_token(arg: str | None) -> str | None:
     """``TOKEN``, ``@FILE`` or ``-`` (stdin); surrounding blanks and a ``Bearer `` dropped."""
     if arg is None:
@@ -117,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
             args.url, args.method, args.header, read_token(args.token), args.source_ip,
             args.source_principal, args.namespace, args.labels,
         )
-        options = PolicyOptions(root_namespace=args.root_namespace)
-        snapshot = compile_snapshot(load_paths(args.policy, args.default_namespace), 1, options)
+        snapshot = load_snapshot(args.policy, args.root_namespace, args.default_namespace,
+                                 args.jwks)
     except PolicyErrors as exc:
         print(f"authz check: policies rejected:\n{exc}", file=sys.stderr)
         return 2
@@ -161,6 +231,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="peer mTLS identity, e.g. spiffe://cluster.local/ns/foo/sa/bar")
     p.add_argument("--namespace", help="scope namespace (route context extension)")
     p.add_argument("--labels", help="scope workload labels k=v,k2=v2")
+    p.add_argument("--jwks", metavar="FILE",
+                   help="JWKS to verify tokens with (default: fetch each rule's JWKS live)")
     p.add_argument("--root-namespace", default="istio-system")
     p.add_argument("--default-namespace", default="default")
     p.add_argument("--output", choices=("text", "json"), default="text")

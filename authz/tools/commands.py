@@ -113,11 +113,20 @@ def read_token_argument(value: str) -> str:
 
 def token_inspect(args: argparse.Namespace) -> int:
     """Print header, payload and warnings of a JWT, stating it is not verified."""
-    decoded = token.decode_unverified(read_token_argument(args.token))
+    raw = read_token_argument(args.token)
+    decoded = token.decode_unverified(raw)
     report = token.inspect_report(decoded, int(time.time()))
+    if not args.policy:
+        sys.stdout.write(jwks.dumps(report))
+        print("authz token inspect: signature NOT verified", file=sys.stderr)
+        return 0
+    from authz.tools.check import verdict_for_token
+
+    verdict = verdict_for_token(raw, args.policy, args.namespace, args.labels, args.jwks,
+                                args.url)
+    report.update(verdict)
     sys.stdout.write(jwks.dumps(report))
-    print("authz token inspect: signature NOT verified", file=sys.stderr)
-    return 0
+    return 0 if verdict["accepted"] else 1
 
 
 def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -188,6 +197,14 @@ def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "printed.")
     insp.add_argument("token", metavar="TOKEN|@FILE|-",
                       help="the token, @FILE to read it from a file, or - for stdin")
+    insp.add_argument("--policy", action="append", metavar="PATH",
+                      help="also say whether these policies' RequestAuthentications accept "
+                      "the token, and why not (exit 1 if not)")
+    insp.add_argument("--namespace", help="scope namespace for --policy (default: default)")
+    insp.add_argument("--labels", help="scope labels k=v,... for --policy")
+    insp.add_argument("--jwks", metavar="FILE", help="JWKS file for --policy (default: live)")
+    insp.add_argument("--url", default="http://localhost/",
+                      help="request URL used for --policy (host and path for the realm)")
     insp.set_defaults(func=_guarded("token inspect", token_inspect))
 
 

@@ -108,3 +108,70 @@ def test_read_token_forms(tmp_path: Path) -> None:
     assert read_token(f"@{f}") == "abc"
     assert read_token(" xyz ") == "xyz"
     assert read_token(None) is None
+
+
+RA = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ra, namespace: default}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwksUri: https://idp.invalid/jwks.json
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-jwt, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {notRequestPrincipals: ["*"]}
+"""
+
+
+def authz(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "authz", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+@pytest.fixture
+def minted(tmp_path: Path) -> str:
+    assert authz("keys", "generate", "--type", "ec", "--private-key", "k.pem", "--jwks",
+                 "jwks.json", cwd=tmp_path).returncode == 0
+    (tmp_path / "ra.yaml").write_text(RA)
+    proc = authz("token", "mint", "--key", "k.pem", "--iss", "https://idp.example", "--sub",
+                 "alice", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_check_with_token_and_jwks_file(tmp_path: Path, minted: str) -> None:
+    base = ["check", "--policy", "ra.yaml", "--jwks", "jwks.json", "--url", "http://api/x",
+            "--output", "json"]
+    ok = authz(*base, "--token", minted, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["upstream_headers_removed"] == ["authorization"]
+    none = authz(*base, cwd=tmp_path)
+    assert none.returncode == 1 and json.loads(none.stdout)["status"] == 403
+    bad = authz(*base, "--token", minted[:-4] + "AAAA", cwd=tmp_path)
+    out = json.loads(bad.stdout)
+    assert (bad.returncode, out["status"], out["body"]) == (1, 401, "Jwt verification fails")
+    assert out["response_headers"]["www-authenticate"].endswith('error="invalid_token"')
+
+
+def test_token_inspect_with_policy_says_why(tmp_path: Path, minted: str) -> None:
+    good = authz("token", "inspect", minted, "--policy", "ra.yaml", "--jwks", "jwks.json",
+                 cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["principal"] == "https://idp.example/alice"
+    other = authz("token", "inspect", minted, "--policy", "ra.yaml", "--jwks", "jwks.json",
+                  "--namespace", "elsewhere", cwd=tmp_path)
+    assert other.returncode == 1
+    assert "no RequestAuthentication applies" in json.loads(other.stdout)["why"]
+    tampered = authz("token", "inspect", minted[:-4] + "AAAA", "--policy", "ra.yaml",
+                     "--jwks", "jwks.json", cwd=tmp_path)
+    verdict = json.loads(tampered.stdout)
+    assert tampered.returncode == 1
+    assert (verdict["accepted"], verdict["status"], verdict["why"]) == (
+        False, 401, "Jwt verification fails")
