@@ -18,7 +18,7 @@ from authz import __version__
 from authz.config import ConfigError, Settings
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.policy.errors import PolicyErrors
-from authz.tools import check, commands, validate
+from authz.tools import check, commands, envoy_config, validate
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=lambda args: serve_command(settings_from_args(args)))
     validate.register(sub)
     check.register(sub)
+    envoy_config.register(sub)
     commands.register(sub)
     return parser
 
