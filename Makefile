@@ -9,9 +9,10 @@ PYTEST_ARGS ?=
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 
-.PHONY: help run test lint proto bench clean
+.PHONY: help demo run test lint proto bench clean
 
 help:
+	@echo "make demo   - keys, tokens, policies, authz, a JWKS server and real Envoy: the tutorial in one command"
 	@echo "make run    - run authz serve on examples/policies (gRPC $(GRPC_ADDRESS), admin $(HTTP_ADDRESS))"
 	@echo "make test   - install test dependencies (Envoy included) and run the whole suite"
 	@echo "make lint   - ruff and mypy --strict on authz/"
@@ -28,9 +29,16 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	@touch $@ $(VENV)/.installed-run
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $@ $(VENV)/.installed-run
+	@touch $@ $(VENV)/.installed-run $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python examples/demo.py
 
 run: $(VENV)/.installed-run
 	$(BIN)/authz serve --policy examples/policies \
@@ -46,7 +54,7 @@ test: $(VENV)/.installed-dev $(BUF)
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check authz tests proto
+	$(BIN)/ruff check authz tests proto bench examples docs
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-run

@@ -1,0 +1,62 @@
+"""`make demo` shows the tutorial's answers and leaves nothing running."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.rig import envoy_binary
+
+pytestmark = pytest.mark.e2e
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+
+
+def leftovers(workdir: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if workdir in line]
+
+
+def workdir_of(output: str) -> str:
+    match = re.search(r"demo files in (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
+    if envoy_binary() is None:
+        pytest.skip("envoy not found")
+    proc = subprocess.run([sys.executable, str(DEMO), "--once"], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    statuses = [line.split()[0] for line in proc.stdout.splitlines() if "GET /" in line]
+    assert statuses == ["401", "200", "403", "403", "200"]
+    assert "stopped 2 processes" in proc.stdout
+    assert leftovers(workdir_of(proc.stdout)) == []
+
+
+def test_demo_runs_until_ctrl_c_then_cleans_up() -> None:
+    if envoy_binary() is None:
+        pytest.skip("envoy not found")
+    proc = subprocess.Popen([sys.executable, str(DEMO)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C" in line or not line:
+            break
+    assert any("curl -i" in line for line in [*lines, proc.stdout.readline()]), lines
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "stopped 2 processes" in output
+    assert leftovers(workdir_of(output)) == []
