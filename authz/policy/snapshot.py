@@ -123,10 +123,18 @@ def compile_snapshot(
     errors: list[PolicyError] = []
     kept: list[Resource] = []
     authz_policies: list[AuthorizationPolicy] = []
+    seen: dict[tuple[str, str, str], Resource] = {}
     for res in resources:
         if not res.api_version.startswith(ISTIO_SECURITY_GROUP):
             log.debug("resource_ignored", kind=res.kind, name=res.name, file=res.location.file)
             continue
+        key = (res.kind, res.namespace, res.name)
+        if key in seen:
+            errors.append(PolicyError(
+                f"duplicate {res.ref}: also defined at {seen[key].location}", res.location,
+                res.ref))
+            continue
+        seen[key] = res
         try:
             if res.kind == "AuthorizationPolicy":
                 authz_policies.append(parse_authorization_policy(res))

@@ -160,6 +160,17 @@ spec: {}
     assert any("duplicate" in m for m in messages), messages
 
 
+def test_duplicates_of_any_kind_name_both_files() -> None:
+    doc = ("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+           "metadata: {name: ra, namespace: ns}\nspec: {jwtRules: [{issuer: a}]}\n")
+    resources = parse_text(doc, "a.yaml") + parse_text(doc, "b.yaml")
+    with pytest.raises(PolicyErrors) as info:
+        compile_snapshot(resources, 1)
+    (err,) = info.value.errors
+    assert str(err) == ("b.yaml:1: RequestAuthentication ns/ra: duplicate "
+                        "RequestAuthentication ns/ra: also defined at a.yaml:1")
+
+
 def test_store_swaps_whole_snapshots() -> None:
     store = SnapshotStore()
     first = store.current
