@@ -21,13 +21,14 @@ lists them so the snapshot can explain why):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from authz.policy.errors import Location, PolicyError, PolicyErrors
+from authz.policy.errors import Location, PolicyErrors
+from authz.policy.fields import FieldParser, TargetRef, type_name
 from authz.policy.load import Resource
 from authz.rbac import match
 
@@ -38,7 +39,6 @@ MAX_SERVICE_ACCOUNTS = 16
 MAX_SERVICE_ACCOUNT_LENGTH = 320
 MAX_RULES = 512
 MAX_FROM = 512
-MAX_TARGET_REFS = 16
 
 
 class Action(StrEnum):
@@ -47,13 +47,6 @@ class Action(StrEnum):
     AUDIT = "AUDIT"
     CUSTOM = "CUSTOM"
 
-
-@dataclass(frozen=True, slots=True)
-class TargetRef:
-    kind: str
-    name: str
-    group: str = ""
-    namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +144,6 @@ _CUSTOM_FORBIDDEN_KEYS = (Attribute.SOURCE_NAMESPACE, Attribute.SOURCE_SERVICE_A
                           Attribute.REQUEST_PRINCIPAL, Attribute.REQUEST_AUDIENCES,
                           Attribute.REQUEST_PRESENTER, Attribute.REQUEST_CLAIMS)
 _PROVIDER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_TARGET_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_TARGET_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
@@ -348,33 +339,8 @@ _CONDITION_CHECKS: Mapping[Attribute, Callable[[str], str | None]] = MappingProx
 # --- parsing ------------------------------------------------------------------
 
 
-class _Parser:
+class _Parser(FieldParser):
     """Walks one resource, collecting every error instead of stopping at the first."""
-
-    def __init__(self, resource: Resource) -> None:
-        self.res = resource
-        self.errors: list[PolicyError] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(self.res.error(path, message))
-
-    def mapping(self, value: Any, path: str) -> dict[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self.error(path, f"must be a mapping, got {_type(value)}")
-        return None
-
-    def known(self, data: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
-        for key in data:
-            if key not in allowed:
-                self.error(f"{path}.{key}",
-                           f"unknown field {key!r} (known: {', '.join(allowed)})")
-
-    def string(self, value: Any, path: str) -> str | None:
-        if isinstance(value, str):
-            return value
-        self.error(path, f"must be a string, got {_type(value)} (quote it)")
-        return None
 
     def strings(
         self, value: Any, path: str, check: Callable[[str], str | None] | None = None
@@ -382,7 +348,7 @@ class _Parser:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.error(path, f"must be a list of strings, got {_type(value)}")
+            self.error(path, f"must be a list of strings, got {type_name(value)}")
             return ()
         out: list[str] = []
         for i, item in enumerate(value):
@@ -398,14 +364,6 @@ class _Parser:
                 continue
             out.append(text)
         return tuple(out)
-
-    def items(self, value: Any, path: str, limit: int | None = None) -> list[Any]:
-        if not isinstance(value, list):
-            self.error(path, f"must be a list, got {_type(value)}")
-            return []
-        if limit is not None and len(value) > limit:
-            self.error(path, f"at most {limit} items are allowed, got {len(value)}")
-        return value
 
     # -- spec ------------------------------------------------------------------
 
@@ -454,63 +412,6 @@ class _Parser:
         self.error("spec.action", f"invalid action {value!r} (valid: ALLOW, DENY, AUDIT, CUSTOM)")
         return None
 
-    def selector(self, value: Any) -> Mapping[str, str] | None:
-        if value is None:
-            return None
-        data = self.mapping(value, "spec.selector")
-        if data is None:
-            return None
-        self.known(data, ("matchLabels",), "spec.selector")
-        labels_raw = data.get("matchLabels")
-        if labels_raw is None:
-            return MappingProxyType({})
-        labels = self.mapping(labels_raw, "spec.selector.matchLabels") or {}
-        out: dict[str, str] = {}
-        for key, raw in labels.items():
-            path = f"spec.selector.matchLabels.{key}"
-            if key == "":
-                self.error(path, "label key must not be empty")
-            elif "*" in key:
-                self.error(path, "wildcard not allowed in label key match")
-            text = self.string(raw, path)
-            if text is None:
-                continue
-            if "*" in text:
-                self.error(path, "wildcard not allowed in label value match")
-            elif len(text) > 63:
-                self.error(path, "label value longer than 63 characters")
-            out[str(key)] = text
-        return MappingProxyType(out)
-
-    def target_refs(self, spec: Mapping[str, Any]) -> tuple[TargetRef, ...]:
-        raw: list[tuple[str, Any]] = []
-        if spec.get("targetRef") is not None:
-            raw.append(("spec.targetRef", spec["targetRef"]))
-        if spec.get("targetRefs") is not None:
-            items = self.items(spec["targetRefs"], "spec.targetRefs", MAX_TARGET_REFS)
-            raw.extend((f"spec.targetRefs[{i}]", item) for i, item in enumerate(items))
-        refs: list[TargetRef] = []
-        for path, value in raw:
-            data = self.mapping(value, path)
-            if data is None:
-                continue
-            self.known(data, ("group", "kind", "name", "namespace"), path)
-            kind = self.string(data.get("kind", ""), f"{path}.kind") or ""
-            name = self.string(data.get("name", ""), f"{path}.name") or ""
-            group = self.string(data.get("group", ""), f"{path}.group") or ""
-            namespace = self.string(data.get("namespace", ""), f"{path}.namespace") or ""
-            if not _TARGET_KIND.fullmatch(kind) or len(kind) > 63:
-                self.error(f"{path}.kind", f"invalid or missing kind {kind!r}")
-            if not name or len(name) > 253:
-                self.error(f"{path}.name", "name is required (at most 253 characters)")
-            if not _TARGET_GROUP.match(group) or len(group) > 253:
-                self.error(f"{path}.group", f"invalid group {group!r}")
-            if namespace:
-                self.error(f"{path}.namespace",
-                           "cross namespace referencing is not currently supported")
-            refs.append(TargetRef(kind=kind, name=name, group=group, namespace=namespace))
-        return tuple(refs)
-
     def provider(self, value: Any, action: Action | None) -> str | None:
         if value is None:
             if action is Action.CUSTOM:
@@ -542,7 +443,7 @@ class _Parser:
                        f"not {action}")
             return False
         if not isinstance(value, str):
-            self.error(path, f"annotation values are strings, got {_type(value)} (quote it)")
+            self.error(path, f"annotation values are strings, got {type_name(value)} (quote it)")
             return False
         try:
             return parse_bool(value)
@@ -674,9 +575,6 @@ class _Parser:
         return Condition(key=key, attribute=attribute, names=names, values=values,
                          not_values=not_values)
 
-
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def is_authorization_policy(resource: Resource) -> bool:

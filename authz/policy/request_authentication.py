@@ -16,21 +16,20 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from authz.policy.errors import Location, PolicyError, PolicyErrors
+from authz.policy.fields import FieldParser, TargetRef, type_name
 from authz.policy.load import Resource
 from authz.scope import Scope
 
 KIND = "RequestAuthentication"
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 MAX_JWT_RULES = 4096
-MAX_TARGET_REFS = 16
 MAX_SPACE_DELIMITED_CLAIMS = 64
 MAX_JWKS_URI = 2048
 DEFAULT_TIMEOUT = 5.0
@@ -43,8 +42,6 @@ DEFAULT_PARAM = "access_token"
 
 _CLAIM_HEADER = re.compile(r"^[-_A-Za-z0-9]+$")
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_TARGET_KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
-_TARGET_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
                    "m": 60.0, "h": 3600.0}
@@ -72,13 +69,6 @@ class ClaimToHeader:
     header: str
     claim: str
 
-
-@dataclass(frozen=True, slots=True)
-class TargetRef:
-    kind: str
-    name: str
-    group: str = ""
-    namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,38 +197,14 @@ def check_inline_jwks(text: str) -> str | None:
     return None
 
 
-class _Parser:
+class _Parser(FieldParser):
     """Walks one resource, collecting every error instead of stopping at the first."""
-
-    def __init__(self, resource: Resource) -> None:
-        self.res = resource
-        self.errors: list[PolicyError] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(self.res.error(path, message))
-
-    def mapping(self, value: Any, path: str) -> dict[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self.error(path, f"must be a mapping, got {_type(value)}")
-        return None
-
-    def known(self, data: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
-        for key in data:
-            if key not in allowed:
-                self.error(f"{path}.{key}", f"unknown field {key!r} (known: {', '.join(allowed)})")
-
-    def string(self, value: Any, path: str) -> str | None:
-        if isinstance(value, str):
-            return value
-        self.error(path, f"must be a string, got {_type(value)} (quote it)")
-        return None
 
     def strings(self, value: Any, path: str, limit: int | None = None) -> tuple[str, ...]:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.error(path, f"must be a list of strings, got {_type(value)}")
+            self.error(path, f"must be a list of strings, got {type_name(value)}")
             return ()
         if limit is not None and len(value) > limit:
             self.error(path, f"at most {limit} items are allowed, got {len(value)}")
@@ -252,14 +218,6 @@ class _Parser:
                 continue
             out.append(text)
         return tuple(out)
-
-    def items(self, value: Any, path: str, limit: int | None = None) -> list[Any]:
-        if not isinstance(value, list):
-            self.error(path, f"must be a list, got {_type(value)}")
-            return []
-        if limit is not None and len(value) > limit:
-            self.error(path, f"at most {limit} items are allowed, got {len(value)}")
-        return value
 
     def policy(self) -> RequestAuthentication | None:
         res = self.res
@@ -286,69 +244,6 @@ class _Parser:
             name=res.name, namespace=res.namespace, rules=tuple(rules), selector=selector,
             target_refs=refs, api_version=res.api_version, location=res.location,
         )
-
-    def selector(self, value: Any) -> Mapping[str, str] | None:
-        if value is None:
-            return None
-        data = self.mapping(value, "spec.selector")
-        if data is None:
-            return None
-        self.known(data, ("matchLabels",), "spec.selector")
-        labels_raw = data.get("matchLabels")
-        if labels_raw is None:
-            return MappingProxyType({})
-        labels = self.mapping(labels_raw, "spec.selector.matchLabels") or {}
-        out: dict[str, str] = {}
-        for key, raw in labels.items():
-            path = f"spec.selector.matchLabels.{key}"
-            if key == "":
-                self.error(path, "key must not be empty")
-            elif "*" in key:
-                self.error(path, "wildcard not allowed in label key match")
-            text = self.string(raw, path)
-            if text is None:
-                continue
-            if "*" in text:
-                self.error(path, "wildcard not allowed in label value match")
-            elif len(text) > 63:
-                self.error(path, "label value longer than 63 characters")
-            out[str(key)] = text
-        return MappingProxyType(out)
-
-    def target_refs(self, spec: Mapping[str, Any]) -> tuple[TargetRef, ...]:
-        raw: list[tuple[str, Any]] = []
-        if spec.get("targetRef") is not None:
-            raw.append(("spec.targetRef", spec["targetRef"]))
-        if spec.get("targetRefs") is not None:
-            items = self.items(spec["targetRefs"], "spec.targetRefs", MAX_TARGET_REFS)
-            raw.extend((f"spec.targetRefs[{i}]", item) for i, item in enumerate(items))
-        refs: list[TargetRef] = []
-        for path, value in raw:
-            data = self.mapping(value, path)
-            if data is None:
-                continue
-            self.known(data, ("group", "kind", "name", "namespace"), path)
-            kind = self.string(data.get("kind", ""), f"{path}.kind") or ""
-            name = self.string(data.get("name", ""), f"{path}.name") or ""
-            group = self.string(data.get("group", ""), f"{path}.group") or ""
-            namespace = self.string(data.get("namespace", ""), f"{path}.namespace") or ""
-            if not kind:
-                self.error(f"{path}.kind", f"{path}.kind: Required value")
-            elif not _TARGET_KIND.fullmatch(kind) or len(kind) > 63:
-                self.error(f"{path}.kind", f"{path}.kind in body should match "
-                           f"'{_TARGET_KIND.pattern}'")
-            if not name:
-                self.error(f"{path}.name", f"{path}.name: Required value")
-            elif len(name) > 253:
-                self.error(f"{path}.name", "at most 253 characters")
-            if not _TARGET_GROUP.match(group) or len(group) > 253:
-                self.error(f"{path}.group", f"{path}.group in body should match "
-                           f"'{_TARGET_GROUP.pattern}'")
-            if namespace:
-                self.error(f"{path}.namespace",
-                           "cross namespace referencing is not currently supported")
-            refs.append(TargetRef(kind=kind, name=name, group=group, namespace=namespace))
-        return tuple(refs)
 
     def rule(self, value: Any, path: str, policy: str, index: int) -> JwtRule | None:
         if value is None:
@@ -398,7 +293,8 @@ class _Parser:
         if forward is None:
             forward = False
         if not isinstance(forward, bool):
-            self.error(f"{path}.forwardOriginalToken", f"must be a boolean, got {_type(forward)}")
+            self.error(f"{path}.forwardOriginalToken",
+                       f"must be a boolean, got {type_name(forward)}")
             forward = False
         timeout = DEFAULT_TIMEOUT
         if data.get("timeout") is not None:
@@ -494,9 +390,6 @@ class _Parser:
                 out.append(ClaimToHeader(header.lower(), claim))
         return tuple(out)
 
-
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def is_request_authentication(resource: Resource) -> bool:

@@ -224,7 +224,7 @@ rules:
          "spec.targetRef", "only one of selector"),
         ("targetRef: {kind: Gateway, name: g, namespace: other}", "spec.targetRef.namespace",
          "cross namespace"),
-        ("targetRef: {name: g}", "spec.targetRef.kind", "invalid or missing kind"),
+        ("targetRef: {name: g}", "spec.targetRef.kind", "spec.targetRef.kind: Required value"),
         ("selector: {matchLabels: {app: 'web*'}}", "spec.selector.matchLabels.app",
          "wildcard not allowed"),
         ("selector: {labels: {app: web}}", "spec.selector.labels", "unknown field"),
