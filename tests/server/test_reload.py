@@ -105,3 +105,56 @@ async def test_in_flight_check_keeps_the_snapshot_it_started_with(
     # the old object is untouched: a Check that read it still decides by it
     assert first.authorization.policies[0].rules[0].to is not None
     assert first.version == 1
+
+
+async def test_reload_fetches_new_jwks_before_swap_and_releases_old(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+) -> None:
+    import json
+
+    import jwt
+    from aiohttp import web
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    hits: list[str] = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"keys": [{**jwk, "kid": "k1", "alg": "ES256"}]})
+
+    app = web.Application()
+    app.router.add_get("/{name}", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+
+    def ra(name: str) -> str:
+        return json.dumps({
+            "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": "ra", "namespace": "default"},
+            "spec": {"jwtRules": [{"issuer": "iss",
+                                   "jwksUri": f"http://127.0.0.1:{port}/{name}"}]}})
+
+    policy = tmp_path / "p.json"
+    policy.write_text(ra("first"))
+    token = jwt.encode({"iss": "iss", "sub": "s"}, key, algorithm="ES256", headers={"kid": "k1"})
+    req = request("/")
+    req.attributes.request.http.headers["authorization"] = f"Bearer {token}"
+    try:
+        server = await start_server(policy, watch_interval=0)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+            stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+            assert (await stub.Check(req)).status.code == 0
+            policy.write_text(ra("second"))
+            assert await server.reload()
+            # the very first Check on the new snapshot already has the new source's keys
+            assert (await stub.Check(req)).status.code == 0
+        sources = [s.source for s in server.jwks.status()]
+        assert sources == [f"http://127.0.0.1:{port}/second"]  # the old one was released
+        assert hits[:2] == ["/first", "/second"]
+    finally:
+        await runner.cleanup()
