@@ -232,12 +232,11 @@ def is_cors_preflight(view: RequestView) -> bool:
 
 
 def realm(view: RequestView) -> str:
-    """Envoy's original URI: scheme (x-forwarded-proto), host, path cut to 256 chars.
-
-    The query is left out so a token sent as a parameter is never echoed back.
-    """
+    """Envoy's ``buildOriginalUri``: scheme, host, and the path *with* its query, the
+    path cut to 256 characters (jwt_authn's limit). A token sent as a query parameter
+    is echoed to the client that sent it, exactly as Envoy does."""
     scheme = view.headers.get("x-forwarded-proto") or view.scheme or "http"
-    return f"{scheme}://{view.host}{view.path[:MAX_REALM_PATH]}"
+    return f"{scheme}://{view.host}{view.original_path[:MAX_REALM_PATH]}"
 
 
 def www_authenticate(view: RequestView, status: Status) -> str:
