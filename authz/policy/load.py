@@ -69,10 +69,13 @@ def _to_data(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
 
 
 _constructor = yaml.SafeLoader("")
+# libyaml's scanner is ~10x faster than PyYAML's pure-Python one and still gives
+# node marks (lines); PyYAML wheels ship it, but a source build may not.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _documents(text: str, file: str) -> Iterator[tuple[yaml.Node, int]]:
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
