@@ -74,6 +74,9 @@ SERVE_OPTIONS = (
            "always redacted)", repeat=True, metavar="NAME"),
     Option("--redact-header", "redact_header", "another header to redact in logs (repeatable)",
            repeat=True, metavar="NAME"),
+    Option("--otel-endpoint", "otel_endpoint", "OTLP/gRPC collector (e.g. "
+           "http://otel-collector:4317) for one span per Check, parented on the request's "
+           "traceparent/B3; needs pip install 'authz[otel]'; off by default"),
     Option("--log-format", "log_format", "log output: json, console, or auto (console on a "
            "terminal)", "auto", choices=("auto", "json", "console")),
     Option("--log-level", "log_level", "minimum log level", "info", choices=LOG_LEVELS),
@@ -149,6 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         jwks_refresh_interval=args.jwks_refresh_interval,
         jwks_refetch_interval=args.jwks_refetch_interval,
         jwks_ca_file=args.jwks_ca_file or None,
+        otel_endpoint=args.otel_endpoint or None,
         decision_log=args.decision_log,
         decision_log_sample_rate=args.decision_log_sample_rate,
         decision_log_headers=tuple(_repeated(args, "decision_log_header")),

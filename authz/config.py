@@ -43,6 +43,8 @@ class Settings:
     """Request headers to include in decision lines (sensitive ones are redacted)."""
     redact_headers: tuple[str, ...] = ()
     """Headers redacted in addition to the built-in sensitive list."""
+    otel_endpoint: str | None = None
+    """OTLP/gRPC collector for one span per Check (needs the ``otel`` extra); off if None."""
     log_format: str = "auto"
     log_level: str = "info"
     grace_period: float = 10.0

@@ -39,6 +39,7 @@ from authz.policy.snapshot import (
 )
 from authz.policy.watch import PolicyWatcher
 from authz.scope import ScopeError
+from authz.tracing import Tracing
 
 log = structlog.get_logger("authz.server")
 
@@ -63,9 +64,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         settings: Settings,
         metrics: Metrics,
         decision_log: DecisionLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._decision_log = decision_log or DecisionLog("none")
+        self._tracing = tracing or Tracing()
         self._default_namespace = settings.default_namespace
         self._metrics = metrics
         self.answered = 0
@@ -87,6 +90,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
+        start_ns = time.time_ns()
         metrics = self._metrics
         metrics.in_flight.inc()
         try:
@@ -110,6 +114,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             metrics.check_latency.observe(latency)
         if not failed:
             self._decision_log.emit(view, decision, latency)
+            self._tracing.record(view, decision, start_ns, start_ns + int(latency * 1e9))
         if failed:
             await context.abort(grpc.StatusCode.INTERNAL, "authz internal error")
         self.answered += 1
@@ -134,6 +139,7 @@ class AuthzServer:
             ca_bundle=settings.jwks_ca_file,
         ))
         self.metrics.watch_jwks(self.jwks)
+        self.tracing = Tracing(settings.otel_endpoint)
         self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
         self.ready = False
@@ -230,6 +236,7 @@ class AuthzServer:
                 self.settings.decision_log_headers,
                 self.settings.redact_headers,
             ),
+            self.tracing,
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
             self.service, server
@@ -287,6 +294,7 @@ class AuthzServer:
         if self._admin is not None:
             await self._admin.stop()
         await self.jwks.stop()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
         log.info("server_stopped", checks_answered=self.service.answered if self.service else 0)
 
     async def serve(self, install_signals: bool = True) -> None:
