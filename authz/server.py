@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from authz import __version__
@@ -27,6 +26,7 @@ from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog
 from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.envoy.response import check_response
+from authz.health import HealthServicer
 from authz.observe import Metrics
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths

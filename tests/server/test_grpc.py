@@ -102,9 +102,13 @@ async def test_health_watch_sees_ready_then_draining(
         seen = [(await call.read()).status]
         await server.become_ready()
         seen.append((await call.read()).status)
+        started = asyncio.get_running_loop().time()
         stopping = asyncio.create_task(server.stop())
         seen.append((await asyncio.wait_for(call.read(), 5)).status)
         await stopping
+        # the stream ended after NOT_SERVING instead of holding the 5 s grace period
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert await call.code() == grpc.StatusCode.OK
     assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
 
 
