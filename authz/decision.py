@@ -65,6 +65,8 @@ class Decision:
     """A human explanation for logs; never a token or a secret."""
     principal: str | None = None
     """The verified request principal (``<iss>/<sub>``), when a token was valid."""
+    issuer: str | None = None
+    """The verified token's issuer (a configured one: safe as a metric label)."""
     dry_run: tuple[str, ...] = ()
     """What dry-run policies would have done (Istio's shadow effect): logged, never enforced."""
     audit: tuple[str, ...] = ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from authz.authn.cache import TokenCache
     from authz.authn.jwks import JwksManager
 
 # The *_created series double every family for no alerting value.
@@ -83,6 +84,24 @@ class JwksCollector(Collector):
         yield from (fetches, keys, age, failing)
 
 
+class TokenCacheCollector(Collector):
+    """Verified-token cache lookups, cumulative across policy reloads."""
+
+    def __init__(self, caches: Callable[[], tuple[TokenCache, int, int]]) -> None:
+        self._caches = caches
+
+    def collect(self) -> Iterator[Metric]:
+        cache, retired_hits, retired_misses = self._caches()
+        family = CounterMetricFamily(
+            "authz_token_cache_lookups", "Verified-token cache lookups by result.",
+            labels=["result"])
+        family.add_metric(["hit"], retired_hits + cache.hits)
+        family.add_metric(["miss"], retired_misses + cache.misses)
+        size = GaugeMetricFamily("authz_token_cache_entries", "Tokens in the cache now.")
+        size.add_metric([], len(cache))
+        yield from (family, size)
+
+
 class Metrics:
     """Prometheus families. A registry per server keeps tests independent."""
 
@@ -92,6 +111,13 @@ class Metrics:
             "authz_check_requests",
             "Check calls answered, by decision, HTTP status and reason.",
             ["decision", "status", "reason"],
+            registry=self.registry,
+        )
+        self.jwt_results = Counter(
+            "authz_jwt_results",
+            "Requests that carried a JWT, by outcome; issuer only for verified tokens "
+            "(a rejected token's issuer is attacker-chosen and never becomes a label).",
+            ["issuer", "outcome"],
             registry=self.registry,
         )
         self.check_errors = Counter(
@@ -131,3 +157,6 @@ class Metrics:
 
     def watch_jwks(self, manager: JwksManager) -> None:
         self.registry.register(JwksCollector(manager))
+
+    def watch_token_cache(self, caches: Callable[[], tuple[TokenCache, int, int]]) -> None:
+        self.registry.register(TokenCacheCollector(caches))

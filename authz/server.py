@@ -49,6 +49,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+_JWT_FAILURES = frozenset({Reason.JWT_INVALID, Reason.JWT_AUDIENCE})
+
+
 def _where(exc: BaseException) -> str:
     """``file:line`` of the innermost frame: enough to find a bug, carries no data."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -108,6 +111,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             metrics.checks.labels(
                 "allow" if decision.allowed else "deny", str(decision.status), decision.reason.value
             ).inc()
+            if decision.issuer is not None:
+                metrics.jwt_results.labels(decision.issuer, "verified").inc()
+            elif decision.reason in _JWT_FAILURES:
+                metrics.jwt_results.labels("", decision.reason.value).inc()
         finally:
             metrics.in_flight.dec()
             latency = time.perf_counter() - start
@@ -139,6 +146,10 @@ class AuthzServer:
             ca_bundle=settings.jwks_ca_file,
         ))
         self.metrics.watch_jwks(self.jwks)
+        self._retired_cache_hits = self._retired_cache_misses = 0
+        self.metrics.watch_token_cache(lambda: (
+            self.store.current.authenticator.cache, self._retired_cache_hits,
+            self._retired_cache_misses))
         self.tracing = Tracing(settings.otel_endpoint)
         self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
@@ -173,7 +184,9 @@ class AuthzServer:
             log.warning("jwks_first_fetch_slow", sources=len(self.jwks.status()))
 
     def _install(self, snapshot: Snapshot, event: str) -> None:
-        self.store.swap(snapshot)
+        old = self.store.swap(snapshot)
+        self._retired_cache_hits += old.authenticator.cache.hits
+        self._retired_cache_misses += old.authenticator.cache.misses
         self.metrics.snapshot_version.set(snapshot.version)
         kinds = {"AuthorizationPolicy": 0, "RequestAuthentication": 0}
         for res in snapshot.resources:

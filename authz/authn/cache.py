@@ -48,6 +48,9 @@ class TokenCache:
         self.skew = skew
         self._entries: OrderedDict[tuple[int, bytes], CachedToken] = OrderedDict()
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        """Lookups since this cache was made (one cache per policy snapshot)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -58,11 +61,14 @@ class TokenCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
+                self.misses += 1
                 return None
             if now > entry.expires_at or entry.key_fingerprint not in fingerprints:
                 del self._entries[key]
+                self.misses += 1
                 return None
             self._entries.move_to_end(key)
+            self.hits += 1
             return entry.jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,

@@ -71,8 +71,10 @@ class Snapshot:
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
+        issuer = authn.claims.get("iss") if authn.claims is not None else None
         effects = {"dry_run": result.dry_run, "audit": result.audit,
-                   "principal": authn.principal}
+                   "principal": authn.principal,
+                   "issuer": issuer if isinstance(issuer, str) else None}
         if not result.allowed:
             return Decision.deny(
                 403, RBAC_DENIED_BODY, Reason.RBAC_DENIED,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import jwt
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,7 +21,7 @@ async def test_jwks_policy_and_check_families(
 ) -> None:
     async def jwks(request: web.Request) -> web.Response:
         return web.json_response({"keys": [
-            {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0", "kid": "h",
+            {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldCE", "kid": "h",
              "alg": "HS256"},
         ]})
 
@@ -44,6 +45,12 @@ async def test_jwks_policy_and_check_families(
             req.attributes.request.http.headers["authorization"] = "Bearer not.a.jwt"
             resp = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req)
             assert resp.denied_response.status.code == 401
+            good = jwt.encode({"iss": "i", "sub": "s"}, b"secret-secret-secret-secret-secret!",
+                              algorithm="HS256", headers={"kid": "h"})
+            req.attributes.request.http.headers["authorization"] = f"Bearer {good}"
+            for _ in range(2):  # the second one is served from the verified-token cache
+                resp = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req)
+                assert resp.status.code == 0
         assert server._admin is not None
         async with aiohttp.ClientSession() as http, http.get(
             f"http://127.0.0.1:{server._admin.port}/metrics"
@@ -64,3 +71,7 @@ async def test_jwks_policy_and_check_families(
     assert samples[("authz_check_requests_total", (
         ("decision", "deny"), ("reason", "jwt_invalid"), ("status", "401")))] == 1
     assert samples[("authz_ready", ())] == 1
+    assert samples[("authz_jwt_results_total", (("issuer", ""), ("outcome", "jwt_invalid")))] == 1
+    assert samples[("authz_jwt_results_total", (("issuer", "i"), ("outcome", "verified")))] == 2
+    assert samples[("authz_token_cache_lookups_total", (("result", "hit"),))] == 1
+    assert ("authz_token_cache_entries", ()) in samples
