@@ -27,8 +27,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from authz.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
+from authz.tools import envoy_config
+from authz.tools.envoy_config import RouteScope
+
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
-_TYPES = "type.googleapis.com/envoy.extensions"
 STARTUP_TIMEOUT = 45.0
 
 
@@ -41,30 +44,6 @@ def free_port() -> int:
 def envoy_binary() -> str | None:
     beside = Path(sys.executable).parent / "envoy"
     return str(beside) if beside.exists() else shutil.which("envoy")
-
-
-def _socket(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def _cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(port)}}]}],
-        },
-    }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
 
 
 @dataclass(frozen=True)
@@ -86,81 +65,31 @@ def bootstrap(
     xff_num_trusted_hops: int = 0,
     filters: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``filters`` replaces the ext_authz filter (e.g. Envoy's own jwt_authn + RBAC)
-    so the same listener can serve as the reference to compare against."""
-    per_route = [
-        {
-            "match": {"prefix": r.prefix},
-            "route": {"cluster": "upstream"},
-            "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": {
-                    "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-                    "check_settings": {"context_extensions": dict(r.context_extensions)},
-                }
-            },
-        }
-        for r in routes
-    ]
-    hcm = {
-        "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress",
-        "codec_type": "AUTO",
-        "use_remote_address": False,
-        "xff_num_trusted_hops": xff_num_trusted_hops,
-        "route_config": {
-            "name": "local",
-            "virtual_hosts": [{
-                "name": "all",
-                "domains": ["*"],
-                "routes": [
-                    *per_route, {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
-                ],
-            }],
-        },
-        "http_filters": [*(filters if filters is not None else [
-            {
-                "name": "envoy.filters.http.ext_authz",
-                "typed_config": {
-                    "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthz",
-                    "transport_api_version": "V3",
-                    "failure_mode_allow": False,
-                    "encode_raw_headers": encode_raw_headers,
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "5s"},
-                },
-            },
-        ]),
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": f"{_TYPES}.filters.http.router.v3.Router"
-                },
-            },
-        ],
-    }
-    authz = _cluster("authz", authz_port, http2=True)
-    authz["health_checks"] = [{
-        "timeout": "1s",
-        "interval": "1s",
-        # Without traffic Envoy checks only every 60 s by default.
-        "no_traffic_interval": "1s",
-        "unhealthy_threshold": 1,
-        "healthy_threshold": 1,
-        "grpc_health_check": {"service_name": AUTHZ_SERVICE},
-    }]
-    return {
-        "admin": {"address": _socket(admin_port)},
-        "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": _socket(listener_port),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
-            "clusters": [authz, _cluster("upstream", upstream_port)],
-        },
-    }
+    """The bootstrap `authz envoy-config` writes, on loopback with fast health checks.
+
+    ``filters`` replaces the ext_authz filter (e.g. Envoy's own jwt_authn + RBAC)
+    so the same listener can serve as the reference to compare against.
+    """
+    config = envoy_config.bootstrap(
+        listener_port=listener_port,
+        listener_address="127.0.0.1",
+        admin_port=admin_port,
+        authz_address=("127.0.0.1", authz_port),
+        upstream_address=("127.0.0.1", upstream_port),
+        routes=[RouteScope(r.prefix, r.context_extensions.get(NAMESPACE_KEY),
+                           dict(parse_labels(r.context_extensions.get(LABELS_KEY, ""))))
+                for r in routes],
+        timeout=5.0,
+        encode_raw_headers=encode_raw_headers,
+        xff_num_trusted_hops=xff_num_trusted_hops,
+        health_check_interval=1.0,
+    )
+    if filters is not None:
+        manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
+        http_filters = manager["typedConfig"]["httpFilters"]
+        manager["typedConfig"]["httpFilters"] = [
+            *filters, *(f for f in http_filters if f["name"] != "envoy.filters.http.ext_authz")]
+    return config
 
 
 class Process:
