@@ -28,6 +28,37 @@ class TargetRef:
     namespace: str = ""
 
 
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""The label Istio puts on a Gateway-API gateway's pods: the route's scope key for targetRefs."""
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+def attaches(
+    policy_namespace: str,
+    selector: Mapping[str, str] | None,
+    target_refs: Sequence[TargetRef],
+    scope_namespace: str,
+    scope_labels: Mapping[str, str],
+) -> bool:
+    """Istio's ShouldAttachPolicy, for a sidecar workload or a Gateway-API gateway.
+
+    A scope whose labels carry ``gateway.networking.k8s.io/gateway-name=<gw>`` is
+    that gateway: policies in its namespace with a ``targetRef`` to Gateway ``<gw>``
+    attach. Selector policies attach as for any workload (Istio's default,
+    ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY=true). Other targetRefs (Service,
+    ServiceEntry, GatewayClass) are for waypoints, which this server is not.
+    The caller has already limited policies to the root and scope namespaces.
+    """
+    if target_refs:
+        gateway = scope_labels.get(GATEWAY_NAME_LABEL)
+        return gateway is not None and policy_namespace == scope_namespace and any(
+            ref.kind == "Gateway" and ref.group == GATEWAY_API_GROUP and ref.name == gateway
+            for ref in target_refs)
+    if not selector:
+        return True
+    return all(scope_labels.get(k) == v for k, v in selector.items())
+
+
 def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authz.policy.errors import Location, PolicyError, PolicyErrors
-from authz.policy.fields import FieldParser, TargetRef, type_name
+from authz.policy.fields import FieldParser, TargetRef, attaches, type_name
 from authz.policy.load import Resource
 from authz.scope import Scope
 
@@ -140,11 +140,8 @@ class RequestAuthentication:
 
         The namespace is checked by the caller (root or workload namespace).
         """
-        if self.target_refs:
-            return False
-        if not self.selector:
-            return True
-        return all(scope.labels.get(k) == v for k, v in self.selector.items())
+        return attaches(self.namespace, self.selector, self.target_refs, scope.namespace,
+                        scope.labels)
 
 
 def parse_duration(text: str) -> float | None:
@@ -467,16 +464,15 @@ class RequestAuthnPolicies:
 
     @property
     def all_rules(self) -> tuple[JwtRule, ...]:
-        """Every rule that can apply to some workload (targetRef-only policies excluded):
-        what the JWKS manager must fetch."""
-        return tuple(r for p in self.policies if not p.target_refs for r in p.rules)
+        """Every rule that can apply to some scope: what the JWKS manager must fetch."""
+        return tuple(r for p in self.policies for r in p.rules)
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         bucket = self._buckets.get(scope.namespace)
         if bucket is None:
-            candidates = tuple(p for p in self.policies if not p.target_refs and p.rules
+            candidates = tuple(p for p in self.policies if p.rules
                                and p.namespace in (self.root_namespace, scope.namespace))
-            bucket = _Bucket(candidates, any(p.selector for p in candidates))
+            bucket = _Bucket(candidates, any(p.selector or p.target_refs for p in candidates))
             with self._lock:
                 if len(self._buckets) >= _MAX_CACHED_SCOPES:
                     self._buckets.clear()

@@ -175,7 +175,7 @@ def compile_snapshot(
     for policy in policy_set.custom:
         log.info("custom_policy_not_evaluated", policy=policy.ref, why=rbac.CUSTOM_EXPLANATION)
     for policy in policy_set.not_attached:
-        log.warning("policy_not_attached", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
+        log.info("policy_for_gateway_scopes", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
     return Snapshot(
         version, tuple(kept), policy_set, options, authentication,
         Authenticator(authentication, keys),

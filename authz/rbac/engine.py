@@ -42,8 +42,9 @@ CUSTOM_EXPLANATION = (
     "this server), not this server"
 )
 TARGET_REF_EXPLANATION = (
-    "targetRef/targetRefs policies attach to gateways and waypoints only; Istio never "
-    "applies them to a workload scope"
+    "targetRef/targetRefs policies attach only to a Gateway-API gateway scope: routes whose "
+    "labels include gateway.networking.k8s.io/gateway-name=<Gateway name>, in the policy's "
+    "namespace; sidecar-style scopes never get them"
 )
 
 
@@ -145,7 +146,7 @@ class PolicySet:
         self.custom = custom
         """CUSTOM policies: validated, never evaluated here (``CUSTOM_EXPLANATION``)."""
         self.not_attached = not_attached
-        """targetRef(s) policies: never attached to a workload (``TARGET_REF_EXPLANATION``)."""
+        """targetRef(s) policies: attach only to gateway scopes (``TARGET_REF_EXPLANATION``)."""
 
     @classmethod
     def compile(
@@ -180,10 +181,10 @@ class PolicySet:
             seen[key] = policy
             if policy.action is Action.CUSTOM:
                 custom.append(policy)
-            elif policy.target_refs:
-                not_attached.append(policy)
-            else:
-                by_ns.setdefault(policy.namespace, []).append(compile_policy(policy, bundle))
+                continue
+            if policy.target_refs:
+                not_attached.append(policy)  # attaches only to a gateway scope
+            by_ns.setdefault(policy.namespace, []).append(compile_policy(policy, bundle))
         if errors:
             raise PolicyErrors(errors)
         buckets = MappingProxyType({ns: _Bucket.build(ps) for ns, ps in by_ns.items()})

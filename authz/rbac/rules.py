@@ -28,6 +28,7 @@ from authz.policy.authorization import (
     Rule,
     Source,
 )
+from authz.policy.fields import attaches
 from authz.rbac import match
 from authz.rbac.context import AuthzContext, IPAddress
 from authz.scope import Scope
@@ -201,12 +202,10 @@ class CompiledPolicy:
         return self.policy.dry_run
 
     def applies(self, scope: Scope) -> bool:
-        """No selector: the whole namespace; ``matchLabels``: a subset of the labels."""
-        selector = self.policy.selector
-        if selector is None:
-            return True
-        labels = scope.labels
-        return all(labels.get(key) == value for key, value in selector.items())
+        """No selector: the whole namespace; ``matchLabels``: a subset of the labels;
+        ``targetRefs``: the Gateway-API gateway the scope names (see ``attaches``)."""
+        p = self.policy
+        return attaches(p.namespace, p.selector, p.target_refs, scope.namespace, scope.labels)
 
 
 # --- compilation --------------------------------------------------------------------

@@ -211,7 +211,14 @@ def test_selection_and_merge() -> None:
     assert issuers(p, "bar", app="a") == ["bar", "m-mesh-a", "z-mesh"]
     assert issuers(p, "empty") == ["z-mesh"]
     assert p.rules_for(Scope("foo", {})) is p.rules_for(Scope("foo", {}))  # memoized
-    assert "a-gateway" not in {r.issuer for r in p.all_rules}
+    # targetRefs attach only to the Gateway-API gateway the scope names, in its namespace
+    gateway = {"gateway.networking.k8s.io/gateway-name": "gw"}
+    assert "a-gateway" in {r.issuer for r in p.all_rules}  # its JWKS must be fetched
+    assert issuers(p, "foo", **{"gateway.networking.k8s.io/gateway-name": "gw"}) == [
+        "a-gateway", "a-ns", "b-ns", "z-mesh"]
+    assert "a-gateway" not in [r.issuer for r in p.rules_for(Scope("foo", {**gateway,
+        "gateway.networking.k8s.io/gateway-name": "other"}))]
+    assert "a-gateway" not in [r.issuer for r in p.rules_for(Scope("bar", gateway))]
     direct = select_rules(p.policies, Scope("foo", {"app": "a"}), "istio-system")
     assert [r.issuer for r in direct] == issuers(p, "foo", app="a")
 

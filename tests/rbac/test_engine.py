@@ -579,3 +579,21 @@ def test_cost_ignores_other_namespaces() -> None:
     ps = compile_set(many)
     assert ps._scope_buckets("foo")[1].deny == ()
     assert ps.evaluate(ctx()).reason == NO_POLICY
+
+
+def test_target_refs_attach_to_the_named_gateway_scope_only() -> None:
+    ps = compile_set(policy("""
+targetRefs:
+- kind: Gateway
+  group: gateway.networking.k8s.io
+  name: gw
+action: DENY
+rules: [{}]
+""", name="gw"))
+    label = "gateway.networking.k8s.io/gateway-name"
+    gateway = ctx(labels={label: "gw"})
+    assert not ps.evaluate(gateway).allowed
+    assert ps.evaluate(gateway).policy == "ns[foo]-policy[gw]-rule[0]"
+    assert ps.evaluate(ctx(labels={label: "other"})).allowed
+    assert ps.evaluate(ctx(namespace="bar", labels={label: "gw"})).allowed
+    assert ps.evaluate(ctx(labels={"app": "gw"})).allowed
