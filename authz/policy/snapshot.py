@@ -28,6 +28,7 @@ log = structlog.get_logger("authz.policy")
 ISTIO_SECURITY_GROUP = "security.istio.io/"
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
+ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
 NOT_FOR_THIS_SERVER = {
     "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
 }
@@ -137,27 +138,21 @@ def compile_snapshot(
                 res.ref))
             continue
         seen[key] = res
-        try:
-            if res.kind == "AuthorizationPolicy":
+        if res.kind in NOT_FOR_THIS_SERVER:
+            log.warning("resource_not_enforced", kind=res.kind, resource=res.ref,
+                        file=str(res.location), why=NOT_FOR_THIS_SERVER[res.kind])
+        elif res.kind not in ENFORCED_KINDS:
+            errors.append(PolicyError(
+                f"{res.api_version} {res.kind} is not enforced by this version of authz",
+                res.location, res.ref))
+        elif res.kind == "AuthorizationPolicy":
+            try:
                 authz_policies.append(parse_authorization_policy(res))
-            elif res.kind == "RequestAuthentication":
-                pass  # parsed below, all together
-            elif res.kind in NOT_FOR_THIS_SERVER:
-                log.warning("resource_not_enforced", kind=res.kind, resource=res.ref,
-                            file=str(res.location), why=NOT_FOR_THIS_SERVER[res.kind])
-                continue
-            else:
-                raise PolicyError(
-                    f"{res.api_version} {res.kind} is not enforced by this version of authz",
-                    res.location, res.ref,
-                )
-        except PolicyErrors as exc:
-            errors.extend(exc.errors)
-            continue
-        except PolicyError as exc:
-            errors.append(exc)
-            continue
-        kept.append(res)
+                kept.append(res)
+            except PolicyErrors as exc:
+                errors.extend(exc.errors)
+        else:  # RequestAuthentication: parsed together below, to index them by scope
+            kept.append(res)
     try:
         policy_set = rbac.PolicySet.compile(
             authz_policies,
