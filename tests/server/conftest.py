@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -45,3 +46,44 @@ async def server(start_server: Callable[..., Awaitable[AuthzServer]]) -> AuthzSe
 async def channel(server: AuthzServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
         yield ch
+
+
+HMAC_SECRET = b"secret-secret-secret-secret-secret!"
+"""The key the ``jwks_policy`` JWKS publishes (kid ``h``, HS256), for minting test tokens."""
+
+
+@dataclass(frozen=True)
+class JwksPolicy:
+    policy: Path
+    source: str
+    """The JWKS URI, as metrics label it."""
+
+
+@pytest.fixture
+async def jwks_policy(tmp_path: Path) -> AsyncIterator[JwksPolicy]:
+    """A local JWKS server and a RequestAuthentication (issuer ``i``) that uses it."""
+    import base64
+    import json
+
+    from aiohttp import web
+
+    key = base64.urlsafe_b64encode(HMAC_SECRET).rstrip(b"=").decode()
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [{"kty": "oct", "k": key, "kid": "h",
+                                             "alg": "HS256"}]})
+
+    app = web.Application()
+    app.router.add_get("/jwks", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    source = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks"
+    policy = tmp_path / "ra.json"
+    policy.write_text(json.dumps({
+        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "ra", "namespace": "default"},
+        "spec": {"jwtRules": [{"issuer": "i", "jwksUri": source}]},
+    }))
+    yield JwksPolicy(policy, source)
+    await runner.cleanup()

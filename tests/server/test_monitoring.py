@@ -9,10 +9,10 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from authz.server import AuthzServer
+from tests.server.conftest import JwksPolicy
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 METRIC = re.compile(r"\bauthz_[a-z_]+\b")
@@ -29,35 +29,17 @@ def referenced() -> set[str]:
 
 
 async def test_every_referenced_metric_is_exported(
-    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+    start_server: Callable[..., Awaitable[AuthzServer]], jwks_policy: JwksPolicy
 ) -> None:
-    async def jwks(request: web.Request) -> web.Response:
-        return web.json_response({"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]})
-
-    app = web.Application()
-    app.router.add_get("/jwks", jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    policy = tmp_path / "p.json"
-    policy.write_text(json.dumps({
-        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-        "metadata": {"name": "ra", "namespace": "default"},
-        "spec": {"jwtRules": [{"issuer": "i", "jwksUri": f"http://127.0.0.1:{port}/jwks"}]},
-    }))
-    try:
-        server = await start_server(policy)
-        server.metrics.checks.labels("deny", "403", "rbac_denied").inc(0)
-        server.metrics.reloads.labels("failure").inc(0)
-        server.metrics.check_latency.observe(0.001)
-        assert server._admin is not None
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{server._admin.port}/metrics"
-        ) as r:
-            text = await r.text()
-    finally:
-        await runner.cleanup()
+    server = await start_server(jwks_policy.policy)
+    server.metrics.checks.labels("deny", "403", "rbac_denied").inc(0)
+    server.metrics.reloads.labels("failure").inc(0)
+    server.metrics.check_latency.observe(0.001)
+    assert server._admin is not None
+    async with aiohttp.ClientSession() as http, http.get(
+        f"http://127.0.0.1:{server._admin.port}/metrics"
+    ) as r:
+        text = await r.text()
     exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     missing = sorted(referenced() - exported)
     assert not missing, f"alerts/dashboard reference metrics authz does not export: {missing}"
