@@ -2,26 +2,42 @@
 
 Bound to loopback by default: metrics and readiness details are for the pod's
 own probes and a scraper the operator chooses, never for the network at large.
+The same app fronts one server process or the ``--workers`` supervisor; each
+answers through the small ``AdminSource`` protocol. Workers serve theirs on a
+private Unix socket (``unix:PATH``) that only the supervisor reads.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from authz import __version__
-from authz.authn.jwks import describe
 from authz.config import parse_address
 
-if TYPE_CHECKING:
-    from authz.server import AuthzServer
+UNIX_PREFIX = "unix:"
+
+
+def unix_path(name: str) -> str:
+    """``@name`` is Linux's abstract namespace (no file on disk), else a file path."""
+    return "\0" + name[1:] if name.startswith("@") else name
+
+
+class AdminSource(Protocol):
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details for the /readyz body)."""
+        ...
+
+    async def metrics_text(self) -> bytes:
+        """Prometheus text exposition of everything this source knows."""
+        ...
 
 
 class AdminServer:
-    def __init__(self, server: AuthzServer) -> None:
-        self._server = server
+    def __init__(self, source: AdminSource) -> None:
+        self._source = source
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -37,24 +53,20 @@ class AdminServer:
         return web.json_response({"status": "ok", "version": __version__})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        server = self._server
-        body: dict[str, Any] = {
-            "ready": server.ready,
-            "draining": server.draining,
-            "snapshot_version": server.store.current.version,
-            "last_reload_error": server.last_reload_error,
-            "jwks": describe(server.jwks),
-        }
-        return web.json_response(body, status=200 if server.ready else 503)
+        ready, body = await self._source.readiness()
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        payload = generate_latest(self._server.metrics.registry)
+        payload = await self._source.metrics_text()
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self, address: str) -> None:
-        host, port = parse_address(address, "--http-address")
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
+        if address.startswith(UNIX_PREFIX):
+            await web.UnixSite(self._runner, unix_path(address[len(UNIX_PREFIX):])).start()
+            return
+        host, port = parse_address(address, "--http-address")
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = port

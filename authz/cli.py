@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz import __version__
-from authz.config import ConfigError, Settings
+from authz.config import ConfigError, Settings, parse_workers
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.policy.errors import PolicyErrors
 from authz.tools import check, commands, envoy_config, validate
@@ -84,7 +84,18 @@ SERVE_OPTIONS = (
            "SIGTERM", 10.0, float),
     Option("--drain-delay", "drain_delay", "seconds to keep answering after SIGTERM while "
            "health reports NOT_SERVING", 0.0, float),
+    Option("--workers", "workers", "server processes sharing the gRPC port (SO_REUSEPORT, "
+           "Linux) under one supervisor that handles signals, restarts crashed workers and "
+           "serves the admin port with merged metrics; auto = CPUs available (affinity and "
+           "cgroup quota)", "auto", lambda text: _workers(text), metavar="N|auto"),
 )
+
+
+def _workers(text: str) -> int:
+    try:
+        return parse_workers(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -101,7 +112,7 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
             help_text += f", default {opt.default}"
         default = opt.type(env_value) if env_value is not None else opt.default
         parser.add_argument(opt.flag, dest=opt.dest, default=default, type=opt.type,
-                            choices=opt.choices, help=help_text + "]")
+                            choices=opt.choices, metavar=opt.metavar, help=help_text + "]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +169,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         decision_log_headers=tuple(_repeated(args, "decision_log_header")),
         redact_headers=tuple(_repeated(args, "redact_header")),
         drain_delay=args.drain_delay,
+        workers=args.workers,
     )
 
 
@@ -165,6 +177,10 @@ def serve_command(settings: Settings) -> int:
     from authz.server import AuthzServer
 
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        from authz.workers import Supervisor
+
+        return asyncio.run(Supervisor(settings).serve())
     try:
         asyncio.run(AuthzServer(settings).serve())
     except PolicyErrors as exc:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -25,6 +29,35 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (a pod with ``limits.cpu: 2`` on a 64-core node gets 2, not 64)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def parse_workers(text: str) -> int:
+    """``auto`` (CPUs available) or a positive count."""
+    if text == "auto":
+        return available_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--workers: expected a number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise ConfigError("--workers must be >= 1")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +97,14 @@ class Settings:
     """Seconds between checks of the policy files for changes; 0 disables watching."""
     drain_delay: float = 0.0
     """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
+    workers: int = 1
+    """Server processes sharing the gRPC port; more than one runs under a supervisor."""
+    reuse_port: bool = False
+    """Bind the gRPC port with SO_REUSEPORT: set for the processes of ``--workers``."""
 
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
-        if self.http_address:
+        if self.http_address and not self.http_address.startswith("unix:"):
             parse_address(self.http_address, "--http-address")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"--log-format: expected json|console|auto, got {self.log_format!r}")
@@ -83,5 +120,9 @@ class Settings:
             raise ConfigError("--jwks-refresh-interval must be > 0, --jwks-refetch-interval >= 0")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
+        if self.workers < 1:
+            raise ConfigError("--workers must be >= 1")
+        if self.workers > 1 and not sys.platform.startswith("linux"):
+            raise ConfigError("--workers > 1 needs Linux (SO_REUSEPORT load balancing)")
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")

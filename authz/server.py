@@ -16,11 +16,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import generate_latest
 
 from authz import __version__
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.admin import AdminServer
-from authz.authn.jwks import JwksManager, JwksSettings
+from authz.authn.jwks import JwksManager, JwksSettings, describe
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog
@@ -167,6 +168,19 @@ class AuthzServer:
             settings.policy_paths, self.reload, interval=settings.watch_interval
         )
 
+    # -- admin ---------------------------------------------------------------
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {
+            "ready": self.ready,
+            "draining": self.draining,
+            "snapshot_version": self.store.current.version,
+            "last_reload_error": self.last_reload_error,
+            "jwks": describe(self.jwks),
+        }
+
+    async def metrics_text(self) -> bytes:
+        return generate_latest(self.metrics.registry)
+
     # -- lifecycle -------------------------------------------------------------
     def _compile(self, version: int) -> Snapshot:
         resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
@@ -233,7 +247,8 @@ class AuthzServer:
         await self.jwks.start()
         server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                # Only --workers shares the port; a lone server must own it.
+                ("grpc.so_reuseport", int(self.settings.reuse_port)),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

@@ -98,7 +98,7 @@ def _serving(port: int) -> bool:
 
 def _start(port: int, *extra: str) -> subprocess.Popen[str]:
     # Output goes to a file: a pipe nobody reads would fill up and block the server.
-    out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed with the process
+    out = tempfile.NamedTemporaryFile(mode="w+")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "authz", "serve", "--grpc-address", f"127.0.0.1:{port}",
          "--http-address", "", "--log-format", "json", *extra],
@@ -112,23 +112,32 @@ def _start(port: int, *extra: str) -> subprocess.Popen[str]:
             proc.output.seek(0)  # type: ignore[attr-defined]
             raise AssertionError(f"server never became SERVING: {proc.output.read()}")  # type: ignore[attr-defined]
         time.sleep(0.1)
+    if "--workers" in extra and extra[extra.index("--workers") + 1] != "1":
+        # Health answered from one worker; wait for the supervisor to have them all.
+        while '"supervisor_ready"' not in Path(out.name).read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "supervisor not ready"
+            time.sleep(0.1)
     return proc
 
 
-def _answered_by_server(stderr: str) -> int:
-    for line in stderr.splitlines():
-        if '"server_stopped"' in line:
-            return int(json.loads(line)["checks_answered"])
-    raise AssertionError(f"no server_stopped line in:\n{stderr}")
+def _answered_by_server(stderr: str, workers: int) -> int:
+    """Checks answered, summed over every server process's ``server_stopped`` line."""
+    counts = [int(json.loads(line)["checks_answered"]) for line in stderr.splitlines()
+              if '"server_stopped"' in line]
+    assert len(counts) == workers, f"expected {workers} server_stopped lines in:\n{stderr}"
+    return sum(counts)
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize("follow_health", [True, False], ids=["health-aware", "blind-client"])
-def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool) -> None:
+def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool,
+                                                         workers: int) -> None:
     """A client that follows health (as Envoy's health checker does) sees no failure
     during --drain-delay; a blind client may be refused after the listener stops,
-    but every call the server accepted is answered before exit 0."""
+    but every call the server accepted is answered before exit 0. With --workers the
+    supervisor drains every worker the same way."""
     port = free_port()
-    proc = _start(port, "--drain-delay", "0.5")
+    proc = _start(port, "--drain-delay", "0.5", "--workers", str(workers))
     try:
         answered, failed = asyncio.run(_load_then_sigterm(port, proc, follow_health))
         assert proc.wait(timeout=30) == 0
@@ -139,7 +148,8 @@ def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool) ->
         proc.output.seek(0)  # type: ignore[attr-defined]
         stderr = proc.output.read()  # type: ignore[attr-defined]
     assert answered > 50
-    assert answered == _answered_by_server(stderr), "an answered call never reached the client"
+    assert answered == _answered_by_server(stderr, workers), \
+        "an answered call never reached the client"
     if follow_health:
         assert failed == [], stderr
     # A blind client's calls after the listener closed fail with whatever the

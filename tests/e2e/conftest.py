@@ -69,6 +69,8 @@ async def start_authz(request: pytest.FixtureRequest) -> AsyncIterator[StartAuth
         argv = [sys.executable, "-m", "authz", "serve",
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{admin}",
                 "--log-format", "json", "--grace-period", "5"]
+        if "--workers" not in args:  # one process unless a test asks (tests/test_workers.py)
+            argv += ["--workers", "1"]
         for p in policies:
             argv += ["--policy", str(p)]
         server = AuthzProcess(Process("authz", [*argv, *args]), port, admin)
