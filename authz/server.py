@@ -29,8 +29,8 @@ from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.envoy.response import check_response
 from authz.health import HealthServicer
 from authz.observe import Metrics
-from authz.policy.errors import PolicyErrors
-from authz.policy.load import load_paths
+from authz.policy.errors import PolicyError, PolicyErrors
+from authz.policy.load import iter_paths
 from authz.policy.snapshot import (
     PolicyOptions,
     Snapshot,
@@ -183,8 +183,18 @@ class AuthzServer:
 
     # -- lifecycle -------------------------------------------------------------
     def _compile(self, version: int) -> Snapshot:
-        resources = load_paths(self.settings.policy_paths, self.settings.default_namespace)
-        return compile_snapshot(resources, version, self.policy_options, self.jwks)
+        # Streamed: each resource is compiled and dropped as it is read, so peak
+        # memory is the compiled snapshot, not every spec at once.
+        problems: list[PolicyError] = []
+        resources = iter_paths(self.settings.policy_paths, self.settings.default_namespace,
+                               problems)
+        try:
+            snapshot = compile_snapshot(resources, version, self.policy_options, self.jwks)
+        except PolicyErrors as exc:
+            raise PolicyErrors([*problems, *exc.errors]) from None
+        if problems:
+            raise PolicyErrors(problems)
+        return snapshot
 
     def _jwks_wait_limit(self, *snapshots: Snapshot) -> float:
         """First attempts are bounded by each rule's timeout (discovery makes two calls)."""
@@ -202,9 +212,7 @@ class AuthzServer:
         self._retired_cache_hits += old.authenticator.cache.hits
         self._retired_cache_misses += old.authenticator.cache.misses
         self.metrics.snapshot_version.set(snapshot.version)
-        kinds = {"AuthorizationPolicy": 0, "RequestAuthentication": 0}
-        for res in snapshot.resources:
-            kinds[res.kind] = kinds.get(res.kind, 0) + 1
+        kinds = dict(snapshot.kinds)
         for kind, count in kinds.items():
             self.metrics.policies.labels(kind).set(count)
         log.info(event, version=snapshot.version, resources=kinds,

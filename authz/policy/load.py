@@ -34,7 +34,8 @@ class Resource:
     spec: Mapping[str, Any]
     metadata: Mapping[str, Any]
     lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    """``"spec.rules[0].from"`` -> line, for error messages."""
+    """``"spec.rules[0].from"`` -> line, for error messages (a ``LineMap`` when loaded
+    from text: built only if an error needs it)."""
 
     @property
     def ref(self) -> str:
@@ -54,21 +55,70 @@ class Resource:
         return PolicyError(message, self.where(path), self.ref, path)
 
 
-def _to_data(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+def _to_data(node: yaml.Node, path: str, lines: dict[str, int],
+             constructor: yaml.SafeLoader) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _constructor.construct_object(key_node, deep=True)
+            key = constructor.construct_object(key_node, deep=True)
             child = f"{path}.{key}" if path else str(key)
-            out[str(key)] = _to_data(value_node, child, lines)
+            out[str(key)] = _to_data(value_node, child, lines, constructor)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_data(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
-    return _constructor.construct_object(node, deep=True)
+        return [_to_data(item, f"{path}[{i}]", lines, constructor)
+                for i, item in enumerate(node.value)]
+    return constructor.construct_object(node, deep=True)
 
 
-_constructor = yaml.SafeLoader("")
+class LineMap(Mapping[str, int]):
+    """Field path -> line of one document, built from the file's text on first use.
+
+    Only error messages read lines. Keeping a dict per resource cost about 5 KB per
+    policy (half of a loaded policy's memory); the text is shared by every
+    resource of its file and re-read only when something is wrong.
+    """
+
+    __slots__ = ("_document", "_lines", "_prefix", "_text")
+
+    def __init__(self, text: str, document: int, prefix: str = "") -> None:
+        self._text, self._document, self._prefix = text, document, prefix
+        self._lines: dict[str, int] | None = None
+
+    def _built(self) -> dict[str, int]:
+        if self._lines is None:
+            lines: dict[str, int] = {}
+            for i, (node, _line) in enumerate(_documents(self._text, "")):
+                if i == self._document:
+                    _document_data(node, lines)
+                    break
+            cut = len(self._prefix)
+            self._lines = {k[cut:]: v for k, v in lines.items() if k.startswith(self._prefix)}
+        return self._lines
+
+    def item(self, prefix: str) -> LineMap:
+        """The map of a ``List`` item, e.g. ``items[3].``."""
+        return LineMap(self._text, self._document, self._prefix + prefix)
+
+    def __getitem__(self, path: str) -> int:
+        return self._built()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
+def _document_data(node: yaml.Node, lines: dict[str, int]) -> Any:
+    """Plain data of one document. A constructor per document: it memoizes every
+    node it builds, and a shared one kept every policy's node tree alive forever
+    (12 KB per policy, more with every reload)."""
+    constructor = yaml.SafeLoader("")
+    try:
+        return _to_data(node, "", lines, constructor)
+    finally:
+        constructor.dispose()
 # libyaml's scanner is ~10x faster than PyYAML's pure-Python one and still gives
 # node marks (lines); PyYAML wheels ship it, but a source build may not.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -95,7 +145,7 @@ def _is_object(data: Any) -> bool:
     return not isinstance(data, dict) or "kind" in data or "apiVersion" in data
 
 
-def _resource(data: Any, lines: dict[str, int], loc: Location) -> Resource:
+def _resource(data: Any, lines: Mapping[str, int], loc: Location) -> Resource:
     if not isinstance(data, dict):
         raise PolicyError("a resource must be a mapping with apiVersion and kind", loc)
     kind, api_version = data.get("kind"), data.get("apiVersion")
@@ -125,34 +175,38 @@ def _resource(data: Any, lines: dict[str, int], loc: Location) -> Resource:
         location=loc,
         spec=spec,
         metadata=metadata,
-        lines=MappingProxyType(lines),
+        lines=lines if isinstance(lines, LineMap) else MappingProxyType(dict(lines)),
     )
 
 
 def parse_text(text: str, file: str, default_namespace: str = "default") -> list[Resource]:
     """Parse one file's text. ``default_namespace`` fills in a missing namespace."""
-    out: list[Resource] = []
-    for node, line in _documents(text, file):
+    return list(iter_text(text, file, default_namespace))
+
+
+def iter_text(text: str, file: str, default_namespace: str = "default") -> Iterator[Resource]:
+    """``parse_text`` one document at a time, so a consumer can compile each resource
+    and drop it: 10,000 policies in one file never sit in memory as specs at once."""
+    for document, (node, line) in enumerate(_documents(text, file)):
         lines: dict[str, int] = {}
-        data = _to_data(node, "", lines)
+        data = _document_data(node, lines)
         if data is None:
             continue
         if not _is_object(data):
             log.debug("document_ignored", file=file, line=line, why="no apiVersion or kind")
             continue
-        res = _resource(data, lines, Location(file, line))
+        line_map = LineMap(text, document)
+        res = _resource(data, line_map, Location(file, line))
         if res.kind == "List":
             items = data.get("items") or []
             if not isinstance(items, list):
                 raise PolicyError("'items' of a List must be a list", res.location, "List", "items")
             for i, item in enumerate(items):
-                sub = {k[len(f"items[{i}].") :]: v for k, v in lines.items()
-                       if k.startswith(f"items[{i}].")}
                 item_loc = Location(file, lines.get(f"items[{i}]", line))
-                out.append(_with_namespace(_resource(item, sub, item_loc), default_namespace))
+                item_lines = line_map.item(f"items[{i}].")
+                yield _with_namespace(_resource(item, item_lines, item_loc), default_namespace)
         else:
-            out.append(_with_namespace(res, default_namespace))
-    return out
+            yield _with_namespace(res, default_namespace)
 
 
 def _with_namespace(res: Resource, default_namespace: str) -> Resource:
@@ -189,20 +243,27 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_paths(paths: Iterable[str | Path], default_namespace: str = "default") -> list[Resource]:
     """Load every resource; raise ``PolicyErrors`` listing every file that failed."""
-    resources: list[Resource] = []
     errors: list[PolicyError] = []
+    resources = list(iter_paths(paths, default_namespace, errors))
+    if errors:
+        raise PolicyErrors(errors)
+    return resources
+
+
+def iter_paths(paths: Iterable[str | Path], default_namespace: str,
+               errors: list[PolicyError]) -> Iterator[Resource]:
+    """Resources of every file, one at a time; problems are appended to ``errors``
+    (the caller raises them once it has seen everything, to report them all)."""
     try:
         files = policy_files(paths)
     except PolicyError as exc:
-        raise PolicyErrors([exc]) from exc
+        errors.append(exc)
+        return
     for file in files:
         try:
             text = file.read_text(encoding="utf-8")
-            resources.extend(parse_text(text, str(file), default_namespace))
+            yield from iter_text(text, str(file), default_namespace)
         except PolicyError as exc:
             errors.append(exc)
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(PolicyError(f"cannot read: {exc}", Location(str(file), 1)))
-    if errors:
-        raise PolicyErrors(errors)
-    return resources

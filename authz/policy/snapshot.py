@@ -7,8 +7,9 @@ the ``Check``, so a reload never changes a decision half-way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import structlog
 
@@ -17,7 +18,7 @@ from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
-from authz.policy.errors import PolicyError, PolicyErrors
+from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule, RequestAuthnPolicies
 from authz.rbac import engine as rbac
@@ -47,7 +48,9 @@ class PolicyOptions:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
-    resources: tuple[Resource, ...]
+    kinds: Mapping[str, int]
+    """Policies compiled, by kind. The resources themselves are not kept: after
+    compilation only the matchers are needed, and specs are half the memory."""
     authorization: rbac.PolicySet
     options: PolicyOptions
     authentication: RequestAuthnPolicies
@@ -111,7 +114,7 @@ def empty_snapshot(options: PolicyOptions | None = None) -> Snapshot:
 
 
 def compile_snapshot(
-    resources: Sequence[Resource],
+    resources: Iterable[Resource],
     version: int,
     options: PolicyOptions | None = None,
     keys: KeyProvider | None = None,
@@ -125,8 +128,11 @@ def compile_snapshot(
     options = options or PolicyOptions()
     errors: list[PolicyError] = []
     kept: list[Resource] = []
+    """RequestAuthentications (compiled together below); AuthorizationPolicies are
+    compiled one by one and their resources dropped as ``resources`` streams."""
     authz_policies: list[AuthorizationPolicy] = []
-    seen: dict[tuple[str, str, str], Resource] = {}
+    counts = {"AuthorizationPolicy": 0, "RequestAuthentication": 0}
+    seen: dict[tuple[str, str, str], Location] = {}
     for res in resources:
         if not res.api_version.startswith(ISTIO_SECURITY_GROUP):
             log.debug("resource_ignored", kind=res.kind, name=res.name, file=res.location.file)
@@ -134,10 +140,10 @@ def compile_snapshot(
         key = (res.kind, res.namespace, res.name)
         if key in seen:
             errors.append(PolicyError(
-                f"duplicate {res.ref}: also defined at {seen[key].location}", res.location,
+                f"duplicate {res.ref}: also defined at {seen[key]}", res.location,
                 res.ref))
             continue
-        seen[key] = res
+        seen[key] = res.location
         if res.kind in NOT_FOR_THIS_SERVER:
             log.warning("resource_not_enforced", kind=res.kind, resource=res.ref,
                         file=str(res.location), why=NOT_FOR_THIS_SERVER[res.kind])
@@ -148,11 +154,12 @@ def compile_snapshot(
         elif res.kind == "AuthorizationPolicy":
             try:
                 authz_policies.append(parse_authorization_policy(res))
-                kept.append(res)
+                counts[res.kind] += 1
             except PolicyErrors as exc:
                 errors.extend(exc.errors)
         else:  # RequestAuthentication: parsed together below, to index them by scope
             kept.append(res)
+            counts[res.kind] += 1
     try:
         policy_set = rbac.PolicySet.compile(
             authz_policies,
@@ -172,7 +179,7 @@ def compile_snapshot(
     for policy in policy_set.not_attached:
         log.info("policy_for_gateway_scopes", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
     return Snapshot(
-        version, tuple(kept), policy_set, options, authentication,
+        version, MappingProxyType(counts), policy_set, options, authentication,
         Authenticator(authentication, keys),
     )
 

@@ -30,10 +30,8 @@ def run(paths: list[str], root_namespace: str, default_namespace: str, strict: b
     )
     for warning in warnings:
         print(warning)
-    kinds: dict[str, int] = {}
-    for res in snapshot.resources:
-        kinds[res.kind] = kinds.get(res.kind, 0) + 1
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no policies"
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(snapshot.kinds.items()) if n) \
+        or "no policies"
     print(f"ok: {summary}; {len(warnings)} warning(s)", file=sys.stderr)
     return 1 if strict and warnings else 0
 

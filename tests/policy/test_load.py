@@ -102,3 +102,34 @@ def test_documents_that_are_not_kubernetes_objects_are_skipped() -> None:
 def test_missing_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyErrors, match="does not exist"):
         load_paths([tmp_path / "nope"])
+
+
+def test_list_items_and_later_documents_know_their_lines() -> None:
+    res = parse_text(DOCS + "---\n" + DOCS, "p.yaml")
+    assert [r.location.line for r in res] == [1, 18, 22, 39]
+    assert res[1].where("metadata.name").line == 20
+    assert res[2].where("spec.rules[0].from[0].source.notRequestPrincipals").line == 32
+    assert res[3].where("metadata.name").line == 41
+
+
+def test_line_maps_are_built_only_when_an_error_needs_them() -> None:
+    from authz.policy.load import LineMap
+
+    res = parse_text(DOCS, "p.yaml")[0]
+    assert isinstance(res.lines, LineMap)
+    assert res.lines._lines is None  # nothing kept per field until asked
+    assert res.where("spec.action").line == 7
+    assert res.lines._lines is not None
+
+
+def test_parsing_keeps_no_yaml_nodes_alive() -> None:
+    """A shared YAML constructor memoizes every node it builds; it once kept each
+    policy's node tree (12 KB a policy) alive for the life of the process."""
+    import gc
+
+    import yaml
+
+    for _ in range(3):
+        parse_text(DOCS * 1, "p.yaml")
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, yaml.Node)]
