@@ -98,6 +98,22 @@ def _workers(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _typed(opt: Option) -> Any:
+    if opt.type is str:
+        return str
+
+    def convert(text: str) -> Any:
+        try:
+            return opt.type(text)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError) else ""
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r} (from {opt.flag} or {opt.env}){detail}") from None
+
+    convert.__name__ = getattr(opt.type, "__name__", "value")
+    return convert
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for opt in options:
         env_value = os.environ.get(opt.env)
@@ -110,8 +126,10 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
             continue
         if opt.default not in (None, ""):
             help_text += f", default {opt.default}"
-        default = opt.type(env_value) if env_value is not None else opt.default
-        parser.add_argument(opt.flag, dest=opt.dest, default=default, type=opt.type,
+        # A string default goes through ``type`` when (and only when) ``serve`` is
+        # parsed, so a bad variable is a usage error naming both spellings.
+        default = env_value if env_value is not None else opt.default
+        parser.add_argument(opt.flag, dest=opt.dest, default=default, type=_typed(opt),
                             choices=opt.choices, metavar=opt.metavar, help=help_text + "]")
 
 

@@ -195,3 +195,15 @@ async def _load_then_sigterm(
         if watcher:
             watcher.cancel()
     return answered, failed
+
+
+def test_a_bad_number_in_an_environment_variable_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AUTHZ_GRACE_PERIOD", "abc")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve"])
+    assert exc.value.code == 2
+    assert "invalid value 'abc' (from --grace-period or AUTHZ_GRACE_PERIOD)" in \
+        capsys.readouterr().err
+    # Other commands do not read serve's variables.
+    assert main(["validate", "examples/policies"]) == 0
