@@ -75,8 +75,21 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self._tracing = tracing or Tracing()
         self._default_namespace = settings.default_namespace
         self._metrics = metrics
+        self._counters: dict[tuple[bool, int, Reason], Any] = {}
         self.answered = 0
         """Checks answered with a CheckResponse (logged at shutdown)."""
+
+    def _counter(self, decision: Decision) -> Any:
+        """The labelled child for a decision (label lookup hashes and locks; the set of
+        (decision, status, reason) is small and fixed, so each is looked up once)."""
+        key = (decision.allowed, decision.status, decision.reason)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._metrics.checks.labels(
+                "allow" if decision.allowed else "deny", str(decision.status),
+                decision.reason.value)
+            self._counters[key] = child
+        return child
 
     def decide(
         self, request: external_auth_pb2.CheckRequest
@@ -109,9 +122,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             failed = True
         else:
             failed = False
-            metrics.checks.labels(
-                "allow" if decision.allowed else "deny", str(decision.status), decision.reason.value
-            ).inc()
+            self._counter(decision).inc()
             if decision.issuer is not None:
                 metrics.jwt_results.labels(decision.issuer, "verified").inc()
             elif decision.reason in _JWT_FAILURES:

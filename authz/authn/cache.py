@@ -12,6 +12,12 @@ and audience checks on every hit. An entry is used only while
   policy snapshot, so a reload starts empty.
 
 Keys are a SHA-256 of the token, so tokens are not kept in memory here.
+
+Signature *failures* are remembered too, in a separate, smaller LRU: a bad
+signature stays bad for the same key set, and a client (or attacker) repeating
+one forged token should cost a hash lookup, not an RSA verification each time.
+A rejection counts only while the rule's key set has the same keys, and the
+separate bound keeps a flood of distinct forgeries from evicting good tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from authz.authn.verify import Jwt
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_TTL = 600.0
+DEFAULT_MAX_REJECTED = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +49,11 @@ class TokenCache:
     """LRU of (rule id, token digest) -> verified ``Jwt``; safe across threads."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 max_ttl: float = DEFAULT_MAX_TTL, skew: int = 60) -> None:
+                 max_ttl: float = DEFAULT_MAX_TTL, skew: int = 60,
+                 max_rejected: int = DEFAULT_MAX_REJECTED) -> None:
         self.max_entries = max_entries
+        self.max_rejected = max_rejected
+        self._rejected: OrderedDict[tuple[int, bytes], frozenset[str]] = OrderedDict()
         self.max_ttl = max_ttl
         self.skew = skew
         self._entries: OrderedDict[tuple[int, bytes], CachedToken] = OrderedDict()
@@ -86,6 +96,29 @@ class TokenCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
+    def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> bool:
+        """Whether this token's signature already failed against these same keys."""
+        key = (rule_id, digest)
+        with self._lock:
+            seen = self._rejected.get(key)
+            if seen is None:
+                return False
+            if seen != fingerprints:
+                del self._rejected[key]
+                return False
+            self._rejected.move_to_end(key)
+            return True
+
+    def reject(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> None:
+        if self.max_rejected <= 0:
+            return
+        with self._lock:
+            self._rejected[(rule_id, digest)] = fingerprints
+            self._rejected.move_to_end((rule_id, digest))
+            while len(self._rejected) > self.max_rejected:
+                self._rejected.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._rejected.clear()

@@ -275,6 +275,11 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
     return MappingProxyType(out)
 
 
+SUCCESS_MEMO_SIZE = 4096
+"""Verified requests whose outcome is kept; as large as it needs to be to cover the
+hot tokens, small beside the token cache (each entry shares that cache's Jwt)."""
+
+
 class Authenticator:
     """Authenticates requests for one policy snapshot against the live key sets.
 
@@ -303,6 +308,8 @@ class Authenticator:
         self._plans: dict[int, tuple[tuple[JwtRule, ...], _Plan]] = {}
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
+        self._successes: dict[tuple[int, int, TokenLocation, int],
+                              tuple[_Plan, Jwt, AuthnSuccess]] = {}
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -391,10 +398,14 @@ class Authenticator:
             return Status.OK, jwt
         if keys is None:
             return Status.JWKS_FETCH_FAIL, None
+        if self.cache.rejected(p.rule_id, digest, keys.fingerprints):
+            return Status.JWT_VERIFICATION_FAIL, None
         status, jwk = verify_signature(jwt, keys)
         if status is Status.OK and jwk is not None:
             self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now)
             return status, jwt
+        if status is Status.JWT_VERIFICATION_FAIL:
+            self.cache.reject(p.rule_id, digest, keys.fingerprints)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
                 and self.keys is not None):
             self.keys.request_refetch(p.rule)
@@ -437,6 +448,25 @@ class Authenticator:
         )
 
     def _success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
+        """What a verified request gets. With one token, a pure function of the plan,
+        the token's place and the (cached, shared) parsed token: built once per
+        token and reused while the token cache keeps handing out the same ``Jwt``."""
+        if len(run.goods) != 1:
+            return self._build_success(plan, run)
+        good = run.goods[0]
+        key = (id(plan), good.provider.index, good.token.location, id(good.jwt))
+        memo = self._successes.get(key)
+        # The entry holds the plan and the Jwt, so neither id can be reused while
+        # it exists; the identity checks make that explicit.
+        if memo is not None and memo[0] is plan and memo[1] is good.jwt:
+            return memo[2]
+        success = self._build_success(plan, run)
+        if len(self._successes) >= SUCCESS_MEMO_SIZE:
+            self._successes.clear()
+        self._successes[key] = (plan, good.jwt, success)
+        return success
+
+    def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         set_headers: dict[str, str] = {}
         remove_headers: list[str] = []
         remove_params: list[str] = []

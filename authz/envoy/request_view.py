@@ -11,6 +11,7 @@ query; it is split once here so matchers never see ``?``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,13 +95,21 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType({k.lower(): v for k, v in http.headers.items()})
 
 
+@functools.lru_cache(maxsize=4096)
+def normalize_ip(text: str) -> str:
+    """Canonical text of an address (``::FFFF:1.2.3.4`` and ``0:0::1`` forms differ
+    from what CIDR matching prints). Peers repeat (Envoy's own addresses, a client's
+    few IPs), so this is parsed once per distinct address, not once per request."""
+    with contextlib.suppress(ValueError):  # a pipe path or a name is kept as sent
+        return str(ipaddress.ip_address(text))
+    return text
+
+
 def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:
     ip, port = "", None
     if peer.address.HasField("socket_address"):
         sock: address_pb2.SocketAddress = peer.address.socket_address
-        ip = sock.address
-        with contextlib.suppress(ValueError):  # a pipe path or a name is kept as sent
-            ip = str(ipaddress.ip_address(ip))
+        ip = normalize_ip(sock.address)
         port = sock.port_value if sock.WhichOneof("port_specifier") == "port_value" else None
     return Peer(ip=ip, port=port, principal=peer.principal)
 

@@ -37,6 +37,25 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     )
 
 
+_STRUCT_MEMO_SIZE = 4096
+_structs: dict[int, tuple[Mapping[str, Any], struct_pb2.Struct]] = {}
+
+
+def _metadata(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    """The Struct of a metadata mapping. A verified token's mapping is built once and
+    shared by every request carrying it (authn memo), so its Struct is built once
+    too; the entry holds the mapping, so its id cannot be reused while cached."""
+    found = _structs.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
+    metadata = struct_pb2.Struct()
+    metadata.update(_plain(value))
+    if len(_structs) >= _STRUCT_MEMO_SIZE:
+        _structs.clear()
+    _structs[id(value)] = (value, metadata)
+    return metadata
+
+
 def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     if decision.allowed:
@@ -57,7 +76,5 @@ def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         denied.body = decision.body
         denied.headers.extend(_header(h) for h in decision.response_headers)
     if decision.dynamic_metadata:
-        metadata = struct_pb2.Struct()
-        metadata.update(_plain(decision.dynamic_metadata))
-        response.dynamic_metadata.CopyFrom(metadata)
+        response.dynamic_metadata.CopyFrom(_metadata(decision.dynamic_metadata))
     return response

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from authz.authn import engine as engine_module
 from authz.authn.engine import (
     Authenticator,
     AuthnFailure,
@@ -308,6 +309,42 @@ def test_cache_hit_still_checks_time_and_key_presence() -> None:
     sets[URI] = parse_jwks(jwks(rsa_key("rsa-1", seed=1).jwk()))  # rotated: same kid, new key
     res = fail(a.authenticate(view(headers=bearer(token)), NOW))
     assert res.body == "Jwt verification fails"
+
+
+def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() -> None:
+    other = rsa_key("rsa-1", seed=7)  # same kid as KEY, different key: signature fails
+    forged = other.sign(claims())
+    sets: dict[str, KeySet] = {URI: parse_jwks(jwks(KEY.jwk()))}
+    a = auth(rule(), keys=StaticKeys(by_uri=sets))
+    calls = 0
+    real = engine_module.verify_signature
+
+    def counting(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    engine_module.verify_signature = counting  # type: ignore[assignment]
+    try:
+        for _ in range(3):
+            assert fail(a.authenticate(view(headers=bearer(forged)), NOW)).body == \
+                "Jwt verification fails"
+        assert calls == 1  # verified once, then refused from the rejection cache
+        sets[URI] = parse_jwks(jwks(other.jwk()))  # rotated to the forger's key
+        ok(a.authenticate(view(headers=bearer(forged)), NOW))
+        assert calls == 2  # a new key set is asked again
+    finally:
+        engine_module.verify_signature = real  # type: ignore[assignment]
+
+
+def test_a_verified_token_builds_its_result_once() -> None:
+    token = KEY.sign(claims())
+    a = auth(rule(output_payload_to_header="x-payload"))
+    first = ok(a.authenticate(view(headers=bearer(token)), NOW))
+    again = ok(a.authenticate(view(headers=bearer(token)), NOW + 1))
+    assert again is first  # same token, same place, same cached Jwt: same result
+    other = ok(a.authenticate(view(headers=bearer(KEY.sign(claims(sub="bob")))), NOW))
+    assert other is not first and other.principal != first.principal
 
 
 # -- Istio integration scenarios (reference E) with Istio's own tokens ---------------

@@ -64,3 +64,21 @@ def test_deny_status_must_be_an_error() -> None:
 
     with pytest.raises(ValueError, match="HTTP error"):
         Decision.deny(200, "", Reason.RBAC_DENIED)
+
+
+def test_metadata_struct_is_built_once_per_shared_mapping() -> None:
+    from types import MappingProxyType
+
+    from authz.decision import Decision, Reason
+    from authz.envoy.response import check_response
+
+    payload = MappingProxyType({"payload": MappingProxyType({"sub": "a", "n": 1,
+                                                             "groups": ("x", "y")})})
+    first = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata=payload))
+    second = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata=payload))
+    assert first.dynamic_metadata == second.dynamic_metadata
+    assert first.dynamic_metadata["payload"]["groups"] == ["x", "y"]
+    # A different mapping with other content is not served from the memo.
+    other = MappingProxyType({"payload": MappingProxyType({"sub": "b"})})
+    third = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata=other))
+    assert third.dynamic_metadata["payload"]["sub"] == "b"
