@@ -9,9 +9,14 @@ always replaced by ``[redacted]``.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+import sys
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import structlog
 
@@ -47,6 +52,57 @@ def trace_context(headers: Mapping[str, str]) -> dict[str, str]:
     return {}
 
 
+class JsonLineBatcher:
+    """Decision lines in the JSON format of every other line, written in batches.
+
+    Through structlog's pipeline a decision line cost about as much as a quarter
+    of a whole Check (processors, a timestamp, a write and flush per line). Here a
+    Check only appends its fields; rendering and one write per batch happen in a
+    callback at most ``interval`` seconds later (or at ``max_lines``), outside the
+    request's latency. ``flush`` runs at shutdown, so no line is lost on SIGTERM.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.05,
+                 max_lines: int = 256) -> None:
+        self._stream = stream
+        self.interval = interval
+        self.max_lines = max_lines
+        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, fields: dict[str, Any]) -> None:
+        self._pending.append((time.time(), fields))
+        if len(self._pending) >= self.max_lines:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a tool, a test): write now
+                self.flush()
+                return
+            self._timer = loop.call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        context = structlog.contextvars.get_contextvars()  # e.g. the worker index
+        lines = []
+        for at, fields in pending:
+            stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+            lines.append(json.dumps({**fields, "event": "decision", **context,
+                                     "level": "info", "timestamp": stamp}, default=str))
+        stream = self._stream or sys.stderr
+        try:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr must not fail Checks
+            pass
+
+
 class DecisionLog:
     def __init__(
         self,
@@ -54,6 +110,7 @@ class DecisionLog:
         sample_rate: float = 0.01,
         headers: Iterable[str] = (),
         redact: Iterable[str] = (),
+        batcher: JsonLineBatcher | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"decision log mode must be one of {MODES}, got {mode!r}")
@@ -62,6 +119,7 @@ class DecisionLog:
         self.headers = tuple(h.lower() for h in headers)
         self.redact = SENSITIVE_HEADERS | {h.lower() for h in redact}
         self._random = random.Random()  # noqa: S311 - sampling, not security
+        self._batcher = batcher
 
     def wanted(self, decision: Decision) -> bool:
         if self.mode == "all":
@@ -109,5 +167,13 @@ class DecisionLog:
         return out
 
     def emit(self, view: RequestView | None, decision: Decision, latency: float) -> None:
-        if self.wanted(decision):
+        if not self.wanted(decision):
+            return
+        if self._batcher is not None:
+            self._batcher.add(self.fields(view, decision, latency))
+        else:
             log.info("decision", **self.fields(view, decision, latency))
+
+    def flush(self) -> None:
+        if self._batcher is not None:
+            self._batcher.flush()

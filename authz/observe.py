@@ -22,14 +22,20 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def resolved_format(fmt: str) -> str:
+    """``auto`` -> console on a terminal, else json."""
+    if fmt == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return fmt
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """JSON lines in production, readable console output in a terminal.
 
     ``auto`` picks console when stderr is a TTY. Everything goes to stderr so
     stdout stays free for commands that print results.
     """
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+    fmt = resolved_format(fmt)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
     renderer: Any = (

@@ -24,11 +24,11 @@ from authz.admin import AdminServer
 from authz.authn.jwks import JwksManager, JwksSettings, describe
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
-from authz.decision_log import DecisionLog
+from authz.decision_log import DecisionLog, JsonLineBatcher
 from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.envoy.response import check_response
 from authz.health import HealthServicer
-from authz.observe import Metrics
+from authz.observe import Metrics, resolved_format
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.policy.load import iter_paths
 from authz.policy.snapshot import (
@@ -78,6 +78,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self._counters: dict[tuple[bool, int, Reason], Any] = {}
         self.answered = 0
         """Checks answered with a CheckResponse (logged at shutdown)."""
+
+    def flush_log(self) -> None:
+        self._decision_log.flush()
 
     def _counter(self, decision: Decision) -> Any:
         """The labelled child for a decision (label lookup hashes and locks; the set of
@@ -278,10 +281,16 @@ class AuthzServer:
             self.settings,
             self.metrics,
             DecisionLog(
-                self.settings.decision_log,
+                # Decision lines are info lines: a quieter --log-level drops them.
+                self.settings.decision_log if self.settings.log_level in ("debug", "info")
+                else "none",
                 self.settings.decision_log_sample_rate,
                 self.settings.decision_log_headers,
                 self.settings.redact_headers,
+                # JSON lines are batched off the request path; a terminal's console
+                # output stays line by line for the human watching it.
+                JsonLineBatcher() if resolved_format(self.settings.log_format) == "json"
+                else None,
             ),
             self.tracing,
         )
@@ -342,6 +351,8 @@ class AuthzServer:
             await self._admin.stop()
         await self.jwks.stop()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
+        if self.service is not None:
+            self.service.flush_log()
         log.info("server_stopped", checks_answered=self.service.answered if self.service else 0)
 
     async def serve(self, install_signals: bool = True) -> None:

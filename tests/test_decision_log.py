@@ -83,3 +83,45 @@ def test_emit_writes_one_line() -> None:
 def test_bad_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="mode"):
         DecisionLog("loud")
+
+
+def test_batched_lines_match_the_json_of_every_other_line() -> None:
+    import asyncio
+    import io
+    import json
+
+    from authz.decision_log import JsonLineBatcher
+
+    sink = io.StringIO()
+
+    async def emit_some() -> None:
+        dl = DecisionLog("all", batcher=JsonLineBatcher(sink, interval=0.01))
+        for _ in range(3):
+            dl.emit(view(), Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED), 0.001)
+        assert sink.getvalue() == ""  # nothing written on the request path
+        await asyncio.sleep(0.05)
+
+    structlog.contextvars.bind_contextvars(worker=1)
+    try:
+        asyncio.run(emit_some())
+    finally:
+        structlog.contextvars.unbind_contextvars("worker")
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert len(lines) == 3
+    assert {k: lines[0][k] for k in ("event", "level", "decision", "status", "worker")} == {
+        "event": "decision", "level": "info", "decision": "deny", "status": 403, "worker": 1}
+    assert lines[0]["timestamp"].endswith("Z") and "T" in lines[0]["timestamp"]
+
+
+def test_batched_lines_flush_when_full_and_on_demand() -> None:
+    import io
+
+    from authz.decision_log import JsonLineBatcher
+
+    sink = io.StringIO()
+    batcher = JsonLineBatcher(sink, max_lines=2)
+    dl = DecisionLog("all", batcher=batcher)
+    dl.emit(view(), Decision.allow(), 0.001)  # no event loop: written at once
+    assert sink.getvalue().count("\n") == 1
+    dl.flush()
+    assert sink.getvalue().count("\n") == 1

@@ -139,6 +139,10 @@ async def test_workers_share_the_port_and_metrics_add_up(
     statuses = await asyncio.gather(*(
         status_on_new_connection(server.port, "/admin" if i % 2 else "/") for i in range(40)))
     assert statuses == [200, 403] * 20
+    for _ in range(50):  # decision lines are written in batches, within 50 ms
+        if decision_workers(server.output()) == {0, 1}:
+            break
+        await asyncio.sleep(0.1)
     assert decision_workers(server.output()) == {0, 1}, "both workers answered"
 
     status, text = await server.get("/metrics")
