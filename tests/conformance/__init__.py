@@ -1,0 +1,1 @@
+"""Conformance with Istio: our server against real Envoy RBAC built from Istio's goldens."""
