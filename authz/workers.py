@@ -44,6 +44,7 @@ log = structlog.get_logger("authz.workers")
 SETTINGS_ENV = "AUTHZ_WORKER_SETTINGS"
 """How the supervisor hands a worker its settings (JSON of ``Settings``)."""
 INDEX_ENV = "AUTHZ_WORKER_INDEX"
+PARENT_ENV = "AUTHZ_WORKER_PARENT"
 
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds before restarting a worker that keeps dying; reset once it runs a minute."""
@@ -140,7 +141,7 @@ class Supervisor:
     async def _spawn(self, worker: Worker) -> None:
         env = {**os.environ,
                SETTINGS_ENV: json.dumps(dataclasses.asdict(self._worker_settings(worker))),
-               INDEX_ENV: str(worker.index)}
+               INDEX_ENV: str(worker.index), PARENT_ENV: str(os.getpid())}
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "authz.workers", env=env)
         worker.started = time.monotonic()
@@ -312,11 +313,13 @@ class Supervisor:
         return 0 if all(c in clean for c in codes) else 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """A worker must not outlive a supervisor that was SIGKILLed (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above: nobody will signal us
+        sys.exit(1)
 
 
 def settings_from_env(text: str) -> Settings:
@@ -330,7 +333,7 @@ def settings_from_env(text: str) -> Settings:
 def worker_main() -> int:
     from authz.cli import serve_command
 
-    _die_with_parent()
+    _die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())))
     settings = settings_from_env(os.environ[SETTINGS_ENV])
     index = int(os.environ.get(INDEX_ENV, "0"))
     structlog.contextvars.bind_contextvars(worker=index)

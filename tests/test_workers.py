@@ -296,3 +296,25 @@ def test_worker_settings_survive_the_trip_through_the_environment() -> None:
                         reuse_port=True, http_address="unix:@authz-1-worker-0",
                         jwks_ca_file="/ca.pem", drain_delay=1.5)
     assert settings_from_env(json.dumps(dataclasses.asdict(settings))) == settings
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(
+        supervised: Callable[..., Awaitable[Supervised]]) -> None:
+    server = await supervised()
+    pids = [w["pid"] for w in (await server.readyz())["workers"]]
+    server.proc.kill()  # SIGKILL: no chance to forward anything
+    server.proc.wait()
+    deadline = time.monotonic() + 20
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        alive = [pid for pid in alive if _running(pid)]
+    assert alive == [], "workers outlived their supervisor"
