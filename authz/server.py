@@ -76,8 +76,19 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self._default_namespace = settings.default_namespace
         self._metrics = metrics
         self._counters: dict[tuple[bool, int, Reason], Any] = {}
+        self._jwt_counters: dict[tuple[str, str], Any] = {}
+        self.in_flight = 0
+        """Checks between arrival and answer (read by the in-flight gauge at scrape)."""
+        metrics.in_flight.set_function(lambda: self.in_flight)
         self.answered = 0
         """Checks answered with a CheckResponse (logged at shutdown)."""
+
+    def _jwt_counter(self, issuer: str, outcome: str) -> Any:
+        key = (issuer, outcome)  # issuers are the configured ones: a bounded set
+        child = self._jwt_counters.get(key)
+        if child is None:
+            child = self._jwt_counters[key] = self._metrics.jwt_results.labels(issuer, outcome)
+        return child
 
     def flush_log(self) -> None:
         self._decision_log.flush()
@@ -110,9 +121,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
-        start_ns = time.time_ns()
+        tracing = self._tracing.enabled
+        start_ns = time.time_ns() if tracing else 0
         metrics = self._metrics
-        metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             view, decision = self.decide(request)
             response = check_response(decision)
@@ -127,16 +139,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             failed = False
             self._counter(decision).inc()
             if decision.issuer is not None:
-                metrics.jwt_results.labels(decision.issuer, "verified").inc()
+                self._jwt_counter(decision.issuer, "verified").inc()
             elif decision.reason in _JWT_FAILURES:
-                metrics.jwt_results.labels("", decision.reason.value).inc()
+                self._jwt_counter("", decision.reason.value).inc()
         finally:
-            metrics.in_flight.dec()
+            self.in_flight -= 1
             latency = time.perf_counter() - start
             metrics.check_latency.observe(latency)
         if not failed:
             self._decision_log.emit(view, decision, latency)
-            self._tracing.record(view, decision, start_ns, start_ns + int(latency * 1e9))
+            if tracing:
+                self._tracing.record(view, decision, start_ns, start_ns + int(latency * 1e9))
         if failed:
             await context.abort(grpc.StatusCode.INTERNAL, "authz internal error")
         self.answered += 1

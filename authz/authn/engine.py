@@ -334,7 +334,10 @@ class Authenticator:
                 (lambda p=p: run.optional(p)) for p in providers  # type: ignore[misc]
             ]))
             status = any_of(children)
-        if status is Status.OK:
+        if status is Status.OK and len(providers) > 1:
+            # With one provider its own extraction found every token in scope and
+            # all of them verified (a failure returns above); with several, a token
+            # at a place only another provider reads must verify too.
             status = self._check_all_tokens(plan, run)
         if status is not Status.OK:
             return self._failure(view, status, run)
