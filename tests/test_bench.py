@@ -1,11 +1,15 @@
-"""The benchmark scripts run and print a well-formed table (numbers are not judged here)."""
+"""The benchmark scripts run and print well-formed tables and JSON (numbers are not judged)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +27,81 @@ def test_policy_scale_quick_run_prints_table_and_json() -> None:
     assert result["ten_in_scope"]["decision_status"] == result["plus_elsewhere"][
         "decision_status"]
     assert result["mean_ratio"] > 0
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table as rows of cells (header and separator included)."""
+    found: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            assert line.endswith("|"), line
+            current.append([c.strip() for c in line[1:-1].split("|")])
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def _no_nan(text: str) -> Any:
+    raise ValueError(f"{text} in latest.json")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    return proc.stdout, proc.stderr, out
+
+
+def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path]) -> None:
+    stdout, stderr, out = quick_run
+    markdown = (out / "latest.md").read_text()
+    assert markdown in stdout
+    assert "## Server only" in markdown and "## Targets" in markdown
+    found = tables(markdown)
+    assert found, markdown
+    for table in found:
+        header, separator, *body = table
+        assert all(re.fullmatch(r"-+:?|:?-+:?", c) for c in separator), separator
+        assert body, header
+        assert all(len(r) == len(header) for r in body), table
+    server = next(t for t in found if t[0][:3] == ["workload", "server", "conc"])
+    servers = {r[1] for r in server[2:]}
+    assert {"ours", "bare", "naive", "ours-10"} <= servers
+    for r in server[2:]:
+        assert float(r[3].replace(",", "")) > 0, r  # RPS
+    assert re.search(r"^- (PASS|FAIL|n/a): w1 RPS", markdown, re.M)
+    assert "pinned ours" in stderr  # the pinning is printed
+
+
+def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
+    _, _, out = quick_run
+    report = json.loads((out / "latest.json").read_text(), parse_constant=_no_nan)
+    meta = report["meta"]
+    assert meta["quick"] is True and meta["server_cpus"] and meta["load_cpu"] is not None
+    assert meta["pinning"] and all(p["affinity"] for p in meta["pinning"])
+    rows = {(r["section"], r["server"], r["workload"], r["concurrency"]): r
+            for r in report["rows"]}
+    for workload, answer in (("w1", "OK"), ("w2", "OK"), ("w3", "http 401"),
+                             ("w4", "http 403")):
+        ours = rows[("server", "ours", workload, 32)]
+        assert ours["probe"] == answer and not ours["note"], ours
+        assert ours["requests"] > 0 and ours["errors"] == 0, ours
+        assert ours["p50_ms"] <= ours["p99_ms"], ours
+        assert ours["cpu_s_per_1k"] > 0 and ours["peak_rss_mib"] > 0, ours
+        # The load generator's sampled replies agree with the one-off probe.
+        assert set(ours["status_sampled"]) == {answer}, ours
+        assert rows[("server", "bare", workload, 32)]["probe"] == "OK"
+    assert rows[("server", "naive", "w2", 32)]["probe"] == "OK"
+    assert ("server", "ours-10+200", "w5", 32) in rows
+    if report["e2e_status"] is None:
+        e2e = rows[("e2e", "ext_authz → ours", "w1", 32)]
+        assert e2e["probe"] == 200 and e2e["requests"] > 0 and e2e["non_2xx_3xx"] == 0, e2e
+        assert rows[("e2e", "jwt_authn+RBAC (in Envoy)", "w1", 32)]["probe"] == 200
+    results = {t["target"]: t["result"] for t in report["targets"]}
+    assert len(results) == 9 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results

@@ -1,0 +1,138 @@
+"""Where a Check's CPU goes inside our server, per workload, without the gRPC transport.
+
+Starts an in-process AuthzServer on the bench policies (JWKS served locally),
+then times each stage of ``AuthorizationService.Check`` on the same serialized
+requests bench/run.py sends: parse, view, evaluate, build+serialize the
+response, and the whole ``Check`` coroutine (metrics, decision log "none",
+tracing off). bench/servers/bare.py spends ~nothing in its handler, so the
+``Check`` column is roughly what our server adds per request on top of the
+transport that both pay. ``--cprofile w1`` prints the top functions instead.
+
+Run: python bench/profile_check.py [--requests N] [--cprofile WORKLOAD]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import workloads
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.config import Settings
+from authz.envoy.request_view import view_from_check_request
+from authz.envoy.response import check_response
+from authz.server import AuthzServer
+
+
+def per_call_us(fn: Callable[[], Any], n: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e6
+
+
+async def per_call_async_us(fn: Callable[[], Any], n: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e6
+
+
+async def stages(name: str, server: AuthzServer, payloads: list[bytes], requests: int,
+                 cprofile: bool) -> None:
+    service = server.service
+    assert service is not None
+    store = server.store
+    cycle = iter(range(1 << 62))
+
+    def payload() -> bytes:
+        return payloads[next(cycle) % len(payloads)]
+
+    def request() -> external_auth_pb2.CheckRequest:
+        return external_auth_pb2.CheckRequest.FromString(payload())
+
+    def check() -> Any:
+        return service.Check(request(), None)  # type: ignore[arg-type]
+
+    decision = store.current.evaluate(view_from_check_request(request(), "default"),
+                                      time.time())
+    if cprofile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(requests):
+            await check()
+        prof.disable()
+        print(f"\n{name}: cProfile of {requests} Checks")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    parse = per_call_us(request, requests)
+    view = per_call_us(lambda: view_from_check_request(request(), "default"), requests) - parse
+    evaluate = per_call_us(lambda: store.current.evaluate(
+        view_from_check_request(request(), "default"), time.time()), requests) - parse - view
+    response = per_call_us(lambda: check_response(decision).SerializeToString(), requests)
+    whole = await per_call_async_us(check, requests)
+    print(f"| {name} | {parse:.1f} | {view:.1f} | {evaluate:.1f} | {response:.1f} "
+          f"| {whole:.1f} | {decision.status} {decision.reason.value} |", flush=True)
+
+
+async def start(policy_dir: Path) -> AuthzServer:
+    server = AuthzServer(Settings(policy_paths=(str(policy_dir),), grpc_address="127.0.0.1:0",
+                                  http_address="", decision_log="none"))
+    await server.start()
+    await server.become_ready()
+    return server
+
+
+async def profile(requests: int, cprofile: str | None, tokens: int) -> None:
+    keys = workloads.make_keys()
+    jwks = workloads.JwksServer(keys.jwks_document())
+    wls = workloads.token_workloads(keys, tokens)
+    messages = {name: wl.check_requests() for name, wl in wls.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        main = await start(workloads.write_policy(Path(tmp) / "main",
+                                                  workloads.main_policy(jwks.uri)))
+        scale = await start(workloads.write_policy(Path(tmp) / "scale",
+                                                   workloads.scale_policy(0)))
+        messages["w5"] = [workloads.W5_REQUEST()]
+        try:
+            print("| workload | parse µs | view µs | evaluate µs | response µs | Check µs "
+                  "| decision |\n|---|--:|--:|--:|--:|--:|---|")
+            for name, payloads in messages.items():
+                await stages(name, scale if name == "w5" else main, payloads, requests,
+                             cprofile == name)
+        finally:
+            await main.stop()
+            await scale.stop()
+            jwks.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--tokens", type=int,
+                        help="distinct tokens of w2 (default 6 x --requests: each token is "
+                        "evaluated once, so the token cache never hits)")
+    parser.add_argument("--cprofile", metavar="WORKLOAD", help="cProfile this workload")
+    args = parser.parse_args()
+    asyncio.run(profile(args.requests, args.cprofile, args.tokens or 6 * args.requests + 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The ceiling: a bare ``grpc.aio`` Authorization servicer that always answers OK.
+
+It does what any Python gRPC server must (HTTP/2, parse the CheckRequest,
+serialize a CheckResponse) and nothing else, so our server's numbers divided
+by these show what policy work costs on top of the transport.
+
+Run: python bench/servers/bare.py --grpc-address 127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+OK = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=0), ok_response=external_auth_pb2.OkHttpResponse())
+
+
+class Bare(external_auth_pb2_grpc.AuthorizationServicer):
+    async def Check(self, request: external_auth_pb2.CheckRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]
+                    ) -> external_auth_pb2.CheckResponse:
+        return OK
+
+
+async def serve(address: str, servicer: external_auth_pb2_grpc.AuthorizationServicer) -> None:
+    server = grpc.aio.server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"cannot listen on {address}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {address}", flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--grpc-address", default="127.0.0.1:9000")
+    args = parser.parse_args()
+    asyncio.run(serve(args.grpc_address, Bare()))
+
+
+if __name__ == "__main__":
+    main()
