@@ -1,0 +1,112 @@
+"""Interleaved A/B: ours vs bare, same load generator, alternating rounds.
+
+On a shared machine the CPU available drifts from minute to minute, so two
+rows of `bench/run.py` measured minutes apart can differ by 30% for nothing.
+Here both servers run side by side (each pinned to the server CPU, idle while
+the other is measured) and rounds alternate quickly, so drift hits both; the
+ratio per round and the median ratio are printed.
+
+Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import loadgen
+import workloads
+
+BENCH = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    if kind == "bare":
+        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}"]
+    else:
+        argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
+                "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",
+                "--decision-log", "none", "--log-level", "warning", "--workers", "1"]
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def load(port: int, messages: Path, args: argparse.Namespace) -> dict[str, float]:
+    out = subprocess.run(
+        [PY, str(BENCH / "loadgen.py"), "--target", f"127.0.0.1:{port}", "--messages",
+         str(messages), "--concurrency", str(args.concurrency), "--duration",
+         str(args.duration), "--warmup", "1", "--cpu", str(args.load_cpu)],
+        capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"loadgen failed: {out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(lines[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["w1", "w4"],
+                        choices=["w1", "w2", "w3", "w4"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens for w2")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    args = parser.parse_args()
+
+    keys = workloads.make_keys()
+    jwks = workloads.JwksServer(keys.jwks_document())
+    work = Path(tempfile.mkdtemp(prefix="authz-ab-"))
+    (work / "policies").mkdir()
+    workloads.write_policy(work / "policies", workloads.main_policy(jwks.uri))
+    wls = workloads.token_workloads(keys, args.tokens if "w2" in args.workloads else 10)
+    messages = {}
+    for name in args.workloads:
+        messages[name] = work / f"{name}.bin"
+        loadgen.write_messages(messages[name], wls[name].check_requests())
+    servers = {kind: start(kind, work / "policies", args.server_cpu) for kind in ("bare", "ours")}
+    time.sleep(5)  # both ready (ours fetches its JWKS first)
+    print(f"server CPU {args.server_cpu}, load CPU {args.load_cpu}, c={args.concurrency}, "
+          f"{args.duration:g} s per measurement", flush=True)
+    ratios: dict[str, list[float]] = {name: [] for name in args.workloads}
+    try:
+        for rnd in range(args.rounds):
+            for name in args.workloads:
+                rps = {kind: load(port, messages[name], args)["rps"]
+                       for kind, (_, port) in servers.items()}
+                ratio = rps["ours"] / rps["bare"]
+                ratios[name].append(ratio)
+                print(f"round {rnd + 1} {name}: bare {rps['bare']:,.0f} rps, "
+                      f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+        jwks.stop()
+    for name, values in ratios.items():
+        print(f"{name}: median ours/bare {statistics.median(values):.2f} "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
