@@ -404,69 +404,84 @@ def expect_for(kind: str, workload: str) -> str | None:
     return EXPECTED.get(workload)
 
 
-def measure_server(ctx: Context, server: Server, names: Sequence[str],
-                   concurrencies: Sequence[int], rows: list[dict[str, Any]],
-                   label: str | None = None) -> None:
-    for name in names:
-        message = loadgen.read_messages(ctx.messages[name])[0]
-        got = check_once(server.port, message)
-        expected = expect_for(server.kind, name)
-        note = ""
-        if expected is not None and got != expected:
-            note = f"answered {got}, expected {expected}"
-            log(f"warning: {server.label} {name}: {note}")
-        for c in concurrencies:
-            log(f"server-only {label or server.label} {name} c={c}")
-            result = loadgen_run(ctx, server, ctx.messages[name], c)
-            rows.append(row("server", label or server.label, name, c, result,
-                            probe=got, note=note))
-            log(f"  {result['rps']:.0f} rps p50 {result['p50_ms']:.2f} ms "
-                f"p99 {result['p99_ms']:.2f} ms errors {result['errors']}")
+def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
+    """The server's answer to one request of the workload, and a note if it is wrong."""
+    message = loadgen.read_messages(ctx.messages[name])[0]
+    got = check_once(server.port, message)
+    expected = expect_for(server.kind, name) if name != "w5" else None
+    if expected is not None and got != expected:
+        note = f"answered {got}, expected {expected}"
+        log(f"warning: {server.label} {name}: {note}")
+        return got, note
+    return got, ""
 
 
 def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, Sequence[str]],
                 rows: list[dict[str, Any]]) -> None:
+    """Every server stays up (idle ones pinned beside the measured one, using ~nothing) and
+    rows run workload by workload, concurrency by concurrency, server by server: the rows
+    a ratio compares are measured seconds apart, so slow drifts of a shared machine hurt
+    the ratios less than the absolute numbers."""
     main_policy = workloads.write_policy(ctx.work / "policy-main",
                                          workloads.main_policy(ctx.jwks.uri))
-    for kind in ("bare", "naive", "ours"):
-        if not names.get(kind):
-            continue
-        with ctx.failing(f"server-only {kind}"):
-            server = (start_ours(ctx, "ours", main_policy) if kind == "ours"
-                      else start_reference(ctx, kind))
-            # The ceiling for w5 too (bare answers OK to any request).
-            extra = ["w5"] if kind == "bare" and names.get("w5") else []
-            try:
-                measure_server(ctx, server, [*names[kind], *extra], concurrencies, rows)
-            finally:
-                server.stop()
-    if not names.get("w5"):
-        return
     elsewhere = ctx.args.elsewhere
-    for label, count in (("ours-10", 0), (f"ours-10+{elsewhere}", elsewhere)):
-        with ctx.failing(f"server-only {label}"):
-            scale_run(ctx, label, count, concurrencies, rows)
-
-
-def scale_run(ctx: Context, label: str, count: int, concurrencies: Sequence[int],
-              rows: list[dict[str, Any]]) -> None:
-    log(f"starting {label} ({10 + count} policies)")
-    t0 = time.monotonic()
-    server = start_ours(ctx, label, workloads.write_policy(
-        ctx.work / f"policy-{label}", workloads.scale_policy(count)))
-    ready_s = time.monotonic() - t0
+    scale = {"ours-10": 0, f"ours-10+{elsewhere}": elsewhere} if names.get("w5") else {}
+    plan: dict[str, list[str]] = {}  # workload -> servers, in measuring order
+    for kind in ("bare", "naive", "ours"):
+        for name in names.get(kind, []):
+            plan.setdefault(name, []).append(kind)
+    if scale:
+        plan["w5"] = ["bare", *scale]
+    servers: dict[str, Server] = {}
+    extra: dict[str, dict[str, Any]] = {}
     try:
-        rss_idle = server.proc.peak_rss_mib()[0]
-        for c in concurrencies:
-            log(f"server-only {label} w5 c={c}")
-            result = loadgen_run(ctx, server, ctx.messages["w5"], c)
-            rows.append(row("server", label, "w5", c, result, ready_s=ready_s,
-                            rss_after_load_mib=rss_idle, policies=10 + count,
-                            probe=check_once(server.port, workloads.W5_REQUEST())))
-            log(f"  {result['rps']:.0f} rps p99 {result['p99_ms']:.2f} ms "
-                f"peak RSS {result['peak_rss_mib']:.0f} MiB (ready in {ready_s:.1f} s)")
+        for kind in ("bare", "naive", "ours"):
+            if any(kind in kinds for kinds in plan.values()):
+                with ctx.failing(f"server-only {kind}: start"):
+                    servers[kind] = (start_ours(ctx, "ours", main_policy) if kind == "ours"
+                                     else start_reference(ctx, kind))
+        for label, count in scale.items():
+            with ctx.failing(f"server-only {label}: start"):
+                log(f"starting {label} ({10 + count} policies)")
+                t0 = time.monotonic()
+                servers[label] = start_ours(ctx, label, workloads.write_policy(
+                    ctx.work / f"policy-{label}", workloads.scale_policy(count)))
+                extra[label] = {"ready_s": time.monotonic() - t0, "policies": 10 + count,
+                                "rss_after_load_mib": servers[label].proc.peak_rss_mib()[0]}
+        probes: dict[tuple[str, str], tuple[str, str]] = {}
+        for name, labels in plan.items():
+            for label in labels:
+                if label in servers:
+                    with ctx.failing(f"server-only {label} {name}: probe"):
+                        probes[label, name] = probe_answer(ctx, servers[label], name)
+        runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        repeat = ctx.args.repeat
+        for rep in range(repeat):
+            for name, labels in plan.items():
+                for c in concurrencies:
+                    for label in labels:
+                        if (label, name) not in probes:
+                            continue
+                        with ctx.failing(f"server-only {label} {name} c={c}"):
+                            log(f"server-only {label} {name} c={c}"
+                                + (f" (round {rep + 1}/{repeat})" if repeat > 1 else ""))
+                            result = loadgen_run(ctx, servers[label], ctx.messages[name], c)
+                            runs.setdefault((label, name, c), []).append(result)
+                            log(f"  {result['rps']:.0f} rps p50 {result['p50_ms']:.2f} ms "
+                                f"p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
+                                f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+        for (label, name, c), results in runs.items():
+            # With --repeat, the row is the run of median RPS; all RPS figures are kept.
+            ordered = sorted(results, key=lambda r: float(r["rps"]))
+            result = dict(ordered[(len(ordered) - 1) // 2])
+            if len(results) > 1:
+                result["rps_runs"] = [r["rps"] for r in results]
+            got, note = probes[label, name]
+            rows.append(row("server", label, name, c, result, probe=got, note=note,
+                            **extra.get(label, {})))
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 # -- workers ------------------------------------------------------------------------------
@@ -1092,6 +1107,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="~1 s per measurement, concurrency 32 only, fewer rows (< 60 s)")
     parser.add_argument("--workers-compare", action="store_true",
                         help="also measure our server with --workers 1 vs --workers 2")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the server-only matrix N times, report each row's median "
+                        "RPS run (for noisy machines; multiplies its time)")
     parser.add_argument("--skip-server", action="store_true",
                         help="no server-only matrix (e.g. with --workers-compare alone)")
     parser.add_argument("--skip-e2e", action="store_true", help="no Envoy/wrk measurements")
