@@ -14,6 +14,7 @@ else from the configured default.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,6 +31,12 @@ class ScopeError(ValueError):
 class Scope:
     namespace: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    key: tuple[str, tuple[tuple[str, str], ...]] = field(
+        init=False, repr=False, compare=False)
+    """Hashable identity (namespace, sorted labels): what per-scope memos key on."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.namespace, tuple(sorted(self.labels.items()))))
 
     def __str__(self) -> str:
         if not self.labels:
@@ -66,8 +73,17 @@ def namespace_from_spiffe(principal: str) -> str | None:
 def resolve_scope(
     context_extensions: Mapping[str, str], destination_principal: str, default_namespace: str
 ) -> Scope:
-    namespace = context_extensions.get(NAMESPACE_KEY, "").strip()
+    return _scope(context_extensions.get(NAMESPACE_KEY, ""),
+                  context_extensions.get(LABELS_KEY, ""), destination_principal,
+                  default_namespace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scope(namespace: str, labels: str, destination_principal: str,
+           default_namespace: str) -> Scope:
+    """Routes and the identity Envoy runs as repeat on every request, so each distinct
+    scope is parsed once (a ``ScopeError`` is not cached: it is raised again)."""
+    namespace = namespace.strip()
     if not namespace:
         namespace = namespace_from_spiffe(destination_principal) or default_namespace
-    labels = parse_labels(context_extensions.get(LABELS_KEY, ""))
-    return Scope(namespace=namespace, labels=labels)
+    return Scope(namespace=namespace, labels=parse_labels(labels))

@@ -35,3 +35,10 @@ def test_resolve_scope_precedence() -> None:
     assert resolve_scope({}, spiffe, "d") == Scope("from-peer")
     assert resolve_scope({"namespace": "  "}, "", "d") == Scope("d")
     assert str(resolve_scope({"labels": "b=2,a=1"}, "", "d")) == "d[a=1,b=2]"
+
+
+def test_equal_scopes_share_a_key_and_labels_order_does_not_matter() -> None:
+    a = resolve_scope({"namespace": "shop", "labels": "app=a,tier=web"}, "", "d")
+    b = resolve_scope({"namespace": "shop", "labels": "tier=web, app=a"}, "", "d")
+    assert a.key == b.key == ("shop", (("app", "a"), ("tier", "web")))
+    assert resolve_scope({"namespace": "shop", "labels": "app=b"}, "", "d").key != a.key

@@ -96,6 +96,10 @@ class AuthnSuccess:
     """``iss/sub`` of the token whose payload is ``claims`` (for logs)."""
 
 
+NO_TOKEN = AuthnSuccess(claims=None)
+"""No rule in scope: nothing to verify, nothing to add (one shared, immutable value)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AuthnFailure:
     status: int
@@ -310,6 +314,7 @@ class Authenticator:
         self._inline: dict[str, KeySet] = {}
         self._successes: dict[tuple[int, int, TokenLocation, int],
                               tuple[_Plan, Jwt, AuthnSuccess]] = {}
+        self._no_token: dict[int, tuple[_Plan, AuthnSuccess]] = {}
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -318,14 +323,20 @@ class Authenticator:
         """Decide one request. ``now`` is Unix time in seconds."""
         rules = self._rules_for(view.scope)
         if not rules:
-            return AuthnSuccess(claims=None)
+            return NO_TOKEN
         plan = self._plan(rules)
         if is_cors_preflight(view):
             return AuthnSuccess(claims=None, upstream_headers_to_remove=plan.output_headers)
         run = _Run(self, RequestParts(view.headers, view.query), now)
         providers = plan.providers
         if len(providers) == 1:
-            status = run.optional(providers[0])
+            # run.optional without its two closures: a missing token is fine unless
+            # required, and every token present must verify.
+            only = providers[0]
+            status = run.branch(only, False)
+            if (status is Status.JWT_MISSED and not only.required
+                    and not run.tokens_for(only)):
+                status = Status.OK
         else:
             children: list[Callable[[], Status]] = [
                 (lambda p=p: run.branch(p, False)) for p in providers  # type: ignore[misc]
@@ -454,6 +465,16 @@ class Authenticator:
         """What a verified request gets. With one token, a pure function of the plan,
         the token's place and the (cached, shared) parsed token: built once per
         token and reused while the token cache keeps handing out the same ``Jwt``."""
+        if not run.goods:
+            # No token: what the request gets depends on the plan alone.
+            found = self._no_token.get(id(plan))
+            if found is not None and found[0] is plan:
+                return found[1]
+            success = self._build_success(plan, run)
+            if len(self._no_token) >= SUCCESS_MEMO_SIZE:
+                self._no_token.clear()
+            self._no_token[id(plan)] = (plan, success)
+            return success
         if len(run.goods) != 1:
             return self._build_success(plan, run)
         good = run.goods[0]

@@ -249,6 +249,7 @@ class JwksManager:
         self.settings = settings or JwksSettings()
         self.clock = clock
         self._keys: Mapping[JwksSource, KeySet] = MappingProxyType({})
+        self._sources: dict[int, tuple[JwtRule, JwksSource | None]] = {}
         self._fetchers: dict[JwksSource, _Fetcher] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -327,7 +328,14 @@ class JwksManager:
 
     def keys_for(self, rule: JwtRule) -> KeySet | None:
         """The rule's current key set, or None if no fetch has succeeded yet. Never blocks."""
-        source = JwksSource.for_rule(rule)
+        found = self._sources.get(id(rule))
+        if found is None or found[0] is not rule:
+            # Rules live as long as their snapshot; the entry holds the rule, so
+            # its id is not reused while cached.
+            if len(self._sources) >= 4096:
+                self._sources.clear()
+            found = self._sources[id(rule)] = (rule, JwksSource.for_rule(rule))
+        source = found[1]
         return None if source is None else self._keys.get(source)
 
     def keys_for_source(self, source: JwksSource) -> KeySet | None:

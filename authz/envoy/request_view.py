@@ -90,9 +90,12 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
         return MappingProxyType(merged)
     if not http.headers:
         return _NO_HEADERS
+    headers = dict(http.headers.items())  # items(): C iteration; dict(map) goes via the ABC
     # Envoy already lower-cases and joins; lower-casing again protects against
-    # other clients of this API that do not.
-    return MappingProxyType({k.lower(): v for k, v in http.headers.items()})
+    # other clients of this API that do not (one scan of all names decides).
+    if not "".join(headers).islower():
+        headers = {k.lower(): v for k, v in headers.items()}
+    return MappingProxyType(headers)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,12 +109,19 @@ def normalize_ip(text: str) -> str:
 
 
 def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:
-    ip, port = "", None
-    if peer.address.HasField("socket_address"):
-        sock: address_pb2.SocketAddress = peer.address.socket_address
-        ip = normalize_ip(sock.address)
-        port = sock.port_value if sock.WhichOneof("port_specifier") == "port_value" else None
-    return Peer(ip=ip, port=port, principal=peer.principal)
+    # An unset socket_address reads as an empty one: address "" and port 0.
+    sock: address_pb2.SocketAddress = peer.address.socket_address
+    port: int | None = sock.port_value
+    if not port and sock.WhichOneof("port_specifier") != "port_value":
+        port = None
+    return _peer(sock.address, port, peer.principal)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(address: str, port: int | None, principal: str) -> Peer:
+    """Peers repeat (Envoy's listener, its few upstream connections' clients), so each
+    distinct one is parsed and built once; ``Peer`` is immutable, so it is shared."""
+    return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
 
 
 def view_from_check_request(
@@ -123,7 +133,7 @@ def view_from_check_request(
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
     destination = read_peer(attrs.destination)
-    extensions = MappingProxyType(dict(attrs.context_extensions))
+    extensions = MappingProxyType(dict(attrs.context_extensions.items()))
     return RequestView(
         method=http.method or headers.get(":method", ""),
         host=http.host or headers.get(":authority", "") or headers.get("host", ""),

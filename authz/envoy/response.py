@@ -56,7 +56,25 @@ def _metadata(value: Mapping[str, Any]) -> struct_pb2.Struct:
     return metadata
 
 
+_RESPONSE_MEMO_SIZE = 256
+_responses: dict[int, tuple[Decision, external_auth_pb2.CheckResponse]] = {}
+
+
 def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    """The response for a decision. Decisions that repeat are the same object (the
+    snapshot memoizes them), so the response is built once and shared: gRPC only
+    reads it when serializing, and nothing here changes a response once built."""
+    found = _responses.get(id(decision))
+    if found is not None and found[0] is decision:
+        return found[1]
+    response = build_check_response(decision)
+    if len(_responses) >= _RESPONSE_MEMO_SIZE:
+        _responses.clear()
+    _responses[id(decision)] = (decision, response)  # holds the decision: a unique id
+    return response
+
+
+def build_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     if decision.allowed:
         response.status.CopyFrom(status_pb2.Status(code=code_pb2.OK))

@@ -8,12 +8,13 @@ the ``Check``, so a reload never changes a decision half-way.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import structlog
 
-from authz.authn.engine import Authenticator, AuthnFailure, KeyProvider
+from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess, KeyProvider
 from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
@@ -27,6 +28,7 @@ from authz.rbac.context import AuthzContext, RequestAuth
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"
+DECISION_MEMO_SIZE = 4096
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
@@ -55,6 +57,9 @@ class Snapshot:
     options: PolicyOptions
     authentication: RequestAuthnPolicies
     authenticator: Authenticator
+    decisions: dict[tuple[Any, ...], tuple[AuthnSuccess, Decision]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
+    """Memo of built decisions (see ``evaluate``); bounded by ``DECISION_MEMO_SIZE``."""
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
@@ -75,6 +80,20 @@ class Snapshot:
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
+        # The Decision is a function of the authn outcome and the RBAC result. Both
+        # repeat (authn outcomes are memoized per token), so it is built once each.
+        key = (id(authn), result.allowed, result.policy, result.reason, result.dry_run,
+               result.audit)
+        memo = self.decisions.get(key)
+        if memo is not None and memo[0] is authn:
+            return memo[1]
+        decision = self._decide(authn, result)
+        if len(self.decisions) >= DECISION_MEMO_SIZE:
+            self.decisions.clear()
+        self.decisions[key] = (authn, decision)  # holds authn: its id stays unique
+        return decision
+
+    def _decide(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
         issuer = authn.claims.get("iss") if authn.claims is not None else None
         effects = {"dry_run": result.dry_run, "audit": result.audit,
                    "principal": authn.principal,

@@ -107,29 +107,58 @@ class _Bucket:
 _EMPTY = _Bucket()
 
 
-def _first(buckets: Sequence[_Bucket], attr: str, ctx: AuthzContext) -> str | None:
-    """The smallest matching rule name over the buckets' ``attr`` entries."""
-    scope = ctx.view.scope
-    best: str | None = None
-    for bucket in buckets:
-        entries: tuple[_Entry, ...] = getattr(bucket, attr)
-        for entry in entries:
-            if best is not None and entry.name >= best:
-                break
-            if entry.policy.applies(scope) and entry.rule.matches(ctx):
-                best = entry.name
-                break
-    return best
+@dataclass(frozen=True, slots=True)
+class _Scoped:
+    """The entries that apply to one scope, root and own namespace merged in name
+    order: what ``evaluate`` walks, so a Check never re-tests selectors."""
+
+    deny: tuple[_Entry, ...]
+    allow: tuple[_Entry, ...]
+    allow_applies: bool
+    """An enforced ALLOW policy applies (rules or not): only a match allows."""
+    dry_deny: tuple[_Entry, ...]
+    dry_allow: tuple[_Entry, ...]
+    dry_allow_applies: bool
+    audit: tuple[_Entry, ...]
+    checks_dry_run_or_audit: bool
+
+    @classmethod
+    def build(cls, buckets: Sequence[_Bucket], scope: Scope) -> _Scoped:
+        def entries(attr: str) -> tuple[_Entry, ...]:
+            found = [e for b in buckets for e in getattr(b, attr) if e.policy.applies(scope)]
+            return tuple(sorted(found, key=lambda e: e.name))
+
+        def applies(attr: str) -> bool:
+            return any(p.applies(scope) for b in buckets for p in getattr(b, attr))
+
+        dry_deny, dry_allow, audit = entries("dry_deny"), entries("dry_allow"), entries("audit")
+        dry_allow_applies = applies("dry_allow_policies")
+        return cls(
+            deny=entries("deny"), allow=entries("allow"),
+            allow_applies=applies("allow_policies"),
+            dry_deny=dry_deny, dry_allow=dry_allow, dry_allow_applies=dry_allow_applies,
+            audit=audit,
+            checks_dry_run_or_audit=bool(dry_deny or dry_allow_applies or audit),
+        )
 
 
-def _any_applies(policies: Iterable[CompiledPolicy], scope: Scope) -> bool:
-    return any(p.applies(scope) for p in policies)
+SCOPE_MEMO_SIZE = 4096
+"""Distinct scopes whose applicable entries are kept. Scopes come from route
+configuration and the identity Envoy runs as, so there are few; past the bound
+the memo starts over rather than grow."""
+
+
+def _first_match(entries: tuple[_Entry, ...], ctx: AuthzContext) -> str | None:
+    for entry in entries:  # sorted by name: the first match is Envoy's effective policy
+        if entry.rule.matches(ctx):
+            return entry.name
+    return None
 
 
 class PolicySet:
     """All AuthorizationPolicies, compiled and indexed by namespace. Immutable."""
 
-    __slots__ = ("_buckets", "custom", "not_attached", "policies", "root_namespace")
+    __slots__ = ("_buckets", "_scoped", "custom", "not_attached", "policies", "root_namespace")
 
     def __init__(
         self,
@@ -147,6 +176,7 @@ class PolicySet:
         """CUSTOM policies: validated, never evaluated here (``CUSTOM_EXPLANATION``)."""
         self.not_attached = not_attached
         """targetRef(s) policies: attach only to gateway scopes (``TARGET_REF_EXPLANATION``)."""
+        self._scoped: dict[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = {}
 
     @classmethod
     def compile(
@@ -210,44 +240,47 @@ class PolicySet:
                     out.setdefault(p.policy.ref, p.policy)
         return tuple(out.values())
 
-    def evaluate(self, ctx: AuthzContext) -> AuthzResult:
-        scope = ctx.view.scope
-        buckets = self._scope_buckets(scope.namespace)
-        dry_run = self._dry_run(buckets, ctx)
-        audit = self._audit(buckets, ctx)
+    def scoped(self, scope: Scope) -> _Scoped:
+        found = self._scoped.get(scope.key)
+        if found is None:
+            if len(self._scoped) >= SCOPE_MEMO_SIZE:
+                self._scoped.clear()
+            found = _Scoped.build(self._scope_buckets(scope.namespace), scope)
+            self._scoped[scope.key] = found
+        return found
 
-        denied_by = _first(buckets, "deny", ctx)
+    def evaluate(self, ctx: AuthzContext) -> AuthzResult:
+        s = self.scoped(ctx.view.scope)
+        dry_run: tuple[str, ...] = ()
+        audit: tuple[str, ...] = ()
+        if s.checks_dry_run_or_audit:
+            dry_run, audit = self._dry_run(s, ctx), self._audit(s, ctx)
+        denied_by = _first_match(s.deny, ctx) if s.deny else None
         if denied_by is not None:
             return AuthzResult(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
-        if any(_any_applies(b.allow_policies, scope) for b in buckets):
-            allowed_by = _first(buckets, "allow", ctx)
+        if s.allow_applies:
+            allowed_by = _first_match(s.allow, ctx)
             if allowed_by is None:
                 return AuthzResult(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
             return AuthzResult(True, allowed_by, ALLOWED, dry_run, audit)
-        if any(_any_applies(_deny_policies(b), scope) for b in buckets):
+        if s.deny:
             return AuthzResult(True, None, ALLOWED, dry_run, audit)
         return AuthzResult(True, None, NO_POLICY, dry_run, audit)
 
-    def _dry_run(self, buckets: Sequence[_Bucket], ctx: AuthzContext) -> tuple[str, ...]:
+    def _dry_run(self, s: _Scoped, ctx: AuthzContext) -> tuple[str, ...]:
         out: list[str] = []
-        would_deny = _first(buckets, "dry_deny", ctx)
+        would_deny = _first_match(s.dry_deny, ctx)
         if would_deny is not None:
             out.append(f"deny {would_deny}")
-        if any(_any_applies(b.dry_allow_policies, ctx.view.scope) for b in buckets):
-            would_allow = _first(buckets, "dry_allow", ctx)
+        if s.dry_allow_applies:
+            would_allow = _first_match(s.dry_allow, ctx)
             out.append(f"allow {would_allow}" if would_allow else f"deny {NO_ALLOW_POLICY_MATCHED}")
         return tuple(out)
 
-    def _audit(self, buckets: Sequence[_Bucket], ctx: AuthzContext) -> tuple[str, ...]:
-        scope = ctx.view.scope
+    def _audit(self, s: _Scoped, ctx: AuthzContext) -> tuple[str, ...]:
         matched: dict[int, str] = {}
-        for bucket in buckets:
-            for entry in bucket.audit:
-                key = id(entry.policy)
-                if key not in matched and entry.policy.applies(scope) and entry.rule.matches(ctx):
-                    matched[key] = entry.name
+        for entry in s.audit:
+            key = id(entry.policy)
+            if key not in matched and entry.rule.matches(ctx):
+                matched[key] = entry.name
         return tuple(sorted(matched.values()))
-
-
-def _deny_policies(bucket: _Bucket) -> Iterable[CompiledPolicy]:
-    return (e.policy for e in bucket.deny)

@@ -99,8 +99,11 @@ class StringCheck:
 
     def __call__(self, ctx: AuthzContext) -> bool:
         value = self.read(ctx)
-        hit = value is not None and any(m.matches(value) for m in self.matchers)
-        return hit is not self.negate
+        if value is not None:
+            for m in self.matchers:
+                if m.matches(value):
+                    return not self.negate
+        return self.negate
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +138,11 @@ class RequestPrincipalCheck:
 
     def __call__(self, ctx: AuthzContext) -> bool:
         claims = ctx.claims
-        hit = claims is not None and any(m.matches(claims) for m in self.matchers)
-        return hit is not self.negate
+        if claims is not None:
+            for m in self.matchers:
+                if m.matches(claims):
+                    return not self.negate
+        return self.negate
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +174,11 @@ class AllOf:
     checks: tuple[Check, ...]
 
     def __call__(self, ctx: AuthzContext) -> bool:
-        return all(check(ctx) for check in self.checks)
+        # A loop, not all(genexpr): no generator object per call on the hot path.
+        for check in self.checks:  # noqa: SIM110
+            if not check(ctx):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +193,16 @@ class CompiledRule:
         for cond in self.conditions:
             if not cond(ctx):
                 return False
-        if self.sources is not None and not any(s(ctx) for s in self.sources):
+        if self.sources is not None and not _any_holds(self.sources, ctx):
             return False
-        return self.operations is None or any(o(ctx) for o in self.operations)
+        return self.operations is None or _any_holds(self.operations, ctx)
+
+
+def _any_holds(checks: tuple[AllOf, ...], ctx: AuthzContext) -> bool:
+    for check in checks:  # noqa: SIM110 (no generator per call)
+        if check(ctx):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,3 +135,25 @@ def test_x_request_id_wins_over_envoys_stream_id() -> None:
     req = _request()
     req.attributes.request.http.headers["x-request-id"] = "trace-me"
     assert view_from_check_request(req, "d").request_id == "trace-me"
+
+
+def test_only_a_numeric_port_is_a_port() -> None:
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.source.address.socket_address.address = "10.0.0.1"
+    req.attributes.source.address.socket_address.named_port = "http"
+    req.attributes.destination.address.socket_address.address = "10.0.0.2"
+    req.attributes.destination.address.socket_address.port_value = 0
+    view = view_from_check_request(req, "d")
+    assert (view.source.ip, view.source.port) == ("10.0.0.1", None)
+    assert (view.destination.ip, view.destination.port) == ("10.0.0.2", 0)
+
+
+def test_mixed_case_header_names_are_lowercased_all_lowercase_kept() -> None:
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.request.http.headers["x-a"] = "1"
+    req.attributes.request.http.headers["X-B"] = "2"
+    assert dict(view_from_check_request(req, "d").headers) == {"x-a": "1", "x-b": "2"}
+    req.attributes.request.http.headers.clear()
+    req.attributes.request.http.headers[":path"] = "/p"
+    req.attributes.request.http.headers["x-c"] = "3"
+    assert dict(view_from_check_request(req, "d").headers) == {":path": "/p", "x-c": "3"}

@@ -82,3 +82,14 @@ def test_metadata_struct_is_built_once_per_shared_mapping() -> None:
     other = MappingProxyType({"payload": MappingProxyType({"sub": "b"})})
     third = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata=other))
     assert third.dynamic_metadata["payload"]["sub"] == "b"
+
+
+def test_a_repeated_decision_reuses_its_response_a_different_one_does_not() -> None:
+    allow = Decision.allow(Reason.ALLOWED, upstream_headers=(Header("x-user", "alice"),))
+    deny = Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED)
+    first = check_response(allow)
+    assert check_response(allow) is first
+    other = check_response(Decision.allow(Reason.ALLOWED))
+    assert other is not first and not other.ok_response.headers
+    assert check_response(deny).denied_response.status.code == 403
+    assert first.ok_response.headers[0].header.value == "alice"

@@ -177,3 +177,16 @@ def test_store_swaps_whole_snapshots() -> None:
     new = compile_snapshot([], version=7)
     assert store.swap(new) is first
     assert store.current is new
+
+
+def test_repeated_outcomes_share_one_decision_and_distinct_ones_do_not() -> None:
+    snap = compile_snapshot(parse_text(POLICIES, "p.yaml"), version=1)
+    now = time.time()
+    ok = snap.evaluate(view(path="/a", namespace="shop"), now)
+    assert snap.evaluate(view(path="/b", namespace="shop"), now) is ok
+    denied = snap.evaluate(view(path="/private/x", namespace="shop"), now)
+    assert denied is not ok and not denied.allowed and denied.allowed is not ok.allowed
+    assert denied.policy == "ns[shop]-policy[require-jwt]-rule[0]"
+    admin = snap.evaluate(view(path="/admin", namespace="shop"), now)
+    assert admin.policy == "ns[istio-system]-policy[block-admin]-rule[0]"
+    assert snap.evaluate(view(path="/private/y", namespace="shop"), now) is denied
