@@ -108,16 +108,21 @@ class Jwt:
     """0 means absent (jwt_verify_lib's convention: never expires)."""
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""One decoder for every token: ``json.loads`` with an argument builds a new one per call."""
+
+
 def _json_object(raw: bytes) -> dict[str, Any] | None:
+    # JOSE JSON is UTF-8 (RFC 7515 5.2); json.loads would also guess UTF-16/32.
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
 
 
 def _opt_string(payload: Mapping[str, Any], name: str, status: Status) -> str:

@@ -16,18 +16,33 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 
-def _plain(value: Any) -> Any:
-    """Claims arrive as read-only mappings and tuples; Struct takes dicts and lists.
-    Integers become floats there anyway (JSON numbers), so pass them as such."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return str(value)
+def _fill(struct: struct_pb2.Struct, mapping: Mapping[str, Any]) -> None:
+    """``Struct.update(_plain(mapping))`` in one pass: a new token's claims become
+    metadata on its first request, where the generic converter cost ~25 µs."""
+    fields = struct.fields
+    for key, value in mapping.items():
+        _set(fields[str(key)], value)
+
+
+def _set(target: struct_pb2.Value, value: Any) -> None:
+    if isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, (int, float)):
+        target.number_value = float(value)
+    elif value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, Mapping):
+        target.struct_value.SetInParent()  # an empty object is still an object
+        _fill(target.struct_value, value)
+    elif isinstance(value, (list, tuple)):
+        items = target.list_value
+        items.SetInParent()  # an empty list is still a list
+        for item in value:
+            _set(items.values.add(), item)
+    else:
+        target.string_value = str(value)
 
 
 def _header(h: Header) -> base_pb2.HeaderValueOption:
@@ -49,7 +64,7 @@ def _metadata(value: Mapping[str, Any]) -> struct_pb2.Struct:
     if found is not None and found[0] is value:
         return found[1]
     metadata = struct_pb2.Struct()
-    metadata.update(_plain(value))
+    _fill(metadata, value)
     if len(_structs) >= _STRUCT_MEMO_SIZE:
         _structs.clear()
     _structs[id(value)] = (value, metadata)

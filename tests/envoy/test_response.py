@@ -93,3 +93,30 @@ def test_a_repeated_decision_reuses_its_response_a_different_one_does_not() -> N
     assert other is not first and not other.ok_response.headers
     assert check_response(deny).denied_response.status.code == 403
     assert first.ok_response.headers[0].header.value == "alice"
+
+
+def test_metadata_struct_equals_protobufs_own_conversion() -> None:
+    from collections.abc import Mapping
+    from types import MappingProxyType
+    from typing import Any
+
+    from google.protobuf import struct_pb2
+
+    def plain(value: Any) -> Any:  # what Struct.update accepts
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        return float(value)
+
+    claims = MappingProxyType({
+        "iss": "i", "sub": "s", "exp": 1_900_000_000, "ratio": 0.5, "admin": True,
+        "none": None, "groups": ("a", "b"), "empty_list": (), "empty_obj": {},
+        "nested": MappingProxyType({"deep": {"x": [1, {"y": False}]}}),
+    })
+    expected = struct_pb2.Struct()
+    expected.update({"payload": plain(claims)})
+    got = check_response(Decision.allow(dynamic_metadata=MappingProxyType({"payload": claims})))
+    assert got.dynamic_metadata == expected
