@@ -23,6 +23,7 @@ keys at hand.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +46,7 @@ from authz.authn.verify import (
 )
 from authz.decision import Header, Reason
 from authz.envoy.request_view import RequestView
+from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, Presence, RequestAuthnPolicies
 from authz.scope import Scope
 
@@ -134,6 +136,11 @@ class _Plan:
     providers: tuple[_Provider, ...]
     union: Extractor
     output_headers: tuple[str, ...]
+    serial: int
+    """Unique for the process's life: memo keys name a plan without holding it."""
+
+
+_plan_serials = itertools.count()
 
 
 @dataclass(slots=True)
@@ -282,6 +289,8 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
 SUCCESS_MEMO_SIZE = 4096
 """Verified requests whose outcome is kept; as large as it needs to be to cover the
 hot tokens, small beside the token cache (each entry shares that cache's Jwt)."""
+PLAN_MEMO_SIZE = 4096
+"""Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
 
 
 class Authenticator:
@@ -309,12 +318,14 @@ class Authenticator:
         self.cache = cache if cache is not None else TokenCache(skew=clock_skew)
         self.clock_skew = clock_skew
         self.max_token_bytes = max_token_bytes
-        self._plans: dict[int, tuple[tuple[JwtRule, ...], _Plan]] = {}
+        self._plans: IdentityMemo[_Plan] = IdentityMemo(PLAN_MEMO_SIZE)
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
-        self._successes: dict[tuple[int, int, TokenLocation, int],
-                              tuple[_Plan, Jwt, AuthnSuccess]] = {}
-        self._no_token: dict[int, tuple[_Plan, AuthnSuccess]] = {}
+        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(SUCCESS_MEMO_SIZE)
+        """Per parsed token (held by the token cache) and the plan/provider/place it
+        verified for."""
+        self._no_token: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
+        """Per plan: what a request in scope without any token gets."""
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -357,9 +368,9 @@ class Authenticator:
     # -- compile ---------------------------------------------------------------
 
     def _plan(self, rules: tuple[JwtRule, ...]) -> _Plan:
-        found = self._plans.get(id(rules))
-        if found is not None and found[0] is rules:
-            return found[1]
+        found = self._plans.get(rules)
+        if found is not None:
+            return found
         providers: list[_Provider] = []
         for i, rule in enumerate(rules):
             extractor = Extractor((rule,))
@@ -377,11 +388,8 @@ class Authenticator:
                 spaced=frozenset(rule.space_delimited_claims), inline_keys=inline,
             ))
         outputs = sorted({h for r in rules for h in r.output_headers})
-        plan = _Plan(tuple(providers), Extractor(rules), tuple(outputs))
-        if len(self._plans) > 4096:
-            self._plans.clear()
-        self._plans[id(rules)] = (rules, plan)
-        return plan
+        plan = _Plan(tuple(providers), Extractor(rules), tuple(outputs), next(_plan_serials))
+        return self._plans.put(rules, plan)
 
     # -- one token -------------------------------------------------------------
 
@@ -467,28 +475,18 @@ class Authenticator:
         token and reused while the token cache keeps handing out the same ``Jwt``."""
         if not run.goods:
             # No token: what the request gets depends on the plan alone.
-            found = self._no_token.get(id(plan))
-            if found is not None and found[0] is plan:
-                return found[1]
-            success = self._build_success(plan, run)
-            if len(self._no_token) >= SUCCESS_MEMO_SIZE:
-                self._no_token.clear()
-            self._no_token[id(plan)] = (plan, success)
-            return success
+            found = self._no_token.get(plan)
+            if found is None:
+                found = self._no_token.put(plan, self._build_success(plan, run))
+            return found
         if len(run.goods) != 1:
             return self._build_success(plan, run)
         good = run.goods[0]
-        key = (id(plan), good.provider.index, good.token.location, id(good.jwt))
-        memo = self._successes.get(key)
-        # The entry holds the plan and the Jwt, so neither id can be reused while
-        # it exists; the identity checks make that explicit.
-        if memo is not None and memo[0] is plan and memo[1] is good.jwt:
-            return memo[2]
-        success = self._build_success(plan, run)
-        if len(self._successes) >= SUCCESS_MEMO_SIZE:
-            self._successes.clear()
-        self._successes[key] = (plan, good.jwt, success)
-        return success
+        where = (plan.serial, good.provider.index, good.token.location)
+        found = self._successes.get(good.jwt, where)
+        if found is None:
+            found = self._successes.put(good.jwt, self._build_success(plan, run), where)
+        return found
 
     def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         set_headers: dict[str, str] = {}

@@ -43,6 +43,7 @@ import aiohttp
 import structlog
 
 from authz.authn.keys import KeySet, parse_jwks
+from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, check_jwks_uri
 
 log = structlog.get_logger("authz.authn.jwks")
@@ -249,7 +250,8 @@ class JwksManager:
         self.settings = settings or JwksSettings()
         self.clock = clock
         self._keys: Mapping[JwksSource, KeySet] = MappingProxyType({})
-        self._sources: dict[int, tuple[JwtRule, JwksSource | None]] = {}
+        self._sources: IdentityMemo[JwksSource] = IdentityMemo(4096)
+        """Each rule's source, looked up on every Check (rules live in snapshots)."""
         self._fetchers: dict[JwksSource, _Fetcher] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -328,15 +330,13 @@ class JwksManager:
 
     def keys_for(self, rule: JwtRule) -> KeySet | None:
         """The rule's current key set, or None if no fetch has succeeded yet. Never blocks."""
-        found = self._sources.get(id(rule))
-        if found is None or found[0] is not rule:
-            # Rules live as long as their snapshot; the entry holds the rule, so
-            # its id is not reused while cached.
-            if len(self._sources) >= 4096:
-                self._sources.clear()
-            found = self._sources[id(rule)] = (rule, JwksSource.for_rule(rule))
-        source = found[1]
-        return None if source is None else self._keys.get(source)
+        source = self._sources.get(rule)
+        if source is None:
+            source = JwksSource.for_rule(rule)
+            if source is None:  # inline jwks: nothing fetched
+                return None
+            self._sources.put(rule, source)
+        return self._keys.get(source)
 
     def keys_for_source(self, source: JwksSource) -> KeySet | None:
         return self._keys.get(source)

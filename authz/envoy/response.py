@@ -11,6 +11,7 @@ from google.rpc import code_pb2, status_pb2
 from authz._proto.envoy.config.core.v3 import base_pb2
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Header
+from authz.memo import IdentityMemo
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
@@ -52,40 +53,28 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     )
 
 
-_STRUCT_MEMO_SIZE = 4096
-_structs: dict[int, tuple[Mapping[str, Any], struct_pb2.Struct]] = {}
+_structs: IdentityMemo[struct_pb2.Struct] = IdentityMemo(4096)
+_responses: IdentityMemo[external_auth_pb2.CheckResponse] = IdentityMemo(256)
 
 
 def _metadata(value: Mapping[str, Any]) -> struct_pb2.Struct:
     """The Struct of a metadata mapping. A verified token's mapping is built once and
-    shared by every request carrying it (authn memo), so its Struct is built once
-    too; the entry holds the mapping, so its id cannot be reused while cached."""
-    found = _structs.get(id(value))
-    if found is not None and found[0] is value:
-        return found[1]
-    metadata = struct_pb2.Struct()
-    _fill(metadata, value)
-    if len(_structs) >= _STRUCT_MEMO_SIZE:
-        _structs.clear()
-    _structs[id(value)] = (value, metadata)
+    shared by every request carrying it (authn memo), so its Struct is built once too."""
+    metadata = _structs.get(value)
+    if metadata is None:
+        metadata = struct_pb2.Struct()
+        _fill(metadata, value)
+        _structs.put(value, metadata)
     return metadata
-
-
-_RESPONSE_MEMO_SIZE = 256
-_responses: dict[int, tuple[Decision, external_auth_pb2.CheckResponse]] = {}
 
 
 def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     """The response for a decision. Decisions that repeat are the same object (the
     snapshot memoizes them), so the response is built once and shared: gRPC only
     reads it when serializing, and nothing here changes a response once built."""
-    found = _responses.get(id(decision))
-    if found is not None and found[0] is decision:
-        return found[1]
-    response = build_check_response(decision)
-    if len(_responses) >= _RESPONSE_MEMO_SIZE:
-        _responses.clear()
-    _responses[id(decision)] = (decision, response)  # holds the decision: a unique id
+    response = _responses.get(decision)
+    if response is None:
+        response = _responses.put(decision, build_check_response(decision))
     return response
 
 

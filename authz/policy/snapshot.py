@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 import structlog
 
@@ -18,6 +17,7 @@ from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess, KeyPro
 from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
+from authz.memo import IdentityMemo
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import Resource
@@ -57,9 +57,10 @@ class Snapshot:
     options: PolicyOptions
     authentication: RequestAuthnPolicies
     authenticator: Authenticator
-    decisions: dict[tuple[Any, ...], tuple[AuthnSuccess, Decision]] = field(
-        default_factory=dict, init=False, compare=False, repr=False)
-    """Memo of built decisions (see ``evaluate``); bounded by ``DECISION_MEMO_SIZE``."""
+    decisions: IdentityMemo[Decision] = field(
+        default_factory=lambda: IdentityMemo(DECISION_MEMO_SIZE), init=False, compare=False,
+        repr=False)
+    """Built decisions by authn outcome and RBAC result (see ``evaluate``)."""
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
@@ -82,15 +83,9 @@ class Snapshot:
         result = self.authorization.evaluate(ctx)
         # The Decision is a function of the authn outcome and the RBAC result. Both
         # repeat (authn outcomes are memoized per token), so it is built once each.
-        key = (id(authn), result.allowed, result.policy, result.reason, result.dry_run,
-               result.audit)
-        memo = self.decisions.get(key)
-        if memo is not None and memo[0] is authn:
-            return memo[1]
-        decision = self._decide(authn, result)
-        if len(self.decisions) >= DECISION_MEMO_SIZE:
-            self.decisions.clear()
-        self.decisions[key] = (authn, decision)  # holds authn: its id stays unique
+        decision = self.decisions.get(authn, result)
+        if decision is None:
+            decision = self.decisions.put(authn, self._decide(authn, result), result)
         return decision
 
     def _decide(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
