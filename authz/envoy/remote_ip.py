@@ -13,10 +13,7 @@ entries, or that entry is not an IP, use the direct peer.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-
-from authz.envoy.request_view import RequestView
+from authz.envoy.request_view import RequestView, normalize_ip, parse_ip
 
 
 def original_client_ip(view: RequestView, trusted_hops: int = 0) -> str:
@@ -26,14 +23,5 @@ def original_client_ip(view: RequestView, trusted_hops: int = 0) -> str:
     entries = xff.split(",")
     if trusted_hops >= len(entries):
         return view.source.ip
-    return _canonical_ip(entries[len(entries) - 1 - trusted_hops].strip()) or view.source.ip
-
-
-@functools.lru_cache(maxsize=4096)
-def _canonical_ip(text: str) -> str:
-    """Canonical form of an XFF entry, "" if it is not an address. Clients repeat,
-    so each distinct entry is parsed once."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return ""
+    candidate = entries[len(entries) - 1 - trusted_hops].strip()
+    return view.source.ip if parse_ip(candidate) is None else normalize_ip(candidate)

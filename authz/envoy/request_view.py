@@ -10,7 +10,6 @@ query; it is split once here so matchers never see ``?``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 from collections.abc import Mapping
@@ -98,14 +97,25 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType(headers)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> IPAddress | None:
+    """The address ``text`` names, None if it is not one (a pipe path, a name).
+    Peers and forwarded-for entries repeat, so each distinct text is parsed once."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 @functools.lru_cache(maxsize=4096)
 def normalize_ip(text: str) -> str:
     """Canonical text of an address (``::FFFF:1.2.3.4`` and ``0:0::1`` forms differ
-    from what CIDR matching prints). Peers repeat (Envoy's own addresses, a client's
-    few IPs), so this is parsed once per distinct address, not once per request."""
-    with contextlib.suppress(ValueError):  # a pipe path or a name is kept as sent
-        return str(ipaddress.ip_address(text))
-    return text
+    from what CIDR matching prints); anything else is kept as sent."""
+    ip = parse_ip(text)
+    return text if ip is None else str(ip)
 
 
 def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:

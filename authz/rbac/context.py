@@ -8,15 +8,12 @@ applied its X-Forwarded-For rule to find the original client IP.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from authz.envoy.request_view import RequestView
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from authz.envoy.request_view import IPAddress, RequestView, parse_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +22,6 @@ class RequestAuth:
 
     claims: Mapping[str, Any]
     """The verified payload; space-delimited claims (``scope``...) are already lists."""
-
-
-def _parse_ip(text: str) -> IPAddress | None:
-    if not text:
-        return None
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None  # a pipe or a name: no CIDR can match it
 
 
 @dataclass(frozen=True)
@@ -54,17 +42,17 @@ class AuthzContext:
     @cached_property
     def source_address(self) -> IPAddress | None:
         """Envoy ``direct_remote_ip``: the downstream peer (``ipBlocks``, ``source.ip``)."""
-        return _parse_ip(self.view.source.ip)
+        return parse_ip(self.view.source.ip)
 
     @cached_property
     def remote_address(self) -> IPAddress | None:
         """Envoy ``remote_ip``: the original client (``remoteIpBlocks``, ``remote.ip``)."""
-        return _parse_ip(self.remote_ip)
+        return parse_ip(self.remote_ip)
 
     @cached_property
     def destination_address(self) -> IPAddress | None:
         """The local address the request arrived on (``destination.ip``)."""
-        return _parse_ip(self.view.destination.ip)
+        return parse_ip(self.view.destination.ip)
 
     @property
     def claims(self) -> Mapping[str, Any] | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from authz.rbac.context import IPAddress
+from authz.envoy.request_view import IPAddress
 
 SPIFFE = "spiffe://"
 LOCAL_TRUST_DOMAIN = "cluster.local"

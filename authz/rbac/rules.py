@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from authz.envoy.request_view import IPAddress
 from authz.policy.authorization import (
     Action,
     Attribute,
@@ -30,7 +31,7 @@ from authz.policy.authorization import (
 )
 from authz.policy.fields import attaches
 from authz.rbac import match
-from authz.rbac.context import AuthzContext, IPAddress
+from authz.rbac.context import AuthzContext
 from authz.scope import Scope
 
 

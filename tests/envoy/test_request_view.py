@@ -157,3 +157,12 @@ def test_mixed_case_header_names_are_lowercased_all_lowercase_kept() -> None:
     req.attributes.request.http.headers[":path"] = "/p"
     req.attributes.request.http.headers["x-c"] = "3"
     assert dict(view_from_check_request(req, "d").headers) == {":path": "/p", "x-c": "3"}
+
+
+def test_one_parser_for_every_address_text() -> None:
+    from authz.envoy.request_view import normalize_ip, parse_ip
+
+    assert str(parse_ip("0:0::1")) == "::1" and normalize_ip("0:0::1") == "::1"
+    assert parse_ip("/var/run/envoy.sock") is None
+    assert normalize_ip("/var/run/envoy.sock") == "/var/run/envoy.sock"
+    assert parse_ip(" 10.0.0.1") is None  # no blanks: Envoy's addresses have none
