@@ -87,15 +87,8 @@ SERVE_OPTIONS = (
     Option("--workers", "workers", "server processes sharing the gRPC port (SO_REUSEPORT, "
            "Linux) under one supervisor that handles signals, restarts crashed workers and "
            "serves the admin port with merged metrics; auto = CPUs available (affinity and "
-           "cgroup quota)", "auto", lambda text: _workers(text), metavar="N|auto"),
+           "cgroup quota)", "auto", parse_workers, metavar="N|auto"),
 )
-
-
-def _workers(text: str) -> int:
-    try:
-        return parse_workers(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _typed(opt: Option) -> Any:
@@ -106,7 +99,7 @@ def _typed(opt: Option) -> Any:
         try:
             return opt.type(text)
         except (ValueError, argparse.ArgumentTypeError) as exc:
-            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError) else ""
+            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError | ConfigError) else ""
             raise argparse.ArgumentTypeError(
                 f"invalid value {text!r} (from {opt.flag} or {opt.env}){detail}") from None
 

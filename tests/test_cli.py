@@ -207,3 +207,14 @@ def test_a_bad_number_in_an_environment_variable_is_a_usage_error(
         capsys.readouterr().err
     # Other commands do not read serve's variables.
     assert main(["validate", "examples/policies"]) == 0
+
+
+def test_a_bad_worker_count_says_why(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AUTHZ_WORKERS", "many")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid value 'many' (from --workers or AUTHZ_WORKERS)" in err
+    assert "expected a number or 'auto'" in err
