@@ -42,3 +42,9 @@ def test_equal_scopes_share_a_key_and_labels_order_does_not_matter() -> None:
     b = resolve_scope({"namespace": "shop", "labels": "tier=web, app=a"}, "", "d")
     assert a.key == b.key == ("shop", (("app", "a"), ("tier", "web")))
     assert resolve_scope({"namespace": "shop", "labels": "app=b"}, "", "d").key != a.key
+
+
+def test_a_bad_scope_is_refused_every_time_not_only_the_first() -> None:
+    for _ in range(2):  # resolved scopes are cached; refusals must not be
+        with pytest.raises(ScopeError):
+            resolve_scope({"namespace": "shop", "labels": "app"}, "", "d")

@@ -148,6 +148,10 @@ def test_ed25519_wrong_length() -> None:
     (unsigned({"alg": "RS256", "kid": 1}, {}), Status.JWT_HEADER_BAD_KID),
     (b64(b'{"alg":"RS256"}') + ".!!.c", Status.JWT_PAYLOAD_BAD_BASE64),
     (unsigned({"alg": "RS256"}, "nope"), Status.JWT_PAYLOAD_BAD_JSON),
+    # JOSE JSON is UTF-8; json.loads alone would have guessed UTF-16 and accepted it.
+    (b64(b'{"alg":"RS256"}') + "." + b64('{"sub":"x"}'.encode("utf-16")) + ".c",
+     Status.JWT_PAYLOAD_BAD_JSON),
+    (b64(b'{"alg":"RS256"}') + ".e30.c", Status.JWT_SIGNATURE_BAD_BASE64),
     (unsigned({"alg": "RS256"}, {"iss": 1}), Status.JWT_PAYLOAD_ISS_NOT_STRING),
     (unsigned({"alg": "RS256"}, {"sub": None}), Status.JWT_PAYLOAD_SUB_NOT_STRING),
     (unsigned({"alg": "RS256"}, {"iat": "1"}), Status.JWT_PAYLOAD_IAT_NOT_INTEGER),
