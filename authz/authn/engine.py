@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from authz.authn.cache import TokenCache, token_digest
+from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
 from authz.authn.extract import ExtractedToken, Extractor, LocationKind, RequestParts, TokenLocation
 from authz.authn.keys import KeySet, parse_jwks
 from authz.authn.verify import (
@@ -290,9 +290,6 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
     return MappingProxyType(out)
 
 
-SUCCESS_MEMO_SIZE = 4096
-"""Verified requests whose outcome is kept; as large as it needs to be to cover the
-hot tokens, small beside the token cache (each entry shares that cache's Jwt)."""
 PLAN_MEMO_SIZE = 4096
 """Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
 
@@ -325,9 +322,10 @@ class Authenticator:
         self._plans: IdentityMemo[_Plan] = IdentityMemo(PLAN_MEMO_SIZE)
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
-        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(SUCCESS_MEMO_SIZE)
+        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(
+            outcome_memo_size(self.cache.max_entries))
         """Per parsed token (held by the token cache) and the plan/provider/place it
-        verified for."""
+        verified for; sized with the cache, each entry shares the cache's ``Jwt``."""
         self._no_token: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
         """Per plan: what a request in scope without any token gets."""
 

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, status_pb2
 
 from authz._proto.envoy.config.core.v3 import base_pb2
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.authn.cache import outcome_memo_size
 from authz.decision import Decision, Header
 from authz.memo import IdentityMemo
 
@@ -53,25 +54,14 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     )
 
 
-_structs: IdentityMemo[struct_pb2.Struct] = IdentityMemo(4096)
-_responses: IdentityMemo[external_auth_pb2.CheckResponse] = IdentityMemo(256)
-
-
-def _metadata(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    """The Struct of a metadata mapping. A verified token's mapping is built once and
-    shared by every request carrying it (authn memo), so its Struct is built once too."""
-    metadata = _structs.get(value)
-    if metadata is None:
-        metadata = struct_pb2.Struct()
-        _fill(metadata, value)
-        _structs.put(value, metadata)
-    return metadata
+_responses: IdentityMemo[external_auth_pb2.CheckResponse] = IdentityMemo(outcome_memo_size())
 
 
 def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     """The response for a decision. Decisions that repeat are the same object (the
-    snapshot memoizes them), so the response is built once and shared: gRPC only
-    reads it when serializing, and nothing here changes a response once built."""
+    snapshot memoizes them, one per cached token and RBAC result), so the response,
+    claims metadata included, is built once and shared: gRPC only reads it when
+    serializing, and nothing here changes a response once built."""
     response = _responses.get(decision)
     if response is None:
         response = _responses.put(decision, build_check_response(decision))
@@ -98,5 +88,5 @@ def build_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         denied.body = decision.body
         denied.headers.extend(_header(h) for h in decision.response_headers)
     if decision.dynamic_metadata:
-        response.dynamic_metadata.CopyFrom(_metadata(decision.dynamic_metadata))
+        _fill(response.dynamic_metadata, decision.dynamic_metadata)
     return response

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 import structlog
 
+from authz.authn.cache import outcome_memo_size
 from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess, KeyProvider
 from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
@@ -28,7 +29,6 @@ from authz.rbac.context import AuthzContext, RequestAuth
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"
-DECISION_MEMO_SIZE = 4096
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
@@ -57,10 +57,13 @@ class Snapshot:
     options: PolicyOptions
     authentication: RequestAuthnPolicies
     authenticator: Authenticator
-    decisions: IdentityMemo[Decision] = field(
-        default_factory=lambda: IdentityMemo(DECISION_MEMO_SIZE), init=False, compare=False,
-        repr=False)
-    """Built decisions by authn outcome and RBAC result (see ``evaluate``)."""
+    decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
+    """Built decisions by authn outcome and RBAC result (see ``evaluate``), as many as
+    the authenticator keeps outcomes for."""
+
+    def __post_init__(self) -> None:
+        size = outcome_memo_size(self.authenticator.cache.max_entries)
+        object.__setattr__(self, "decisions", IdentityMemo(size))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.

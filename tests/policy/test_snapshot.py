@@ -9,6 +9,7 @@ import pytest
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
 from authz.envoy.request_view import RequestView, view_from_check_request
+from authz.envoy.response import check_response
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
 from authz.policy.snapshot import (
@@ -17,6 +18,7 @@ from authz.policy.snapshot import (
     compile_snapshot,
     empty_snapshot,
 )
+from tests.authn.helpers import NOW, claims, hmac_key, jwks
 
 POLICIES = """\
 apiVersion: security.istio.io/v1
@@ -50,10 +52,13 @@ spec:
 """
 
 
-def view(method: str = "GET", path: str = "/", **ext: str) -> RequestView:
+def view(method: str = "GET", path: str = "/", token: str | None = None,
+         **ext: str) -> RequestView:
     req = external_auth_pb2.CheckRequest()
     req.attributes.request.http.method = method
     req.attributes.request.http.path = path
+    if token is not None:
+        req.attributes.request.http.headers["authorization"] = f"Bearer {token}"
     for k, v in ext.items():
         req.attributes.context_extensions[k] = v
     return view_from_check_request(req, "default")
@@ -190,3 +195,32 @@ def test_repeated_outcomes_share_one_decision_and_distinct_ones_do_not() -> None
     admin = snap.evaluate(view(path="/admin", namespace="shop"), now)
     assert admin.policy == "ns[istio-system]-policy[block-admin]-rule[0]"
     assert snap.evaluate(view(path="/private/y", namespace="shop"), now) is denied
+
+
+def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
+    # The memos of what a verified token yields are sized with the token cache: with
+    # more distinct tokens than the old fixed 4,096 entries, a second pass over them
+    # still gets the very same Decision and CheckResponse objects, nothing rebuilt.
+    key = hmac_key()
+    text = POLICIES + f"""---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: issuer-1
+    jwks: '{jwks(key.jwk())}'
+"""
+    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    tokens = [key.sign(claims(sub=f"user-{i}")) for i in range(5_000)]
+    assert len(tokens) < snap.authenticator.cache.max_entries
+
+    def views() -> list[RequestView]:
+        return [view(path="/private/x", namespace="shop", token=t) for t in tokens]
+
+    first = [snap.evaluate(v, NOW) for v in views()]
+    assert all(d.allowed and d.principal for d in first)
+    responses = [check_response(d) for d in first]
+    second = [snap.evaluate(v, NOW + 1) for v in views()]
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert all(check_response(d) is r for d, r in zip(second, responses, strict=True))
