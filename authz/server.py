@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 
-from authz import __version__
+from authz import __version__, heap
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.admin import AdminServer
 from authz.authn.jwks import JwksManager, JwksSettings, describe
@@ -237,6 +237,8 @@ class AuthzServer:
             self.metrics.policies.labels(kind).set(count)
         log.info(event, version=snapshot.version, resources=kinds,
                  paths=list(self.settings.policy_paths))
+        del old
+        heap.settle()
 
     def load_policies(self) -> None:
         """Load and compile ``--policy`` paths; raise PolicyErrors on any problem."""

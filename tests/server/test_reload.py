@@ -158,3 +158,20 @@ async def test_reload_fetches_new_jwks_before_swap_and_releases_old(
         assert hits[:2] == ["/first", "/second"]
     finally:
         await runner.cleanup()
+
+
+async def test_each_installed_snapshot_is_frozen_out_of_the_collector(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+) -> None:
+    import gc
+
+    def collected(obj: object) -> bool:
+        return any(o is obj for o in gc.get_objects())
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    server = await start_server(policy)
+    assert not collected(server.store.current.authorization)
+    policy.write_text(DENY_ADMIN % "/ops")
+    assert await server.reload()
+    assert not collected(server.store.current.authorization)
