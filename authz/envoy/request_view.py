@@ -20,7 +20,7 @@ from authz._proto.envoy.config.core.v3 import address_pb2
 from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz.scope import Scope, resolve_scope
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +87,12 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
             )
             merged[name] = _join(name, merged[name], value) if name in merged else value
         return MappingProxyType(merged)
-    if not http.headers:
-        return _NO_HEADERS
-    headers = dict(http.headers.items())  # items(): C iteration; dict(map) goes via the ABC
+    fields = http.headers
+    if not fields:
+        return _EMPTY
+    # Iterating the map and indexing it are C calls; items() and dict(map) are not
+    # (upb maps borrow them from the Mapping ABC: a Python generator step per header).
+    headers = {name: fields[name] for name in fields}
     # Envoy already lower-cases and joins; lower-casing again protects against
     # other clients of this API that do not (one scan of all names decides).
     if not "".join(headers).islower():
@@ -143,7 +146,8 @@ def view_from_check_request(
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
     destination = read_peer(attrs.destination)
-    extensions = MappingProxyType(dict(attrs.context_extensions.items()))
+    given = attrs.context_extensions
+    extensions = MappingProxyType({k: given[k] for k in given}) if given else _EMPTY
     return RequestView(
         method=http.method or headers.get(":method", ""),
         host=http.host or headers.get(":authority", "") or headers.get("host", ""),
