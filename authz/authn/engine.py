@@ -328,6 +328,9 @@ class Authenticator:
         verified for; sized with the cache, each entry shares the cache's ``Jwt``."""
         self._no_token: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
         """Per plan: what a request in scope without any token gets."""
+        self._preflight: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
+        """Per plan: what a CORS preflight gets (one shared value, so its Decision is
+        memoized like any repeated outcome)."""
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -339,7 +342,11 @@ class Authenticator:
             return NO_TOKEN
         plan = self._plan(rules)
         if is_cors_preflight(view):
-            return AuthnSuccess(claims=None, upstream_headers_to_remove=plan.output_headers)
+            found = self._preflight.get(plan)
+            if found is None:
+                found = self._preflight.put(plan, AuthnSuccess(
+                    claims=None, upstream_headers_to_remove=plan.output_headers))
+            return found
         run = _Run(self, RequestParts(view.headers, view.query), now)
         providers = plan.providers
         if len(providers) == 1:

@@ -29,6 +29,8 @@ from authz.rbac.context import AuthzContext, RequestAuth
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"
+_BY_VALUE = object()
+"""The owner under which ``Snapshot.decisions`` keys entries by value alone."""
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
@@ -73,12 +75,17 @@ class Snapshot:
         """
         authn = self.authenticator.authenticate(view, now)
         if isinstance(authn, AuthnFailure):
-            reason = Reason(authn.reason)
-            return Decision.deny(
-                authn.status, authn.body, reason,
-                response_headers=(Header("www-authenticate", authn.www_authenticate),),
-                detail=authn.detail,
-            )
+            # Failures are fresh values, equal when the same token fails the same way
+            # on the same route: keyed by value, a repeated one shares its Decision
+            # (and so its response), instead of filling the memos with one-offs.
+            decision = self.decisions.get(_BY_VALUE, authn)
+            if decision is None:
+                decision = self.decisions.put(_BY_VALUE, Decision.deny(
+                    authn.status, authn.body, Reason(authn.reason),
+                    response_headers=(Header("www-authenticate", authn.www_authenticate),),
+                    detail=authn.detail,
+                ), authn)
+            return decision
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)

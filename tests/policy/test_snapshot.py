@@ -224,3 +224,26 @@ spec:
     second = [snap.evaluate(v, NOW + 1) for v in views()]
     assert all(a is b for a, b in zip(first, second, strict=True))
     assert all(check_response(d) is r for d, r in zip(second, responses, strict=True))
+
+
+def test_a_repeated_authentication_failure_shares_one_decision() -> None:
+    key = hmac_key()
+    text = f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: issuer-1
+    jwks: '{jwks(key.jwk())}'
+"""
+    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    expired = key.sign(claims(exp=int(NOW) - 3600))
+    first = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
+    assert (first.status, first.body) == (401, "Jwt is expired")
+    again = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
+    assert again is first and check_response(again) is check_response(first)
+    # Another route is another realm in WWW-Authenticate: another decision.
+    other = snap.evaluate(view(path="/b", namespace="shop", token=expired), NOW)
+    assert other is not first and other.body == first.body
+    assert other.response_headers != first.response_headers
