@@ -61,6 +61,23 @@ class AuthzResult:
     """The first matching rule of each AUDIT policy that matched."""
 
 
+RESULT_MEMO_SIZE = 4096
+_results: dict[tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]], AuthzResult] = {}
+
+
+def _result(allowed: bool, policy: str | None, reason: str, dry_run: tuple[str, ...] = (),
+            audit: tuple[str, ...] = ()) -> AuthzResult:
+    """The shared ``AuthzResult`` of these values: results repeat (one per deciding
+    rule), so a ``Check`` looks one up instead of building and hashing a new one."""
+    key = (allowed, policy, reason, dry_run, audit)
+    found = _results.get(key)
+    if found is None:
+        if len(_results) >= RESULT_MEMO_SIZE:
+            _results.clear()
+        found = _results[key] = AuthzResult(allowed, policy, reason, dry_run, audit)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     name: str
@@ -257,15 +274,15 @@ class PolicySet:
             dry_run, audit = self._dry_run(s, ctx), self._audit(s, ctx)
         denied_by = _first_match(s.deny, ctx) if s.deny else None
         if denied_by is not None:
-            return AuthzResult(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
+            return _result(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
         if s.allow_applies:
             allowed_by = _first_match(s.allow, ctx)
             if allowed_by is None:
-                return AuthzResult(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
-            return AuthzResult(True, allowed_by, ALLOWED, dry_run, audit)
+                return _result(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
+            return _result(True, allowed_by, ALLOWED, dry_run, audit)
         if s.deny:
-            return AuthzResult(True, None, ALLOWED, dry_run, audit)
-        return AuthzResult(True, None, NO_POLICY, dry_run, audit)
+            return _result(True, None, ALLOWED, dry_run, audit)
+        return _result(True, None, NO_POLICY, dry_run, audit)
 
     def _dry_run(self, s: _Scoped, ctx: AuthzContext) -> tuple[str, ...]:
         out: list[str] = []
