@@ -18,6 +18,9 @@ signature stays bad for the same key set, and a client (or attacker) repeating
 one forged token should cost a hash lookup, not an RSA verification each time.
 A rejection counts only while the rule's key set has the same keys, and the
 separate bound keeps a flood of distinct forgeries from evicting good tokens.
+The parsed token is kept with the rejection: the engine still runs the issuer,
+time and audience checks first on every request (an expired forgery says "Jwt
+is expired", as Envoy does), without decoding the token again.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class TokenCache:
                  max_rejected: int = DEFAULT_MAX_REJECTED) -> None:
         self.max_entries = max_entries
         self.max_rejected = max_rejected
-        self._rejected: OrderedDict[tuple[int, bytes], frozenset[str]] = OrderedDict()
+        self._rejected: OrderedDict[tuple[int, bytes], tuple[frozenset[str], Jwt]] = (
+            OrderedDict())
         self.max_ttl = max_ttl
         self.skew = skew
         self._entries: OrderedDict[tuple[int, bytes], CachedToken] = OrderedDict()
@@ -104,24 +108,25 @@ class TokenCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> bool:
-        """Whether this token's signature already failed against these same keys."""
+    def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
+        """The parsed token if its signature already failed against these same keys."""
         key = (rule_id, digest)
         with self._lock:
             seen = self._rejected.get(key)
             if seen is None:
-                return False
-            if seen != fingerprints:
+                return None
+            if seen[0] != fingerprints:
                 del self._rejected[key]
-                return False
+                return None
             self._rejected.move_to_end(key)
-            return True
+            return seen[1]
 
-    def reject(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> None:
+    def reject(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
+               jwt: Jwt) -> None:
         if self.max_rejected <= 0:
             return
         with self._lock:
-            self._rejected[(rule_id, digest)] = fingerprints
+            self._rejected[(rule_id, digest)] = (fingerprints, jwt)
             self._rejected.move_to_end((rule_id, digest))
             while len(self._rejected) > self.max_rejected:
                 self._rejected.popitem(last=False)

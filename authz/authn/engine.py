@@ -404,9 +404,14 @@ class Authenticator:
             return Status.JWT_BAD_FORMAT, None
         digest = token_digest(token)
         jwt = None
-        if keys is not None and keys.usable:
-            jwt = self.cache.get(p.rule_id, digest, keys.fingerprints, now)
-        cached = jwt is not None
+        forged = False
+        if keys is not None:
+            if keys.usable:
+                jwt = self.cache.get(p.rule_id, digest, keys.fingerprints, now)
+            if jwt is None:
+                jwt = self.cache.rejected(p.rule_id, digest, keys.fingerprints)
+                forged = jwt is not None
+        cached = jwt is not None and not forged
         if jwt is None:
             try:
                 jwt = parse_jwt(token, self.max_token_bytes)
@@ -423,14 +428,14 @@ class Authenticator:
             return Status.OK, jwt
         if keys is None:
             return Status.JWKS_FETCH_FAIL, None
-        if self.cache.rejected(p.rule_id, digest, keys.fingerprints):
+        if forged:
             return Status.JWT_VERIFICATION_FAIL, None
         status, jwk = verify_signature(jwt, keys)
         if status is Status.OK and jwk is not None:
             self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now)
             return status, jwt
         if status is Status.JWT_VERIFICATION_FAIL:
-            self.cache.reject(p.rule_id, digest, keys.fingerprints)
+            self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
                 and self.keys is not None):
             self.keys.request_refetch(p.rule)

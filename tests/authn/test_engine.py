@@ -319,25 +319,39 @@ def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() ->
     forged = other.sign(claims())
     sets: dict[str, KeySet] = {URI: parse_jwks(jwks(KEY.jwk()))}
     a = auth(rule(), keys=StaticKeys(by_uri=sets))
-    calls = 0
-    real = engine_module.verify_signature
+    calls = parses = 0
+    real, real_parse = engine_module.verify_signature, engine_module.parse_jwt
 
     def counting(*args: Any) -> Any:
         nonlocal calls
         calls += 1
         return real(*args)
 
+    def counting_parse(*args: Any) -> Any:
+        nonlocal parses
+        parses += 1
+        return real_parse(*args)
+
     engine_module.verify_signature = counting  # type: ignore[assignment]
+    engine_module.parse_jwt = counting_parse  # type: ignore[assignment]
     try:
         for _ in range(3):
             assert fail(a.authenticate(view(headers=bearer(forged)), NOW)).body == \
                 "Jwt verification fails"
         assert calls == 1  # verified once, then refused from the rejection cache
+        assert parses == 1  # ... with the token parsed once
+        # The checks before the signature still run on every request, in Envoy's
+        # order: once the forgery's exp has passed it is "expired", like a fresh one.
+        later = NOW + 3600 + 61
+        assert fail(a.authenticate(view(headers=bearer(forged)), later)).body == \
+            "Jwt is expired"
+        assert (calls, parses) == (1, 1)
         sets[URI] = parse_jwks(jwks(other.jwk()))  # rotated to the forger's key
         ok(a.authenticate(view(headers=bearer(forged)), NOW))
         assert calls == 2  # a new key set is asked again
     finally:
         engine_module.verify_signature = real  # type: ignore[assignment]
+        engine_module.parse_jwt = real_parse  # type: ignore[assignment]
 
 
 def test_a_verified_token_builds_its_result_once() -> None:
