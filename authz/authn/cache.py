@@ -11,7 +11,8 @@ and audience checks on every hit. An entry is used only while
 - the cache itself lives: one cache belongs to one ``Authenticator``, i.e. one
   policy snapshot, so a reload starts empty.
 
-Keys are a SHA-256 of the token, so tokens are not kept in memory here.
+Keys are a SHA-256 of the token and values keep the parsed claims without the
+signature (``Jwt.without_signature``), so no usable token is kept in memory here.
 
 Signature *failures* are remembered too, in a separate, smaller LRU: a bad
 signature stays bad for the same key set, and a client (or attacker) repeating
@@ -94,19 +95,23 @@ class TokenCache:
             return entry.jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
-            now: float) -> None:
+            now: float) -> Jwt:
+        """Keep a verified token; returns the ``Jwt`` later hits will hand out (use it
+        from the first request on, so memos keyed by it are shared from the start)."""
         if self.max_entries <= 0:
-            return
+            return jwt
         expires_at = now + self.max_ttl
         if jwt.exp:
             expires_at = min(expires_at, float(jwt.exp + self.skew))
         if expires_at < now:
-            return
+            return jwt
+        kept = jwt.without_signature()
         with self._lock:
-            self._entries[(rule_id, digest)] = CachedToken(jwt, key_fingerprint, expires_at)
+            self._entries[(rule_id, digest)] = CachedToken(kept, key_fingerprint, expires_at)
             self._entries.move_to_end((rule_id, digest))
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+        return kept
 
     def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
         """The parsed token if its signature already failed against these same keys."""
@@ -126,7 +131,7 @@ class TokenCache:
         if self.max_rejected <= 0:
             return
         with self._lock:
-            self._rejected[(rule_id, digest)] = (fingerprints, jwt)
+            self._rejected[(rule_id, digest)] = (fingerprints, jwt.without_signature())
             self._rejected.move_to_end((rule_id, digest))
             while len(self._rejected) > self.max_rejected:
                 self._rejected.popitem(last=False)

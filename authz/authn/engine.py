@@ -432,8 +432,7 @@ class Authenticator:
             return Status.JWT_VERIFICATION_FAIL, None
         status, jwk = verify_signature(jwt, keys)
         if status is Status.OK and jwk is not None:
-            self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now)
-            return status, jwt
+            return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now)
         if status is Status.JWT_VERIFICATION_FAIL:
             self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
