@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -27,6 +28,26 @@ def _fill(struct: struct_pb2.Struct, mapping: Mapping[str, Any]) -> None:
 
 
 def _set(target: struct_pb2.Value, value: Any) -> None:
+    # JSON claims are exactly these types: test the type itself first (isinstance
+    # against the Mapping ABC is the slow part of a Struct), then the general chain.
+    kind = type(value)
+    if kind is str:
+        target.string_value = value
+    elif kind is int or kind is float:
+        target.number_value = float(value)
+    elif kind is list:
+        items = target.list_value
+        items.SetInParent()
+        for item in value:
+            _set(items.values.add(), item)
+    elif kind is dict or kind is MappingProxyType:
+        target.struct_value.SetInParent()
+        _fill(target.struct_value, value)
+    else:
+        _set_any(target, value)
+
+
+def _set_any(target: struct_pb2.Value, value: Any) -> None:
     if isinstance(value, str):
         target.string_value = value
     elif isinstance(value, bool):
