@@ -6,7 +6,7 @@ Here both servers run side by side (each pinned to the server CPU, idle while
 the other is measured) and rounds alternate quickly, so drift hits both; the
 ratio per round and the median ratio are printed.
 
-Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4]
+Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4] [--spin-us 30 100]
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def free_port() -> int:
 
 def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    if kind == "bare":
-        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}"]
+    if kind == "bare" or kind.startswith("spin"):
+        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
+                "--spin-us", kind.removeprefix("spin").removeprefix("bare") or "0"]
     else:
         argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",
@@ -48,16 +49,23 @@ def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes
     return proc, port
 
 
+_cursors: dict[tuple[int, Path], int] = {}
+
+
 def load(port: int, messages: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One loadgen run, continuing the message cycle where the last one on this
+    server stopped (so distinct tokens stay distinct across rounds)."""
     out = subprocess.run(
         [PY, str(BENCH / "loadgen.py"), "--target", f"127.0.0.1:{port}", "--messages",
          str(messages), "--concurrency", str(args.concurrency), "--duration",
-         str(args.duration), "--warmup", "1", "--cpu", str(args.load_cpu)],
+         str(args.duration), "--warmup", "1", "--cpu", str(args.load_cpu),
+         "--start", str(_cursors.get((port, messages), 0))],
         capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise SystemExit(f"loadgen failed: {out.stderr[-2000:]}")
     result: dict[str, float] = json.loads(lines[-1])
+    _cursors[(port, messages)] = int(result.get("next_start", 0))
     return result
 
 
@@ -70,6 +78,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens for w2")
+    parser.add_argument("--spin-us", type=float, nargs="*", default=[],
+                        help="also bare servers that busy-wait N us per call (what handler "
+                        "time alone costs through the transport)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -84,7 +95,8 @@ def main() -> None:
     for name in args.workloads:
         messages[name] = work / f"{name}.bin"
         loadgen.write_messages(messages[name], wls[name].check_requests())
-    servers = {kind: start(kind, work / "policies", args.server_cpu) for kind in ("bare", "ours")}
+    kinds = ("bare", *(f"spin{us:g}" for us in args.spin_us), "ours")
+    servers = {kind: start(kind, work / "policies", args.server_cpu) for kind in kinds}
     time.sleep(5)  # both ready (ours fetches its JWKS first)
     print(f"server CPU {args.server_cpu}, load CPU {args.load_cpu}, c={args.concurrency}, "
           f"{args.duration:g} s per measurement", flush=True)
@@ -96,8 +108,11 @@ def main() -> None:
                        for kind, (_, port) in servers.items()}
                 ratio = rps["ours"] / rps["bare"]
                 ratios[name].append(ratio)
+                spins = "".join(
+                    f", {kind} {rps[kind]:,.0f} rps (+{1e6 / rps[kind] - 1e6 / rps['bare']:.0f} "
+                    "us/request)" for kind in kinds if kind.startswith("spin"))
                 print(f"round {rnd + 1} {name}: bare {rps['bare']:,.0f} rps, "
-                      f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}", flush=True)
+                      f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}{spins}", flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()

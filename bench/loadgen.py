@@ -144,6 +144,8 @@ class Stats:
     requests: int = 0
     errors: int = 0
     warm_requests: int = 0
+    sent: int = 0
+    """Requests put on the wire, warm-up included (to continue the cycle next run)."""
     status_counts: dict[str, int] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     sampled: int = 0
@@ -189,6 +191,7 @@ class Connection:
             if tmpl.data_len > self.send_window or tmpl.data_len > self.stream_window:
                 return
             self.pending -= 1
+            self.stats.sent += 1
             self.next_message = (self.next_message + 1) % n
             sid = self.next_sid
             self.next_sid += 2
@@ -331,7 +334,7 @@ def say(line: str) -> None:
 
 def run(address: tuple[str, int], messages: Sequence[bytes], *, concurrency: int,
         connections: int, duration: float, warmup: float, path: str = CHECK_PATH,
-        sample_every: int = 16, decode: Any = None) -> dict[str, Any]:
+        sample_every: int = 16, decode: Any = None, start: int = 0) -> dict[str, Any]:
     connections = max(1, min(connections, concurrency))
     stats = Stats()
     tmpls = templates(messages, path, f"{address[0]}:{address[1]}")
@@ -339,7 +342,7 @@ def run(address: tuple[str, int], messages: Sequence[bytes], *, concurrency: int
     conns = []
     for i in range(connections):
         # Each connection starts at its own place in the message cycle.
-        conn = Connection(address, tmpls, i * len(tmpls) // connections, stats,
+        conn = Connection(address, tmpls, start + i * len(tmpls) // connections, stats,
                           sample_every, decode)
         share = concurrency // connections + (1 if i < concurrency % connections else 0)
         conn.launch(share)
@@ -405,6 +408,7 @@ def run(address: tuple[str, int], messages: Sequence[bytes], *, concurrency: int
         "mean_ms": (sum(lat) / len(lat) * ms) if lat else float("nan"),
         "duration_s": elapsed,
         "warmup_requests": stats.warm_requests,
+        "next_start": (start + stats.sent) % len(messages),
         "concurrency": concurrency,
         "connections": connections,
         "messages": len(messages),
@@ -430,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decode", choices=("check", "none"), default="check",
                         help="decode sampled replies as CheckResponse status codes")
     parser.add_argument("--sample-every", type=int, default=16)
+    parser.add_argument("--start", type=int, default=0,
+                        help="message to start the cycle at (a previous run's next_start: "
+                        "continue a cycle of distinct tokens instead of replaying its head)")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -440,7 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     decode = check_status_decoder() if args.decode == "check" else None
     result = run((host, int(port)), messages, concurrency=args.concurrency,
                  connections=args.connections, duration=args.duration, warmup=args.warmup,
-                 path=args.path, sample_every=args.sample_every, decode=decode)
+                 path=args.path, sample_every=args.sample_every, decode=decode,
+                 start=args.start)
     print(json.dumps(result), flush=True)
     return 0 if result["failure"] is None else 1
 

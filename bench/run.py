@@ -265,6 +265,8 @@ class Context:
     pinning: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     started: int = 0
+    cursors: dict[tuple[int, str], int] = field(default_factory=dict)
+    """Where each (server port, message file) cycle continues (see loadgen_run)."""
 
     @contextlib.contextmanager
     def failing(self, what: str) -> Iterator[None]:
@@ -350,7 +352,10 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
             "--connections", str(connections),
             "--duration", str(duration if duration is not None else args.duration),
             "--warmup", str(warmup if warmup is not None else args.warmup),
-            "--cpu", str(ctx.load_cpu if load_cpu is None else load_cpu)]
+            "--cpu", str(ctx.load_cpu if load_cpu is None else load_cpu),
+            # Continue the message cycle where the last run against this server stopped:
+            # restarting at the head would replay tokens the server has just cached.
+            "--start", str(ctx.cursors.get((server.port, str(messages)), 0))]
     cache_before = token_cache(server)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
@@ -370,6 +375,7 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
     if not result:
         raise RuntimeError(f"loadgen failed: {stderr}")
     cache_after = token_cache(server)
+    ctx.cursors[(server.port, str(messages))] = result.get("next_start", 0)
     requests = result["requests"]
     rss_sum, rss_max, nproc = server.proc.peak_rss_mib()
     window = result["duration_s"] or 1.0
@@ -1053,6 +1059,9 @@ def render(report: Mapping[str, Any]) -> str:
         f"after a {meta['e2e_warmup_s']:.0f} s wrk warm-up; our server runs "
         f"{'--workers 1' if meta['workers_flag'] else 'without --workers (flag absent)'}, "
         "--decision-log none.  ",
+        *([f"Repeats: the server-only matrix ran {meta['repeat']} times; each row is its run "
+           "of median RPS (every run's RPS in the JSON as `rps_runs`).  "]
+          if meta.get("repeat", 1) > 1 else []),
         f"Load average before the run: {meta['loadavg_before'][0]:.2f}.  ",
         "CPU s/1k req: utime+stime of the server's processes during the measured window per "
         "1,000 requests. Peak RSS: VmHWM summed over the server's processes.", "",
@@ -1216,7 +1225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "machine": machine(), "server_cpus": server_cpus, "load_cpu": load_cpu,
                 "envoy_cpus": server_cpus, "duration_s": args.duration,
                 "warmup_s": args.warmup, "e2e_duration_s": args.e2e_duration,
-                "e2e_warmup_s": args.e2e_warmup,
+                "e2e_warmup_s": args.e2e_warmup, "repeat": args.repeat,
                 "tokens": args.tokens, "elsewhere": args.elsewhere,
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",

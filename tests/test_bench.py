@@ -94,6 +94,7 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
         assert ours["requests"] > 0 and ours["errors"] == 0, ours
         assert ours["p50_ms"] <= ours["p99_ms"], ours
         assert ours["cpu_s_per_1k"] > 0 and ours["peak_rss_mib"] > 0, ours
+        assert 0 <= ours["next_start"] < ours["messages"], ours
         # The load generator's sampled replies agree with the one-off probe.
         assert set(ours["status_sampled"]) == {answer}, ours
         assert rows[("server", "bare", workload, 32)]["probe"] == "OK"
@@ -105,3 +106,26 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
         assert rows[("e2e", "jwt_authn+RBAC (in Envoy)", "w1", 32)]["probe"] == 200
     results = {t["target"]: t["result"] for t in report["targets"]}
     assert len(results) == 9 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results
+
+
+def test_loadgen_continues_a_message_cycle_where_told() -> None:
+    # A later run must not replay the head of a cycle of distinct tokens (the server
+    # would answer them from its cache): connections start at --start and the run
+    # reports where the next one should begin.
+    import socket
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import loadgen
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        tmpls = loadgen.templates([b"a", b"b", b"c", b"d", b"e"], loadgen.CHECK_PATH, "x")
+        stats = loadgen.Stats()
+        conn = loadgen.Connection(listener.getsockname(), tmpls, 3, stats, 16, None)
+        try:
+            assert conn.next_message == 3
+            conn.launch(4)
+            assert stats.sent == 4 and conn.next_message == (3 + 4) % 5
+        finally:
+            conn.sock.close()

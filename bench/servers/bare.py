@@ -4,7 +4,7 @@ It does what any Python gRPC server must (HTTP/2, parse the CheckRequest,
 serialize a CheckResponse) and nothing else, so our server's numbers divided
 by these show what policy work costs on top of the transport.
 
-Run: python bench/servers/bare.py --grpc-address 127.0.0.1:9000
+Run: python bench/servers/bare.py --grpc-address 127.0.0.1:9000 [--spin-us N]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from typing import Any
 
 import grpc
@@ -27,6 +28,22 @@ class Bare(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext[Any, Any]
                     ) -> external_auth_pb2.CheckResponse:
+        return OK
+
+
+class Spinning(Bare):
+    """Bare plus ``seconds`` of busy Python per call: what handler time alone costs
+    through the transport (docs/performance.md, "Tight loop vs inside the server")."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def Check(self, request: external_auth_pb2.CheckRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]
+                    ) -> external_auth_pb2.CheckResponse:
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
         return OK
 
 
@@ -48,8 +65,11 @@ async def serve(address: str, servicer: external_auth_pb2_grpc.AuthorizationServ
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--grpc-address", default="127.0.0.1:9000")
+    parser.add_argument("--spin-us", type=float, default=0.0,
+                        help="busy-wait this many microseconds in every Check")
     args = parser.parse_args()
-    asyncio.run(serve(args.grpc_address, Bare()))
+    servicer = Spinning(args.spin_us / 1e6) if args.spin_us > 0 else Bare()
+    asyncio.run(serve(args.grpc_address, servicer))
 
 
 if __name__ == "__main__":
