@@ -8,8 +8,8 @@ from authz import heap
 from authz.envoy.response import check_response
 from authz.policy.load import parse_text
 from authz.policy.snapshot import compile_snapshot
-from tests.authn.helpers import NOW, claims, hmac_key, jwks
-from tests.policy.test_snapshot import POLICIES, view
+from tests.authn.helpers import NOW, claims, hmac_key
+from tests.policy.test_snapshot import POLICIES, view, with_jwt_rule
 
 
 def in_collector(obj: object) -> bool:
@@ -18,17 +18,7 @@ def in_collector(obj: object) -> bool:
 
 def test_a_dropped_snapshot_leaves_no_cycle_to_collect() -> None:
     key = hmac_key()
-    text = POLICIES + f"""---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: shop}}
-spec:
-  jwtRules:
-  - issuer: issuer-1
-    jwks: '{jwks(key.jwk())}'
-    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]
-"""
-    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    snap = with_jwt_rule(key, POLICIES, "    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n")
     # Fill every memo and cache a request can: tokens good and bad, allow and deny.
     for i in range(20):
         for path in ("/a", "/private/x", "/admin"):

@@ -14,11 +14,12 @@ from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
 from authz.policy.snapshot import (
     PolicyOptions,
+    Snapshot,
     SnapshotStore,
     compile_snapshot,
     empty_snapshot,
 )
-from tests.authn.helpers import NOW, claims, hmac_key, jwks
+from tests.authn.helpers import NOW, Key, claims, hmac_key, jwks
 
 POLICIES = """\
 apiVersion: security.istio.io/v1
@@ -62,6 +63,20 @@ def view(method: str = "GET", path: str = "/", token: str | None = None,
     for k, v in ext.items():
         req.attributes.context_extensions[k] = v
     return view_from_check_request(req, "default")
+
+
+def with_jwt_rule(key: Key, policies: str = "", extra: str = "") -> Snapshot:
+    """``policies`` plus a RequestAuthentication in ``shop`` trusting ``key`` (issuer-1)."""
+    text = (policies + "---\n" if policies else "") + f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: issuer-1
+    jwks: '{jwks(key.jwk())}'
+{extra}"""
+    return compile_snapshot(parse_text(text, "p.yaml"), version=1)
 
 
 def decide(v: RequestView, text: str = POLICIES) -> Decision:
@@ -202,16 +217,7 @@ def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
     # more distinct tokens than the old fixed 4,096 entries, a second pass over them
     # still gets the very same Decision and CheckResponse objects, nothing rebuilt.
     key = hmac_key()
-    text = POLICIES + f"""---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: shop}}
-spec:
-  jwtRules:
-  - issuer: issuer-1
-    jwks: '{jwks(key.jwk())}'
-"""
-    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    snap = with_jwt_rule(key, POLICIES)
     tokens = [key.sign(claims(sub=f"user-{i}")) for i in range(5_000)]
     assert len(tokens) < snap.authenticator.cache.max_entries
 
@@ -228,16 +234,7 @@ spec:
 
 def test_a_repeated_authentication_failure_shares_one_decision() -> None:
     key = hmac_key()
-    text = f"""\
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: shop}}
-spec:
-  jwtRules:
-  - issuer: issuer-1
-    jwks: '{jwks(key.jwk())}'
-"""
-    snap = compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    snap = with_jwt_rule(key)
     expired = key.sign(claims(exp=int(NOW) - 3600))
     first = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
     assert (first.status, first.body) == (401, "Jwt is expired")
