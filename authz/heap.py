@@ -23,8 +23,3 @@ import gc
 def settle() -> None:
     """Freeze everything alive now out of future collections (``gc.freeze``)."""
     gc.freeze()
-
-
-def frozen() -> int:
-    """Objects frozen so far (for tests and the scale-limits measurements)."""
-    return gc.get_freeze_count()
