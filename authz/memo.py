@@ -1,4 +1,4 @@
-"""Bounded memos keyed by object identity.
+"""Bounded memos: by object identity, and by value.
 
 The request path derives the same values again and again from objects that are
 themselves shared: a parsed token the token cache hands out, the authn outcome
@@ -9,6 +9,10 @@ the owner cannot be collected and its id reused by another object while the
 entry exists; ``get`` checks identity all the same. A full memo starts over
 rather than evict one by one: the bound is the memory promise, and the next
 requests refill the hot entries.
+
+Values that are cheap to hash and repeat by content (a scope's key, the fields of
+an RBAC result, an authentication failure) go in a ``ValueMemo``, with the same
+bound and the same starting over.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
@@ -39,6 +44,28 @@ class IdentityMemo(Generic[V]):
         if len(self._entries) >= self.size:
             self._entries.clear()
         self._entries[(id(owner), extra)] = (owner, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ValueMemo(Generic[K, V]):
+    """``key -> value`` for at most ``size`` hashable keys."""
+
+    __slots__ = ("_entries", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = value
         return value
 
     def __len__(self) -> int:

@@ -1,10 +1,11 @@
-"""IdentityMemo: keyed by identity, never confused by a reused id, bounded."""
+"""IdentityMemo: keyed by identity, never confused by a reused id, bounded.
+ValueMemo: keyed by equal values, bounded the same way."""
 
 from __future__ import annotations
 
 import gc
 
-from authz.memo import IdentityMemo
+from authz.memo import IdentityMemo, ValueMemo
 
 
 class Owner:
@@ -39,3 +40,13 @@ def test_a_full_memo_starts_over() -> None:
     memo.put(owners[3], 3)
     assert len(memo) == 1
     assert memo.get(owners[0]) is None and memo.get(owners[3]) == 3
+
+
+def test_a_value_memo_hits_equal_keys_and_starts_over_when_full() -> None:
+    memo: ValueMemo[tuple[str, int], str] = ValueMemo(2)
+    memo.put(("a", 1), "one")
+    assert memo.get(("a", 1)) == "one"  # an equal key, not the same object
+    assert memo.get(("a", 2)) is None
+    memo.put(("b", 1), "two")
+    memo.put(("c", 1), "three")
+    assert len(memo) == 1 and memo.get(("a", 1)) is None and memo.get(("c", 1)) == "three"

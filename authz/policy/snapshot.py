@@ -18,7 +18,7 @@ from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess, KeyPro
 from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
-from authz.memo import IdentityMemo
+from authz.memo import IdentityMemo, ValueMemo
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import Resource
@@ -29,8 +29,6 @@ from authz.rbac.context import AuthzContext, RequestAuth
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"
-_BY_VALUE = object()
-"""The owner under which ``Snapshot.decisions`` keys entries by value alone."""
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
@@ -62,10 +60,13 @@ class Snapshot:
     decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
     """Built decisions by authn outcome and RBAC result (see ``evaluate``), as many as
     the authenticator keeps outcomes for."""
+    failures: ValueMemo[AuthnFailure, Decision] = field(init=False, compare=False, repr=False)
+    """Built decisions by authentication failure, keyed by its value."""
 
     def __post_init__(self) -> None:
         size = outcome_memo_size(self.authenticator.cache.max_entries)
         object.__setattr__(self, "decisions", IdentityMemo(size))
+        object.__setattr__(self, "failures", ValueMemo(size))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
@@ -78,13 +79,13 @@ class Snapshot:
             # Failures are fresh values, equal when the same token fails the same way
             # on the same route: keyed by value, a repeated one shares its Decision
             # (and so its response), instead of filling the memos with one-offs.
-            decision = self.decisions.get(_BY_VALUE, authn)
+            decision = self.failures.get(authn)
             if decision is None:
-                decision = self.decisions.put(_BY_VALUE, Decision.deny(
+                decision = self.failures.put(authn, Decision.deny(
                     authn.status, authn.body, Reason(authn.reason),
                     response_headers=(Header("www-authenticate", authn.www_authenticate),),
                     detail=authn.detail,
-                ), authn)
+                ))
             return decision
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(

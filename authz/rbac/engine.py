@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from authz.memo import ValueMemo
 from authz.policy.authorization import Action, AuthorizationPolicy
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.rbac.context import AuthzContext
@@ -62,7 +63,8 @@ class AuthzResult:
 
 
 RESULT_MEMO_SIZE = 4096
-_results: dict[tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]], AuthzResult] = {}
+_results: ValueMemo[tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]],
+                    AuthzResult] = ValueMemo(RESULT_MEMO_SIZE)
 
 
 def _result(allowed: bool, policy: str | None, reason: str, dry_run: tuple[str, ...] = (),
@@ -72,9 +74,7 @@ def _result(allowed: bool, policy: str | None, reason: str, dry_run: tuple[str, 
     key = (allowed, policy, reason, dry_run, audit)
     found = _results.get(key)
     if found is None:
-        if len(_results) >= RESULT_MEMO_SIZE:
-            _results.clear()
-        found = _results[key] = AuthzResult(allowed, policy, reason, dry_run, audit)
+        found = _results.put(key, AuthzResult(*key))
     return found
 
 
@@ -193,7 +193,8 @@ class PolicySet:
         """CUSTOM policies: validated, never evaluated here (``CUSTOM_EXPLANATION``)."""
         self.not_attached = not_attached
         """targetRef(s) policies: attach only to gateway scopes (``TARGET_REF_EXPLANATION``)."""
-        self._scoped: dict[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = {}
+        self._scoped: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = (
+            ValueMemo(SCOPE_MEMO_SIZE))
 
     @classmethod
     def compile(
@@ -260,10 +261,8 @@ class PolicySet:
     def scoped(self, scope: Scope) -> _Scoped:
         found = self._scoped.get(scope.key)
         if found is None:
-            if len(self._scoped) >= SCOPE_MEMO_SIZE:
-                self._scoped.clear()
-            found = _Scoped.build(self._scope_buckets(scope.namespace), scope)
-            self._scoped[scope.key] = found
+            found = self._scoped.put(
+                scope.key, _Scoped.build(self._scope_buckets(scope.namespace), scope))
         return found
 
     def evaluate(self, ctx: AuthzContext) -> AuthzResult:
