@@ -292,6 +292,7 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
 
 PLAN_MEMO_SIZE = 4096
 """Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
+_NO_TOKEN, _PREFLIGHT = "no token", "preflight"
 
 
 class Authenticator:
@@ -326,11 +327,10 @@ class Authenticator:
             outcome_memo_size(self.cache.max_entries))
         """Per parsed token (held by the token cache) and the plan/provider/place it
         verified for; sized with the cache, each entry shares the cache's ``Jwt``."""
-        self._no_token: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
-        """Per plan: what a request in scope without any token gets."""
-        self._preflight: IdentityMemo[AuthnSuccess] = IdentityMemo(PLAN_MEMO_SIZE)
-        """Per plan: what a CORS preflight gets (one shared value, so its Decision is
-        memoized like any repeated outcome)."""
+        self._per_plan: IdentityMemo[AuthnSuccess] = IdentityMemo(2 * PLAN_MEMO_SIZE)
+        """Per plan, outcomes that depend on nothing else: a request in scope without
+        any token (``_NO_TOKEN``) and a CORS preflight (``_PREFLIGHT``). One shared
+        value each, so their Decisions are memoized like any repeated outcome."""
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -342,10 +342,10 @@ class Authenticator:
             return NO_TOKEN
         plan = self._plan(rules)
         if is_cors_preflight(view):
-            found = self._preflight.get(plan)
+            found = self._per_plan.get(plan, _PREFLIGHT)
             if found is None:
-                found = self._preflight.put(plan, AuthnSuccess(
-                    claims=None, upstream_headers_to_remove=plan.output_headers))
+                found = self._per_plan.put(plan, AuthnSuccess(
+                    claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
             return found
         run = _Run(self, RequestParts(view.headers, view.query), now)
         providers = plan.providers
@@ -482,9 +482,9 @@ class Authenticator:
         token and reused while the token cache keeps handing out the same ``Jwt``."""
         if not run.goods:
             # No token: what the request gets depends on the plan alone.
-            found = self._no_token.get(plan)
+            found = self._per_plan.get(plan, _NO_TOKEN)
             if found is None:
-                found = self._no_token.put(plan, self._build_success(plan, run))
+                found = self._per_plan.put(plan, self._build_success(plan, run), _NO_TOKEN)
             return found
         if len(run.goods) != 1:
             return self._build_success(plan, run)
