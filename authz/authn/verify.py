@@ -111,8 +111,10 @@ class Jwt:
         """What the caches keep once the signature is judged: every claim the later
         checks read, nothing that proves the token (no cache holds a usable token),
         and ~0.8 KiB less per entry for an RS256 token."""
-        return Jwt(self.alg, self.kid, self.payload, self.payload_segment, b"", b"",
-                   self.iss, self.sub, self.audiences, self.iat, self.nbf, self.exp)
+        return Jwt(alg=self.alg, kid=self.kid, payload=self.payload,
+                   payload_segment=self.payload_segment, signing_input=b"", signature=b"",
+                   iss=self.iss, sub=self.sub, audiences=self.audiences, iat=self.iat,
+                   nbf=self.nbf, exp=self.exp)
 
 
 def _reject_constant(name: str) -> Any:
