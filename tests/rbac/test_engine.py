@@ -74,6 +74,16 @@ def policy(spec: str, *, name: str = "p", namespace: str = "foo",
             f"metadata:\n  name: {name}\n  namespace: {namespace}\n{meta}spec:\n{body}\n---\n")
 
 
+REQUIRE_JWT = """
+action: DENY
+rules:
+- from:
+  - source:
+      notRequestPrincipals: ["*"]
+"""
+"""The headline pattern: deny any request without a request principal."""
+
+
 def check(ps: PolicySet, c: AuthzContext) -> AuthzResult:
     return ps.evaluate(c)
 
@@ -89,26 +99,14 @@ def test_no_policy_allows() -> None:
 def test_equal_results_are_one_shared_value() -> None:
     # Results repeat per deciding rule: the engine hands out one object per value,
     # which the snapshot's decision memo then finds without rebuilding anything.
-    ps = compile_set(policy("""
-action: DENY
-rules:
-- from:
-  - source:
-      notRequestPrincipals: ["*"]
-"""))
+    ps = compile_set(policy(REQUIRE_JWT))
     first = ps.evaluate(ctx())
     assert not first.allowed and ps.evaluate(ctx()) is first
     assert compile_set("").evaluate(ctx()) is compile_set("").evaluate(ctx())
 
 
 def test_require_jwt_pattern_denies_without_token() -> None:
-    ps = compile_set(policy("""
-action: DENY
-rules:
-- from:
-  - source:
-      notRequestPrincipals: ["*"]
-"""))
+    ps = compile_set(policy(REQUIRE_JWT))
     denied = ps.evaluate(ctx())
     assert not denied.allowed
     assert denied.reason == DENIED_BY_DENY_POLICY
