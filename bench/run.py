@@ -856,6 +856,21 @@ def ratio(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     return float(a[key]) / float(b[key])
 
 
+def row_notes(r: Mapping[str, Any], errors: str, extra: Sequence[str] = ()) -> list[str]:
+    """A row's notes: its own, its errors, the table's ``extra``, then noise."""
+    notes = [r.get("note") or ""]
+    if r.get("errors"):
+        notes.append(f"{r['errors']} {errors}")
+    notes.extend(extra)
+    if r.get("other_cpu_util", 0) > NOISY:
+        notes.append(f"other load {r['other_cpu_util']:.0%} CPU")
+    return notes
+
+
+def workload_title(r: Mapping[str, Any], titles: Mapping[str, str]) -> str:
+    return f"{r['workload']} {titles.get(r['workload'], '')}".strip()
+
+
 def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     out = ["| workload | server | conc | RPS | p50 ms | p99 ms | CPU s/1k req | peak RSS MiB "
            "| vs bare | vs naive | answer | notes |",
@@ -865,18 +880,15 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
             continue
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
         naive = find(rows, "server", "naive", r["workload"], r["concurrency"])
-        notes = [r.get("note") or ""]
-        if r.get("errors"):
-            notes.append(f"{r['errors']} errors")
+        extra = []
         if r.get("token_cache_hit_ratio") is not None:
-            notes.append(f"token cache hits {r['token_cache_hit_ratio']:.0%}")
+            extra.append(f"token cache hits {r['token_cache_hit_ratio']:.0%}")
         if r.get("ready_s") is not None:
-            notes.append(f"ready in {r['ready_s']:.1f} s")
+            extra.append(f"ready in {r['ready_s']:.1f} s")
         if r.get("loadgen_cpu_util", 0) > 0.9:
-            notes.append(f"loadgen {r['loadgen_cpu_util']:.0%} CPU")
-        if r.get("other_cpu_util", 0) > NOISY:
-            notes.append(f"other load {r['other_cpu_util']:.0%} CPU")
-        wl = f"{r['workload']} {titles.get(r['workload'], '')}".strip()
+            extra.append(f"loadgen {r['loadgen_cpu_util']:.0%} CPU")
+        notes = row_notes(r, "errors", extra)
+        wl = workload_title(r, titles)
         out.append(
             f"| {wl} | {r['server']} | {r['concurrency']} | {fmt(r['rps'], 0)} "
             f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r.get('cpu_s_per_1k'), 3)} "
@@ -897,12 +909,8 @@ def e2e_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> l
             continue
         bare = find(rows, "e2e", "ext_authz → bare", r["workload"], r["concurrency"])
         jwt = find(rows, "e2e", "jwt_authn+RBAC (in Envoy)", r["workload"], r["concurrency"])
-        notes = [r.get("note") or ""]
-        if r.get("errors"):
-            notes.append(f"{r['errors']} socket errors")
-        if r.get("other_cpu_util", 0) > NOISY:
-            notes.append(f"other load {r['other_cpu_util']:.0%} CPU")
-        wl = f"{r['workload']} {titles.get(r['workload'], '')}".strip()
+        notes = row_notes(r, "socket errors")
+        wl = workload_title(r, titles)
         out.append(
             f"| {wl} | {r['server']} | {r['concurrency']} | {fmt(r['rps'], 0)} "
             f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r.get('cpu_s_per_1k'), 3)} "
