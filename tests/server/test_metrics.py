@@ -51,3 +51,23 @@ async def test_jwks_policy_and_check_families(
     assert samples[("authz_jwt_results_total", (("issuer", "i"), ("outcome", "verified")))] == 2
     assert samples[("authz_token_cache_lookups_total", (("result", "hit"),))] == 1
     assert ("authz_token_cache_entries", ()) in samples
+
+
+async def test_in_flight_gauge_counts_a_check_while_it_runs(
+    start_server: Callable[..., Awaitable[AuthzServer]]
+) -> None:
+    server = await start_server()
+    service = server.service
+    assert service is not None
+    registry = server.metrics.registry
+    seen: list[float | None] = []
+    real = service.decide
+
+    def decide(request: external_auth_pb2.CheckRequest) -> object:
+        seen.append(registry.get_sample_value("authz_check_in_flight"))
+        return real(request)
+
+    service.decide = decide  # type: ignore[assignment,method-assign]
+    await service.Check(external_auth_pb2.CheckRequest(), None)  # type: ignore[arg-type]
+    assert seen == [1.0]
+    assert registry.get_sample_value("authz_check_in_flight") == 0.0
