@@ -22,17 +22,10 @@ from pathlib import Path
 
 import loadgen
 import workloads
+from run import free_port
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:

@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ import loadgen  # noqa: E402
 import workloads  # noqa: E402
 from workloads import EXPECTED, Workload  # noqa: E402
 
+from tests.ports import free_port  # noqa: E402
+
 PY = sys.executable
 CHECK_PATH = loadgen.CHECK_PATH
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -61,12 +62,6 @@ NOISY = 0.15  # other processes' CPU (fraction of one CPU) worth a note in the t
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpulist(cpus: Sequence[int]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import shutil
@@ -31,12 +32,16 @@ NAMESPACE = "demo"
 ENVOY = Path(sys.executable).parent / "envoy"
 
 
-def free_port() -> int:
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Distinct loopback ports: each probe socket stays bound until all are picked, or the
+    kernel may hand the same port out twice."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        probes = {name: stack.enter_context(socket.socket()) for name in names}
+        for probe in probes.values():
+            probe.bind(("127.0.0.1", 0))
+        return {name: int(probe.getsockname()[1]) for name, probe in probes.items()}
 
 
 def authz(*args: str, cwd: Path) -> str:
@@ -121,7 +126,7 @@ async def main(once: bool) -> int:
     for name, token in tokens.items():
         (work / f"{name}.jwt").write_text(token + "\n")
     jwks = json.loads((work / "jwks.json").read_text())
-    ports = {k: free_port() for k in ("jwks", "upstream", "grpc", "admin", "envoy", "envoy_admin")}
+    ports = free_ports(("jwks", "upstream", "grpc", "admin", "envoy", "envoy_admin"))
     jwks_uri = f"http://127.0.0.1:{ports['jwks']}/jwks.json"
     (work / "policies").mkdir()
     (work / "policies" / "demo.yaml").write_text(policies(jwks_uri))

@@ -25,7 +25,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -69,12 +68,6 @@ def parse(markdown: str) -> list[Step]:
                 elif steps and steps[-1].kind == "run":
                     steps[-1].expected.append(line)
     return steps
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def substitute_ports(text: str, ports: dict[int, int]) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz import __version__
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.cli import build_parser, main, settings_from_args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

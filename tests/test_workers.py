@@ -26,7 +26,7 @@ from authz.cli import build_parser, settings_from_args
 from authz.config import ConfigError, Settings, available_cpus, parse_workers
 from authz.observe import Metrics
 from authz.workers import merge_metrics, settings_from_env
-from tests.e2e.rig import free_port
+from tests.ports import free_port
 
 DENY_ADMIN = """\
 apiVersion: security.istio.io/v1

@@ -43,7 +43,8 @@ from cryptography.x509.oid import NameOID
 from tests.conformance.generate import GARBAGE_TOKEN, CaseRequests, Request
 from tests.conformance.goldens import LABELS, NAMESPACE, Case
 from tests.e2e.jwt_rig import Rule, SigningKey, envoy_jwt_filter, jwks_of, rsa_key
-from tests.e2e.rig import Process, Route, bootstrap, envoy_binary, free_port
+from tests.e2e.rig import Process, Route, bootstrap, envoy_binary
+from tests.ports import free_port
 
 STARTUP_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 10.0

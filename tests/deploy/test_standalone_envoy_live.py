@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.helpers import KUSTOMIZATIONS, tool
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +34,6 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: ["/admin"]}}]}]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, str]:

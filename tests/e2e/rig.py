@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,10 @@ from aiohttp import web
 from authz.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
 from authz.tools import envoy_config
 from authz.tools.envoy_config import RouteScope
+from tests.ports import free_port
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 STARTUP_TIMEOUT = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def envoy_binary() -> str | None:

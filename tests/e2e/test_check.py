@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import StartAuthz, StartEnvoy
-from tests.e2e.rig import EchoUpstream, Route, free_port, wait_until
+from tests.e2e.rig import EchoUpstream, Route, wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import signal
 import subprocess
@@ -26,6 +27,15 @@ def workdir_of(output: str) -> str:
     match = re.search(r"demo files in (\S+)", output)
     assert match, output
     return match.group(1)
+
+
+def test_demo_ports_are_distinct() -> None:
+    spec = importlib.util.spec_from_file_location("demo", DEMO)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    names = tuple(f"p{i}" for i in range(64))
+    assert len(set(demo.free_ports(names).values())) == len(names)
 
 
 def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from authz.tools.envoy_config import RouteScope, bootstrap
 from tests.e2e.conftest import StartAuthz
-from tests.e2e.rig import EchoUpstream, Envoy, Process, envoy_binary, free_port, wait_until
+from tests.e2e.rig import EchoUpstream, Envoy, Process, envoy_binary, wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,8 @@ from tests.e2e.jwt_rig import (
     request_authentication,
     rsa_key,
 )
-from tests.e2e.rig import EchoUpstream, Envoy, Reply, free_port
+from tests.e2e.rig import EchoUpstream, Envoy, Reply
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
