@@ -93,11 +93,15 @@ async def serve_app(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
-async def wait_for(url: str, what: str, proc: subprocess.Popen[bytes], check: str = "") -> None:
+async def wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
+                   check: str = "") -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(600):
             if proc.poll() is not None:
-                raise SystemExit(f"{what} exited early (code {proc.returncode})")
+                text = await asyncio.to_thread(log.read_text, errors="replace")
+                tail = "".join(text.splitlines(keepends=True)[-5:])
+                raise SystemExit(f"{what} exited early (code {proc.returncode}); "
+                                 f"the end of {log}:\n{tail}")
             try:
                 async with session.get(url) as r:
                     if r.status == 200 and check in await r.text():
@@ -159,15 +163,16 @@ async def main(once: bool) -> int:
     ]
     envoy_log = (work / "envoy.log").open("w")
     try:
-        await wait_for(f"http://127.0.0.1:{ports['admin']}/readyz", "authz", procs[0])
+        await wait_for(f"http://127.0.0.1:{ports['admin']}/readyz", "authz", procs[0],
+                       work / "authz.log")
         procs.append(subprocess.Popen(
             [envoy_bin, "-c", str(work / "envoy.json"), "--concurrency", "1", "--log-level", "warn",
              "--base-id", str(ports["envoy"]), "--disable-hot-restart"],
             cwd=work, stdout=envoy_log, stderr=envoy_log))
         await wait_for(f"http://127.0.0.1:{ports['envoy_admin']}/ready", "envoy", procs[1],
-                       check="LIVE")
+                       work / "envoy.log", check="LIVE")
         await wait_for(f"http://127.0.0.1:{ports['envoy_admin']}/clusters", "envoy", procs[1],
-                       check="health_flags::healthy")
+                       work / "envoy.log", check="health_flags::healthy")
         base = f"http://127.0.0.1:{ports['envoy']}"
         cases = [
             ("a bad token", "/headers", {"Authorization": "Bearer not-a-valid-token"}, 401),

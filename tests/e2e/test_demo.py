@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +31,30 @@ def workdir_of(output: str) -> str:
     return match.group(1)
 
 
-def test_demo_ports_are_distinct() -> None:
+def load_demo() -> Any:
     spec = importlib.util.spec_from_file_location("demo", DEMO)
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_ports_are_distinct() -> None:
+    demo = load_demo()
     names = tuple(f"p{i}" for i in range(64))
     assert len(set(demo.free_ports(names).values())) == len(names)
+
+
+def test_a_process_that_dies_at_startup_shows_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "dead.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "print('cannot bind: in use'); exit(1)"],
+                                stdout=out)
+        proc.wait()
+    with pytest.raises(SystemExit) as exc:
+        asyncio.run(load_demo().wait_for("http://127.0.0.1:9/", "dead", proc, log))
+    assert "dead exited early (code 1)" in str(exc.value)
+    assert "cannot bind: in use" in str(exc.value)
 
 
 def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
