@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests import guides
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -57,7 +58,7 @@ def test_standalone_envoy_guide_runs_as_documented(tmp_path: Path) -> None:
     if shutil.which("curl", path=env["PATH"]) is None:
         pytest.skip("curl not found: docs/standalone-envoy.md sends its requests with curl")
     steps = guides.parse((DOCS / "standalone-envoy.md").read_text())
-    ports = {p: guides.free_port() for p in DOCUMENTED_PORTS}
+    ports = {p: free_port() for p in DOCUMENTED_PORTS}
     assert len(set(ports.values())) == len(ports)
     # Foreground `authz` commands run in this process (a second of imports each);
     # `authz serve`, python, envoy and curl run as the reader runs them.
