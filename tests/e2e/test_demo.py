@@ -67,6 +67,7 @@ def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
     assert statuses == ["401", "200", "403", "403", "200"]
     assert "stopped 2 processes" in proc.stdout
     assert leftovers(workdir_of(proc.stdout)) == []
+    assert not Path(workdir_of(proc.stdout)).exists()
 
 
 def test_demo_runs_until_ctrl_c_then_cleans_up() -> None:
@@ -89,3 +90,4 @@ def test_demo_runs_until_ctrl_c_then_cleans_up() -> None:
     assert proc.returncode == 0, output
     assert "stopped 2 processes" in output
     assert leftovers(workdir_of(output)) == []
+    assert not Path(workdir_of(output)).exists()
