@@ -322,18 +322,24 @@ def start_reference(ctx: Context, kind: str) -> Server:
     return Server(kind, kind, proc, port)
 
 
-def token_cache(server: Server) -> tuple[float, float] | None:
+def scrape_ours(server: Server) -> dict[str, float] | None:
+    """Our server's own tallies from /metrics (None for the reference servers): token
+    cache lookups, and Checks with the time spent inside the Check handler, which
+    splits our extra cost per request into our code and the transport around it."""
     if server.admin_port is None:
         return None
     try:
         text = http_text(f"http://127.0.0.1:{server.admin_port}/metrics")
     except OSError:
         return None
-    found = dict.fromkeys(("hit", "miss"), 0.0)
+    found = dict.fromkeys(("hit", "miss", "sum", "count"), 0.0)
     for m in re.finditer(r'^authz_token_cache_lookups_total\{result="(hit|miss)"\} (\S+)$',
                          text, re.M):
         found[m.group(1)] += float(m.group(2))
-    return found["hit"], found["miss"]
+    for m in re.finditer(r"^authz_check_duration_seconds_(sum|count)(?:\{[^}]*\})? (\S+)$",
+                         text, re.M):
+        found[m.group(1)] += float(m.group(2))
+    return found
 
 
 # -- server-only measurements ------------------------------------------------------------------
@@ -351,7 +357,7 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
             # Continue the message cycle where the last run against this server stopped:
             # restarting at the head would replay tokens the server has just cached.
             "--start", str(ctx.cursors.get((server.port, str(messages)), 0))]
-    cache_before = token_cache(server)
+    ours_before = scrape_ours(server)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     assert proc.stdout is not None
@@ -369,7 +375,7 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
     proc.wait()
     if not result:
         raise RuntimeError(f"loadgen failed: {stderr}")
-    cache_after = token_cache(server)
+    ours_after = scrape_ours(server)
     ctx.cursors[(server.port, str(messages))] = result.get("next_start", 0)
     requests = result["requests"]
     rss_sum, rss_max, nproc = server.proc.peak_rss_mib()
@@ -383,10 +389,12 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
         server_cpu_util=(cpu1 - cpu0) / result["duration_s"] if result["duration_s"] else None,
         peak_rss_mib=rss_sum, peak_rss_max_mib=rss_max, server_processes=nproc,
     )
-    if cache_before and cache_after:
-        hits = cache_after[0] - cache_before[0]
-        misses = cache_after[1] - cache_before[1]
-        result["token_cache_hit_ratio"] = hits / (hits + misses) if hits + misses else None
+    if ours_before and ours_after:
+        delta = {k: ours_after[k] - ours_before[k] for k in ours_after}
+        lookups = delta["hit"] + delta["miss"]
+        result["token_cache_hit_ratio"] = delta["hit"] / lookups if lookups else None
+        # Warm-up included: the mean over every Check of the run.
+        result["handler_us"] = delta["sum"] / delta["count"] * 1e6 if delta["count"] else None
     if result["loadgen_cpu_util"] > 0.9:
         log(f"warning: load generator at {result['loadgen_cpu_util']:.0%} CPU; "
             "the figure may be the generator's limit")
@@ -878,6 +886,8 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
         extra = []
         if r.get("token_cache_hit_ratio") is not None:
             extra.append(f"token cache hits {r['token_cache_hit_ratio']:.0%}")
+        if r.get("handler_us") is not None:
+            extra.append(f"in handler {r['handler_us']:.0f} µs")
         if r.get("ready_s") is not None:
             extra.append(f"ready in {r['ready_s']:.1f} s")
         if r.get("loadgen_cpu_util", 0) > 0.9:

@@ -76,6 +76,7 @@ def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path])
     for r in server[2:]:
         assert float(r[3].replace(",", "")) > 0, r  # RPS
     assert re.search(r"^- (PASS|FAIL|n/a): w1 RPS", markdown, re.M)
+    assert re.search(r"\| ours \| 32 \|.*in handler \d+ µs", markdown)
     assert "pinned ours" in stderr  # the pinning is printed
 
 
@@ -97,7 +98,10 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
         assert 0 <= ours["next_start"] < ours["messages"], ours
         # The load generator's sampled replies agree with the one-off probe.
         assert set(ours["status_sampled"]) == {answer}, ours
+        # Time inside our Check handler, from our /metrics; the reference servers have none.
+        assert 0 < ours["handler_us"] < 1e6 / ours["rps"], ours
         assert rows[("server", "bare", workload, 32)]["probe"] == "OK"
+        assert "handler_us" not in rows[("server", "bare", workload, 32)]
     assert rows[("server", "naive", "w2", 32)]["probe"] == "OK"
     assert ("server", "ours-10+200", "w5", 32) in rows
     if report["e2e_status"] is None:
