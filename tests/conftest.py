@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 
@@ -16,13 +15,7 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     runs (a failed run's logs included) and removes older ones. ``TMPDIR`` carries
     it to the processes tests start."""
     scratch = str(tmp_path_factory.mktemp("scratch", numbered=False))
-    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"], tempfile.tempdir = scratch, scratch
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", scratch)
+        patch.setattr(tempfile, "tempdir", scratch)
         yield
-    finally:
-        tempfile.tempdir = saved_dir
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
