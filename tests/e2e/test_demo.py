@@ -57,6 +57,35 @@ def test_a_process_that_dies_at_startup_shows_its_log(tmp_path: Path) -> None:
     assert "cannot bind: in use" in str(exc.value)
 
 
+@pytest.mark.parametrize(("outcome", "kept"), [
+    pytest.param(0, False, id="clean run"),
+    pytest.param(1, True, id="wrong answers"),
+    pytest.param(RuntimeError("envoy exited early"), True, id="failure"),
+])
+def test_the_demo_directory_is_removed_only_after_a_clean_run(
+        outcome: int | Exception, kept: bool, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    demo = load_demo()
+
+    async def run(work: Path, envoy_bin: str, once: bool) -> int:
+        (work / "envoy.log").write_text("the log a failed run keeps\n")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(demo, "ENVOY", Path(sys.executable))  # no Envoy needed here
+    monkeypatch.setattr(demo, "demo", run)
+    try:
+        code = asyncio.run(demo.main(once=True))
+    except RuntimeError:
+        code = None
+    assert code == (None if isinstance(outcome, Exception) else outcome)
+    out = capsys.readouterr().out
+    work = Path(workdir_of(out))
+    assert (work / "envoy.log").exists() is kept
+    assert (f"kept {work}" if kept else f"removed {work}") in out
+
+
 def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
     if envoy_binary() is None:
         pytest.skip("envoy not found")
