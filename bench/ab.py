@@ -32,8 +32,9 @@ PY = sys.executable
 def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     if kind == "bare" or kind.startswith("spin"):
+        spin = kind.removeprefix("spin") if kind.startswith("spin") else "0"
         argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
-                "--spin-us", kind.removeprefix("spin").removeprefix("bare") or "0"]
+                "--spin-us", spin]
     else:
         argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",
