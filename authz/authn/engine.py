@@ -24,6 +24,7 @@ keys at hand.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -42,6 +43,7 @@ from authz.authn.verify import (
     check_time,
     parse_jwt,
     sanitize_audience,
+    time_horizon,
     verify_signature,
 )
 from authz.decision import Header, Reason
@@ -67,6 +69,12 @@ class KeyProvider(Protocol):
         """Ask for an early refetch (unknown kid). Fire and forget; must not block."""
         ...
 
+    @property
+    def generation(self) -> object:
+        """An object replaced (a new identity) whenever any key set changes: what a
+        remembered decision checks to know the keys it was made with still hold."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StaticKeys:
@@ -82,6 +90,10 @@ class StaticKeys:
 
     def request_refetch(self, rule: JwtRule) -> None:
         """Nothing to refetch: the sets are fixed."""
+
+    @property
+    def generation(self) -> object:
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +165,8 @@ class _Good:
 class _Run:
     """One request's evaluation: extraction and verification memoized."""
 
-    __slots__ = ("auth", "failures", "goods", "now", "parts", "seen_goods", "tokens", "verdicts")
+    __slots__ = ("auth", "failures", "goods", "now", "parts", "seen_goods", "tokens", "until",
+                 "verdicts")
 
     def __init__(self, auth: Authenticator, parts: RequestParts, now: float) -> None:
         self.auth = auth
@@ -164,6 +177,8 @@ class _Run:
         self.goods: list[_Good] = []
         self.seen_goods: set[tuple[int, str, TokenLocation]] = set()
         self.failures: list[tuple[_Provider, ExtractedToken, Status]] = []
+        self.until = math.inf
+        """When the time checks of the tokens read so far can first answer differently."""
 
     def tokens_for(self, p: _Provider) -> tuple[ExtractedToken, ...]:
         found = self.tokens.get(p.index)
@@ -176,8 +191,10 @@ class _Run:
         key = (p.index, tok.token)
         verdict = self.verdicts.get(key)
         if verdict is None:
-            verdict = self.auth._verify(p, tok.token, self.now)
-            self.verdicts[key] = verdict
+            status, jwt, until = self.auth._verify(p, tok.token, self.now)
+            verdict = self.verdicts[key] = (status, jwt)
+            if until < self.until:
+                self.until = until
         return verdict
 
     def branch(self, p: _Provider, allow_missing: bool) -> Status:
@@ -238,6 +255,10 @@ def all_of(children: Sequence[Callable[[], Status]]) -> Status:
         if status is not Status.OK:
             return status
     return Status.OK
+
+
+AUTHN_HEADERS = frozenset({"origin", "access-control-request-method", "x-forwarded-proto"})
+"""Headers authentication reads besides token places: a CORS preflight's and the realm's."""
 
 
 def is_cors_preflight(view: RequestView) -> bool:
@@ -335,18 +356,40 @@ class Authenticator:
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
 
+    def token_headers(self, scope: Scope) -> frozenset[str]:
+        """The headers tokens are looked for in (``cookie`` for cookie places) in scope.
+        With ``AUTHN_HEADERS`` and the query, all of the request authentication reads."""
+        rules = self._rules_for(scope)
+        if not rules:
+            return frozenset()
+        union = self._plan(rules).union
+        names = {loc.name for loc, _ in union.headers}
+        if union.cookies:
+            names.add("cookie")
+        return frozenset(names)
+
+    @property
+    def key_generation(self) -> object:
+        """Changes whenever a key set this authenticator reads may have changed."""
+        return self.keys.generation if self.keys is not None else None
+
     def authenticate(self, view: RequestView, now: float) -> AuthnResult:
         """Decide one request. ``now`` is Unix time in seconds."""
+        return self.authenticate_until(view, now)[0]
+
+    def authenticate_until(self, view: RequestView, now: float) -> tuple[AuthnResult, float]:
+        """The outcome and the moment from which the tokens' time checks can change it
+        (``inf``: not before the keys or the request change)."""
         rules = self._rules_for(view.scope)
         if not rules:
-            return NO_TOKEN
+            return NO_TOKEN, math.inf
         plan = self._plan(rules)
         if is_cors_preflight(view):
             found = self._per_plan.get(plan, _PREFLIGHT)
             if found is None:
                 found = self._per_plan.put(plan, AuthnSuccess(
                     claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
-            return found
+            return found, math.inf
         run = _Run(self, RequestParts(view.headers, view.query), now)
         providers = plan.providers
         if len(providers) == 1:
@@ -365,8 +408,8 @@ class Authenticator:
             # at a place only another provider reads must verify too.
             status = self._check_all_tokens(plan, run)
         if status is not Status.OK:
-            return self._failure(view, status, run)
-        return self._success(plan, run)
+            return self._failure(view, status, run), run.until
+        return self._success(plan, run), run.until
 
     # -- compile ---------------------------------------------------------------
 
@@ -396,12 +439,16 @@ class Authenticator:
 
     # -- one token -------------------------------------------------------------
 
-    def _verify(self, p: _Provider, token: str, now: float) -> tuple[Status, Jwt | None]:
-        """Envoy's ``startVerify`` for one token and one provider."""
+    def _verify(self, p: _Provider, token: str, now: float
+                ) -> tuple[Status, Jwt | None, float]:
+        """Envoy's ``startVerify`` for one token and one provider; with the first moment
+        the answer can change for the same keys (the token's ``time_horizon``; ``inf``
+        for a token that cannot be parsed; ``now`` when a refetch was asked for: the
+        new keys may answer differently, and a remembered answer would not ask again)."""
         keys = p.inline_keys if p.inline_keys is not None else (
             self.keys.keys_for(p.rule) if self.keys is not None else None)
         if len(token) > self.max_token_bytes:
-            return Status.JWT_BAD_FORMAT, None
+            return Status.JWT_BAD_FORMAT, None, math.inf
         digest = token_digest(token)
         jwt = None
         forged = False
@@ -416,29 +463,31 @@ class Authenticator:
             try:
                 jwt = parse_jwt(token, self.max_token_bytes)
             except JwtError as exc:
-                return exc.status, None
+                return exc.status, None, math.inf
+        until = time_horizon(jwt, now, self.clock_skew)
         if jwt.iss != p.rule.issuer:
-            return Status.JWT_UNKNOWN_ISSUER, None
+            return Status.JWT_UNKNOWN_ISSUER, None, until
         status = check_time(jwt, now, self.clock_skew)
         if status is not Status.OK:
-            return status, None
+            return status, None, until
         if not audience_allowed(jwt, p.audiences):
-            return Status.JWT_AUDIENCE_NOT_ALLOWED, None
+            return Status.JWT_AUDIENCE_NOT_ALLOWED, None, until
         if cached:
-            return Status.OK, jwt
+            return Status.OK, jwt, until
         if keys is None:
-            return Status.JWKS_FETCH_FAIL, None
+            return Status.JWKS_FETCH_FAIL, None, until
         if forged:
-            return Status.JWT_VERIFICATION_FAIL, None
+            return Status.JWT_VERIFICATION_FAIL, None, until
         status, jwk = verify_signature(jwt, keys)
         if status is Status.OK and jwk is not None:
-            return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now)
+            return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now), until
         if status is Status.JWT_VERIFICATION_FAIL:
             self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
                 and self.keys is not None):
             self.keys.request_refetch(p.rule)
-        return status, None
+            return status, None, now
+        return status, None, until
 
     # -- results ---------------------------------------------------------------
 

@@ -338,6 +338,11 @@ class JwksManager:
             self._sources.put(rule, source)
         return self._keys.get(source)
 
+    @property
+    def generation(self) -> object:
+        """The published mapping itself: every change replaces it whole."""
+        return self._keys
+
     def keys_for_source(self, source: JwksSource) -> KeySet | None:
         return self._keys.get(source)
 

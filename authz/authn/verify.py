@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -221,6 +222,18 @@ def check_time(jwt: Jwt, now: float, skew: int = CLOCK_SKEW_SECONDS) -> Status:
     if jwt.exp and seconds > jwt.exp + skew:
         return Status.JWT_EXPIRED
     return Status.OK
+
+
+def time_horizon(jwt: Jwt, now: float, skew: int = CLOCK_SKEW_SECONDS) -> float:
+    """The first moment after ``now`` at which ``check_time`` can answer differently
+    (``inf``: never, while the clock runs forward). A decision that read this token
+    stays right until then."""
+    seconds = int(now)
+    if seconds + skew < jwt.nbf:
+        return float(jwt.nbf - skew)
+    if jwt.exp and seconds <= jwt.exp + skew:
+        return float(jwt.exp + skew + 1)
+    return math.inf
 
 
 def sanitize_audience(aud: str) -> str:

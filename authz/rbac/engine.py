@@ -138,6 +138,8 @@ class _Scoped:
     dry_allow_applies: bool
     audit: tuple[_Entry, ...]
     checks_dry_run_or_audit: bool
+    header_names: frozenset[str]
+    """Every header a rule in scope can read (``CompiledRule.header_names``)."""
 
     @classmethod
     def build(cls, buckets: Sequence[_Bucket], scope: Scope) -> _Scoped:
@@ -149,13 +151,16 @@ class _Scoped:
             return any(p.applies(scope) for b in buckets for p in getattr(b, attr))
 
         dry_deny, dry_allow, audit = entries("dry_deny"), entries("dry_allow"), entries("audit")
+        deny, allow = entries("deny"), entries("allow")
         dry_allow_applies = applies("dry_allow_policies")
         return cls(
-            deny=entries("deny"), allow=entries("allow"),
+            deny=deny, allow=allow,
             allow_applies=applies("allow_policies"),
             dry_deny=dry_deny, dry_allow=dry_allow, dry_allow_applies=dry_allow_applies,
             audit=audit,
             checks_dry_run_or_audit=bool(dry_deny or dry_allow_applies or audit),
+            header_names=frozenset().union(
+                *(e.rule.header_names() for e in (*deny, *allow, *dry_deny, *dry_allow, *audit))),
         )
 
 
@@ -264,6 +269,10 @@ class PolicySet:
             found = self._scoped.put(
                 scope.key, _Scoped.build(self._scope_buckets(scope.namespace), scope))
         return found
+
+    def header_names(self, scope: Scope) -> frozenset[str]:
+        """The headers whose values can change a decision in ``scope``."""
+        return self.scoped(scope).header_names
 
     def evaluate(self, ctx: AuthzContext) -> AuthzResult:
         s = self.scoped(ctx.view.scope)

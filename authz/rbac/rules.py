@@ -79,11 +79,15 @@ def _destination_address(ctx: AuthzContext) -> IPAddress | None:
     return ctx.destination_address
 
 
-def _header(name: str) -> Callable[[AuthzContext], str | None]:
-    def read(ctx: AuthzContext) -> str | None:
-        return ctx.view.headers.get(name)
+@dataclass(frozen=True, slots=True)
+class HeaderValue:
+    """Reads one request header. Rules read headers only through this, so the headers
+    a rule depends on can be listed (``CompiledRule.header_names``)."""
 
-    return read
+    name: str
+
+    def __call__(self, ctx: AuthzContext) -> str | None:
+        return ctx.view.headers.get(self.name)
 
 
 # --- checks -----------------------------------------------------------------------
@@ -189,6 +193,14 @@ class CompiledRule:
     sources: tuple[AllOf, ...] | None
     operations: tuple[AllOf, ...] | None
     conditions: tuple[Check, ...]
+
+    def header_names(self) -> frozenset[str]:
+        """Every header this rule can read (the others cannot change its answer)."""
+        checks = [*self.conditions]
+        for group in (*(self.sources or ()), *(self.operations or ())):
+            checks.extend(group.checks)
+        return frozenset(c.read.name for c in checks
+                         if isinstance(c, StringCheck) and isinstance(c.read, HeaderValue))
 
     def matches(self, ctx: AuthzContext) -> bool:
         for cond in self.conditions:
@@ -332,7 +344,7 @@ class Compiler:
     def _condition_maker(self, cond: Condition) -> Callable[[str, tuple[str, ...], bool], Check]:
         attr = cond.attribute
         if attr is Attribute.REQUEST_HEADER:
-            return _strings(_header(cond.names[0]), match.header_value)
+            return _strings(HeaderValue(cond.names[0]), match.header_value)
         makers: Mapping[Attribute, Callable[[str, tuple[str, ...], bool], Check]] = {
             Attribute.SOURCE_IP: _ips(_source_address),
             Attribute.REMOTE_IP: _ips(_remote_address),

@@ -47,6 +47,10 @@ class FileKeys:
     def request_refetch(self, rule: JwtRule) -> None:
         """A file does not change under us."""
 
+    @property
+    def generation(self) -> object:
+        return self
+
 
 def load_snapshot(
     paths: list[str], root_namespace: str, default_namespace: str, jwks_file: str | None

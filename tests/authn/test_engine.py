@@ -515,3 +515,10 @@ def test_rules_sorted_by_issuer_duplicates_kept() -> None:
 def test_replace_keeps_rules_hashable() -> None:
     r = rule()
     assert hash(replace(r, audiences=("a",))) != hash(r) or replace(r, audiences=("a",)) != r
+
+
+def test_token_headers_are_where_tokens_are_looked_for_in_scope() -> None:
+    from_header = rule(from_headers=(HeaderLocation("X-Jwt", "Bearer "),))
+    cookie = rule("issuer-2", from_cookies=("session",))
+    assert auth(from_header, cookie).token_headers(view().scope) == {"x-jwt", "cookie"}
+    assert auth(rule()).token_headers(view().scope) == {"authorization"}

@@ -106,6 +106,7 @@ async def test_rotation_via_max_age(issuer: Issuer, manager: JwksManager) -> Non
     r = rule(issuer)
     manager.set_rules([r])
     await manager.wait_ready(5)
+    before = manager.generation
     issuer.body = jwks(rsa_key("k2", seed=1).jwk())
     for _ in range(100):
         keys = manager.keys_for(r)
@@ -114,6 +115,7 @@ async def test_rotation_via_max_age(issuer: Issuer, manager: JwksManager) -> Non
         await asyncio.sleep(0.02)
     else:
         pytest.fail("rotated key set never published")
+    assert manager.generation is not before  # remembered decisions end with the old keys
 
 
 async def test_server_error_keeps_last_good_and_backs_off(

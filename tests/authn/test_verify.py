@@ -16,6 +16,7 @@ from authz.authn.verify import (
     check_time,
     parse_jwt,
     sanitize_audience,
+    time_horizon,
     verify_signature,
 )
 from tests.authn.helpers import (
@@ -191,6 +192,24 @@ def test_float_times_are_truncated() -> None:
 ])
 def test_time_window(payload: dict[str, int], status: Status) -> None:
     assert check_time(parse_jwt(unsigned({"alg": "RS256"}, payload)), NOW) is status
+
+
+@pytest.mark.parametrize("payload", [
+    {"exp": int(NOW) + 100}, {"exp": int(NOW) - 60}, {"exp": int(NOW) - 61},
+    {"nbf": int(NOW) + 100}, {"nbf": int(NOW) + 60}, {"nbf": int(NOW) + 100, "exp": int(NOW) + 200},
+    {},
+])
+def test_time_horizon_is_the_first_moment_check_time_changes(payload: dict[str, int]) -> None:
+    jwt = parse_jwt(unsigned({"alg": "RS256"}, payload))
+    now = NOW + 0.25
+    until = time_horizon(jwt, now)
+    before = check_time(jwt, now)
+    # Unchanged over every whole second up to the horizon, changed at it.
+    for t in (now, *range(int(now) + 1, int(min(until, now + 400)))):
+        assert check_time(jwt, t) is before
+    if until != float("inf"):
+        assert until > now and check_time(jwt, until) is not before
+        assert check_time(jwt, until - 0.001) is before
 
 
 def test_audiences() -> None:

@@ -610,3 +610,30 @@ rules: [{}]
     assert ps.evaluate(ctx(labels={label: "other"})).allowed
     assert ps.evaluate(ctx(namespace="bar", labels={label: "gw"})).allowed
     assert ps.evaluate(ctx(labels={"app": "gw"})).allowed
+
+
+def test_header_names_are_every_header_a_rule_in_scope_reads() -> None:
+    pset = compile_set(policy("""\
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[X-Deny]
+      notValues: ["ok"]
+""", name="a") + "---\n" + policy("""\
+  rules:
+  - to:
+    - operation: {paths: ["/x"]}
+    when:
+    - key: request.headers[x-allow]
+      values: ["1"]
+    - key: request.auth.claims[group]
+      values: ["g"]
+""", name="b") + "---\n" + policy("""\
+  rules:
+  - when:
+    - key: request.headers[x-elsewhere]
+      values: ["1"]
+""", name="c", namespace="bar"))
+    assert pset.header_names(Scope("foo")) == {"x-deny", "x-allow"}
+    assert pset.header_names(Scope("bar")) == {"x-elsewhere"}
+    assert pset.header_names(Scope("baz")) == frozenset()
