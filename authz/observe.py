@@ -6,7 +6,7 @@ import bisect
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
@@ -19,7 +19,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from authz.authn.cache import TokenCache
     from authz.authn.jwks import JwksManager
 
 # The *_created series double every family for no alerting value.
@@ -96,20 +95,40 @@ class JwksCollector(Collector):
         yield from (fetches, keys, age, failing)
 
 
-class TokenCacheCollector(Collector):
-    """Verified-token cache lookups, cumulative across policy reloads."""
+class Lookups(Protocol):
+    """A cache that counts its lookups (one per policy snapshot)."""
 
-    def __init__(self, caches: Callable[[], tuple[TokenCache, int, int]]) -> None:
-        self._caches = caches
+    hits: int
+    misses: int
+
+    def __len__(self) -> int: ...
+
+
+class CacheCollector(Collector):
+    """One cache's lookups, cumulative across policy reloads, and its size now.
+
+    ``current`` returns the current snapshot's cache; ``retire`` keeps the counts of
+    a replaced snapshot's cache.
+    """
+
+    def __init__(self, name: str, what: str, current: Callable[[], Lookups]) -> None:
+        self._name = name
+        self._what = what
+        self._current = current
+        self._retired_hits = self._retired_misses = 0
+
+    def retire(self, cache: Lookups) -> None:
+        self._retired_hits += cache.hits
+        self._retired_misses += cache.misses
 
     def collect(self) -> Iterator[Metric]:
-        cache, retired_hits, retired_misses = self._caches()
+        cache = self._current()
         family = CounterMetricFamily(
-            "authz_token_cache_lookups", "Verified-token cache lookups by result.",
+            f"authz_{self._name}_lookups", f"{self._what} lookups by result.",
             labels=["result"])
-        family.add_metric(["hit"], retired_hits + cache.hits)
-        family.add_metric(["miss"], retired_misses + cache.misses)
-        size = GaugeMetricFamily("authz_token_cache_entries", "Tokens in the cache now.")
+        family.add_metric(["hit"], self._retired_hits + cache.hits)
+        family.add_metric(["miss"], self._retired_misses + cache.misses)
+        size = GaugeMetricFamily(f"authz_{self._name}_entries", f"{self._what} entries now.")
         size.add_metric([], len(cache))
         yield from (family, size)
 
@@ -249,5 +268,8 @@ class Metrics:
     def watch_jwks(self, manager: JwksManager) -> None:
         self.registry.register(JwksCollector(manager))
 
-    def watch_token_cache(self, caches: Callable[[], tuple[TokenCache, int, int]]) -> None:
-        self.registry.register(TokenCacheCollector(caches))
+    def watch_cache(self, name: str, what: str, current: Callable[[], Lookups]
+                    ) -> CacheCollector:
+        collector = CacheCollector(name, what, current)
+        self.registry.register(collector)
+        return collector

@@ -167,10 +167,11 @@ class AuthzServer:
             ca_bundle=settings.jwks_ca_file,
         ))
         self.metrics.watch_jwks(self.jwks)
-        self._retired_cache_hits = self._retired_cache_misses = 0
-        self.metrics.watch_token_cache(lambda: (
-            self.store.current.authenticator.cache, self._retired_cache_hits,
-            self._retired_cache_misses))
+        self._token_lookups = self.metrics.watch_cache(
+            "token_cache", "Verified-token cache",
+            lambda: self.store.current.authenticator.cache)
+        self._decision_lookups = self.metrics.watch_cache(
+            "decision_cache", "Decisions of repeated requests", lambda: self.store.current.recent)
         self.tracing = Tracing(settings.otel_endpoint)
         self.store = SnapshotStore(empty_snapshot(self.policy_options))
         self.health = HealthServicer()
@@ -229,8 +230,8 @@ class AuthzServer:
 
     def _install(self, snapshot: Snapshot, event: str) -> None:
         old = self.store.swap(snapshot)
-        self._retired_cache_hits += old.authenticator.cache.hits
-        self._retired_cache_misses += old.authenticator.cache.misses
+        self._token_lookups.retire(old.authenticator.cache)
+        self._decision_lookups.retire(old.recent)
         self.metrics.snapshot_version.set(snapshot.version)
         kinds = dict(snapshot.kinds)
         for kind, count in kinds.items():

@@ -55,6 +55,7 @@ STATUS_TIMEOUT = 2.0
 _GAUGE_MERGE: dict[str, Any] = {
     "authz_check_in_flight": sum,
     "authz_token_cache_entries": sum,
+    "authz_decision_cache_entries": sum,
     "authz_ready": min,
     "authz_policy_snapshot_version": min,
     "authz_jwks_keys": min,

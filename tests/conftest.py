@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
+
+from authz.decision import Decision
+from authz.envoy.request_view import RequestView
+from authz.policy.snapshot import Snapshot
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,3 +24,92 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         patch.setenv("TMPDIR", scratch)
         patch.setattr(tempfile, "tempdir", scratch)
         yield
+
+
+# What ``request_key`` puts in a decision-cache key, besides the headers its ``Inputs``
+# name. A decision that reads anything else could be served to a request that differs
+# in it: the fixture below fails any test whose decisions do.
+KEYED_VIEW_FIELDS = frozenset({
+    "method", "host", "path", "query", "original_path", "scheme", "sni", "scope", "headers",
+    "source", "destination",  # the peers themselves: their fields are watched one by one
+    "source.ip", "source.principal", "destination.ip", "destination.port",
+    "destination.principal",
+})
+
+
+class _ReadHeaders(dict[str, str]):
+    """Headers that remember every name a decision looks up."""
+
+    def __init__(self, headers: Mapping[str, str], read: set[str]) -> None:
+        super().__init__(headers)
+        self.read = read
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(f"headers[{name}]")
+        return super().get(name, default)
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(f"headers[{name}]")
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self.read.add(f"headers[{name}]")
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.add("headers (all of them)")
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.read.add("headers (all of them)")
+        return super().keys()
+
+    def items(self) -> Any:
+        self.read.add("headers (all of them)")
+        return super().items()
+
+    def values(self) -> Any:
+        self.read.add("headers (all of them)")
+        return super().values()
+
+
+class _Watched:
+    """A view (or one of its peers) that remembers every attribute a decision reads."""
+
+    def __init__(self, target: object, prefix: str, read: set[str]) -> None:
+        self._target, self._prefix, self._read = target, prefix, read
+
+    def __getattr__(self, name: str) -> Any:
+        self._read.add(self._prefix + name)
+        value = getattr(self._target, name)
+        if name in ("source", "destination"):
+            return _Watched(value, f"{name}.", self._read)
+        if name == "headers":
+            return _ReadHeaders(value, self._read)
+        return value
+
+
+@pytest.fixture(autouse=True)
+def decisions_read_only_what_their_cache_key_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    """Every decision any test makes through a snapshot reads only what its
+    decision-cache key holds (``authz/policy/decision_cache.py``)."""
+    original = Snapshot.decide
+    problems: list[str] = []
+
+    def decide(self: Snapshot, view: RequestView, now: float) -> tuple[Decision, float]:
+        read: set[str] = set()
+        result = original(self, _Watched(view, "", read), now)  # type: ignore[arg-type]
+        inputs = self.inputs.get(view.scope.key)
+        named = set() if inputs is None else {
+            f"headers[{n}]" for n in (*inputs.secret, *inputs.plain)}
+        unkeyed = read - KEYED_VIEW_FIELDS - named
+        if unkeyed:
+            problems.append(f"a decision in scope {view.scope} read {sorted(unkeyed)}, "
+                            "which its decision-cache key does not hold")
+        return result
+
+    monkeypatch.setattr(Snapshot, "decide", decide)
+    yield
+    assert not problems, "\n".join(problems)

@@ -14,12 +14,19 @@ from types import MappingProxyType
 import structlog
 
 from authz.authn.cache import outcome_memo_size
-from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess, KeyProvider
+from authz.authn.engine import (
+    AUTHN_HEADERS,
+    Authenticator,
+    AuthnFailure,
+    AuthnSuccess,
+    KeyProvider,
+)
 from authz.decision import Decision, Header, Reason
 from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import RequestView
 from authz.memo import IdentityMemo, ValueMemo
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
+from authz.policy.decision_cache import DecisionCache, Inputs, request_key
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule, RequestAuthnPolicies
@@ -32,6 +39,9 @@ ISTIO_SECURITY_GROUP = "security.istio.io/"
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
+XFF_HEADER = frozenset({"x-forwarded-for"})
+"""Read for the original client IP (``remote.ip``, ``remoteIpBlocks``)."""
+SCOPE_MEMO_SIZE = 4096
 NOT_FOR_THIS_SERVER = {
     "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
 }
@@ -62,19 +72,45 @@ class Snapshot:
     the authenticator keeps outcomes for."""
     failures: ValueMemo[AuthnFailure, Decision] = field(init=False, compare=False, repr=False)
     """Built decisions by authentication failure, keyed by its value."""
+    recent: DecisionCache = field(init=False, compare=False, repr=False)
+    """Decisions by what a request's decision can read (``decision_cache``)."""
+    inputs: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
+        init=False, compare=False, repr=False)
+    """Per scope, the headers its decisions read."""
 
     def __post_init__(self) -> None:
-        size = outcome_memo_size(self.authenticator.cache.max_entries)
+        cache = self.authenticator.cache
+        size = outcome_memo_size(cache.max_entries)
         object.__setattr__(self, "decisions", IdentityMemo(size))
         object.__setattr__(self, "failures", ValueMemo(size))
+        object.__setattr__(self, "recent", DecisionCache(size, cache.max_ttl))
+        object.__setattr__(self, "inputs", ValueMemo(SCOPE_MEMO_SIZE))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
 
-        Pure apart from the bounded token cache: no I/O, no awaits. A key set
-        the JWKS manager replaces is read as a whole, old or new.
+        Pure apart from the bounded caches: no I/O, no awaits. A key set the JWKS
+        manager replaces is read as a whole, old or new. A request that repeats
+        everything a decision reads gets the decision made for the first one.
         """
-        authn = self.authenticator.authenticate(view, now)
+        scope = view.scope
+        inputs = self.inputs.get(scope.key)
+        if inputs is None:
+            inputs = self.inputs.put(scope.key, Inputs.of(
+                self.authenticator.token_headers(scope),
+                self.authorization.header_names(scope) | AUTHN_HEADERS | XFF_HEADER))
+        key = request_key(view, inputs)
+        generation = self.authenticator.key_generation
+        decision = self.recent.get(key, now, generation)
+        if decision is None:
+            decision, until = self.decide(view, now)
+            self.recent.put(key, decision, now, until, generation)
+        return decision
+
+    def decide(self, view: RequestView, now: float) -> tuple[Decision, float]:
+        """Authenticate and authorize, whatever was decided before; with the moment the
+        tokens' time checks can first change the answer."""
+        authn, until = self.authenticator.authenticate_until(view, now)
         if isinstance(authn, AuthnFailure):
             # Failures are fresh values, equal when the same token fails the same way
             # on the same route: keyed by value, a repeated one shares its Decision
@@ -86,7 +122,7 @@ class Snapshot:
                     response_headers=(Header("www-authenticate", authn.www_authenticate),),
                     detail=authn.detail,
                 ))
-            return decision
+            return decision, until
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
@@ -97,7 +133,7 @@ class Snapshot:
         decision = self.decisions.get(authn, result)
         if decision is None:
             decision = self.decisions.put(authn, self._decide(authn, result), result)
-        return decision
+        return decision, until
 
     def _decide(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
         issuer = authn.claims.get("iss") if authn.claims is not None else None

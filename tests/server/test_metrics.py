@@ -26,7 +26,10 @@ async def test_jwks_policy_and_check_families(
         good = jwt.encode({"iss": "i", "sub": "s"}, HMAC_SECRET,
                           algorithm="HS256", headers={"kid": "h"})
         req.attributes.request.http.headers["authorization"] = f"Bearer {good}"
-        for _ in range(2):  # the second one is served from the verified-token cache
+        # The second is another path: the verified-token cache serves its token; the
+        # third repeats it: the decision cache serves the whole answer.
+        for path in ("/a", "/b", "/b"):
+            req.attributes.request.http.path = path
             resp = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req)
             assert resp.status.code == 0
     assert server._admin is not None
@@ -48,9 +51,12 @@ async def test_jwks_policy_and_check_families(
         ("decision", "deny"), ("reason", "jwt_invalid"), ("status", "401")))] == 1
     assert samples[("authz_ready", ())] == 1
     assert samples[("authz_jwt_results_total", (("issuer", ""), ("outcome", "jwt_invalid")))] == 1
-    assert samples[("authz_jwt_results_total", (("issuer", "i"), ("outcome", "verified")))] == 2
+    assert samples[("authz_jwt_results_total", (("issuer", "i"), ("outcome", "verified")))] == 3
     assert samples[("authz_token_cache_lookups_total", (("result", "hit"),))] == 1
-    assert ("authz_token_cache_entries", ()) in samples
+    assert samples[("authz_token_cache_entries", ())] == 1
+    assert samples[("authz_decision_cache_lookups_total", (("result", "hit"),))] == 1
+    assert samples[("authz_decision_cache_lookups_total", (("result", "miss"),))] == 3
+    assert samples[("authz_decision_cache_entries", ())] == 3
 
 
 async def test_in_flight_gauge_counts_a_check_while_it_runs(

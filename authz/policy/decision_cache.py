@@ -1,0 +1,103 @@
+"""Decisions of repeated requests, keyed by everything a decision can read.
+
+Istio's answer to a request is a function of the policies (a cache belongs to
+one snapshot), the time, the JWKS key sets, and these parts of the request: its
+scope, method, host, path, query and scheme, the SNI, the source's address and
+peer identity, the destination's address, port and identity, and the values of
+a few headers. Those headers are, per scope: the ones its JWT rules look for
+tokens in (``cookie`` for cookie places), the ones its AuthorizationPolicies
+name in ``request.headers[...]`` conditions, ``x-forwarded-for`` (the original
+client IP), and ``origin``, ``access-control-request-method`` and
+``x-forwarded-proto`` (CORS preflights, the ``WWW-Authenticate`` realm).
+Everything else a request carries cannot change the answer: ``x-request-id``,
+tracing headers, the client's port, the time Envoy stamped. So requests that
+agree on that list share one ``Decision``, and a repeated request skips
+authentication and RBAC entirely.
+
+Time and keys are validity, not key: an entry serves only from the moment it
+was made until the first moment a token it read can expire or become valid
+(``time_horizon``), at most ``max_age`` seconds, and only while the key sets
+are the ones it was made with (any JWKS change replaces their ``generation``).
+A clock that steps back makes entries miss, never serve.
+
+The query and the token headers enter the key as one SHA-256 digest, so like
+the token cache this keeps no usable token in memory; the other values are
+kept as they are. The cache is bounded and starts over when full (``memo.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from authz.decision import Decision
+from authz.envoy.request_view import RequestView
+from authz.memo import ValueMemo
+
+Key = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """The headers a scope's decisions read, in a fixed order."""
+
+    secret: tuple[str, ...]
+    """Headers tokens are looked for in: hashed into the key with the query."""
+    plain: tuple[str, ...]
+    """Every other header a decision reads: in the key as they are."""
+
+    @classmethod
+    def of(cls, token_headers: frozenset[str], other_headers: frozenset[str]) -> Inputs:
+        return cls(tuple(sorted(token_headers)), tuple(sorted(other_headers - token_headers)))
+
+
+def request_key(view: RequestView, inputs: Inputs) -> Key:
+    """Equal for two requests exactly when they agree on everything ``inputs`` and the
+    fixed parts of the view say a decision can read."""
+    headers = view.headers
+    # Length-prefixed, an absent header distinct from an empty one: no two different
+    # inputs digest alike however their values are chosen.
+    parts = [f"{len(view.query)}:{view.query}"]
+    for name in inputs.secret:
+        value = headers.get(name)
+        parts.append("-" if value is None else f"{len(value)}:{value}")
+    digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
+    source, destination = view.source, view.destination
+    return (
+        view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,
+        source.ip, source.principal, destination.ip, destination.port, destination.principal,
+        digest, *[headers.get(name) for name in inputs.plain],
+    )
+
+
+class DecisionCache:
+    """``Key -> Decision`` while the time and the key sets allow (module docstring)."""
+
+    __slots__ = ("_entries", "hits", "max_age", "misses")
+
+    def __init__(self, size: int, max_age: float) -> None:
+        self.max_age = max_age
+        self._entries: ValueMemo[Key, tuple[Decision, float, float, object]] = ValueMemo(size)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Key, now: float, generation: object) -> Decision | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            decision, since, until, made_with = entry
+            if made_with is generation and since <= now < until:
+                self.hits += 1
+                return decision
+        self.misses += 1
+        return None
+
+    def put(self, key: Key, decision: Decision, now: float, until: float,
+            generation: object) -> Decision:
+        """Remember ``decision`` from ``now`` until ``until`` (capped at ``max_age``)."""
+        if self._entries.size <= 0:
+            return decision
+        self._entries.put(key, (decision, now, min(until, now + self.max_age), generation))
+        return decision
+
+    def __len__(self) -> int:
+        return len(self._entries)

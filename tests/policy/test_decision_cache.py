@@ -1,0 +1,253 @@
+"""Decisions of repeated requests: what keys them, what ends them, what they keep."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+
+from authz.authn.engine import StaticKeys
+from authz.authn.keys import KeySet, parse_jwks
+from authz.decision import Decision, Reason
+from authz.envoy.request_view import Peer, RequestView
+from authz.policy.decision_cache import DecisionCache, Inputs, request_key
+from authz.policy.load import parse_text
+from authz.policy.request_authentication import JwtRule
+from authz.policy.snapshot import Snapshot, compile_snapshot
+from tests.authn.helpers import NOW, Key, claims, hmac_key, jwks, rsa_key, view
+
+KEY = rsa_key()
+ISSUER = "issuer-1"
+
+DENY_WITHOUT_TOKEN_AND_BLOCKED_HEADER = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {notRequestPrincipals: ["*"]}
+  - when:
+    - key: request.headers[X-Blocked]
+      values: ["yes"]
+  - from:
+    - source: {remoteIpBlocks: ["203.0.113.0/24"]}
+"""
+
+
+def snapshot(key: Key = KEY, *, remote: bool = False, extra: str = "",
+             keys: StaticKeys | None = None) -> Snapshot:
+    where = "jwksUri: https://idp.example/jwks" if remote else f"jwks: '{jwks(key.jwk())}'"
+    text = DENY_WITHOUT_TOKEN_AND_BLOCKED_HEADER + f"""\
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    {where}
+{extra}"""
+    return compile_snapshot(parse_text(text, "p.yaml"), version=1, keys=keys)
+
+
+def bearer(token: str, **more: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}", **more}
+
+
+def test_a_repeated_request_gets_the_same_decision_without_deciding_again() -> None:
+    snap = snapshot()
+    token = KEY.sign(claims())
+    first = snap.evaluate(view(headers=bearer(token, **{"x-request-id": "1"})), NOW)
+    hits_before = snap.authenticator.cache.hits
+    again = snap.evaluate(view(headers=bearer(token, **{"x-request-id": "2"})), NOW + 1)
+    assert first.allowed and again is first
+    assert (snap.recent.hits, snap.recent.misses) == (1, 1)
+    # Authentication did not run: the token cache was not even asked.
+    assert snap.authenticator.cache.hits == hits_before
+
+
+def test_every_input_a_decision_reads_is_in_the_key() -> None:
+    snap = snapshot()
+    token = KEY.sign(claims())
+    base = view(headers=bearer(token))
+    inputs = snap.inputs.get(base.scope.key) or _inputs(snap, base)
+    assert "authorization" in inputs.secret
+    assert {"x-blocked", "x-forwarded-for", "origin", "access-control-request-method",
+            "x-forwarded-proto"} <= set(inputs.plain)
+    key = request_key(base, inputs)
+    changed = {
+        "method": dataclasses.replace(base, method="POST"),
+        "host": dataclasses.replace(base, host="other"),
+        "path": dataclasses.replace(base, path="/other"),
+        "query": dataclasses.replace(base, query="access_token=x"),
+        "scheme": dataclasses.replace(base, scheme="https"),
+        "sni": dataclasses.replace(base, sni="a.example"),
+        "source ip": dataclasses.replace(base, source=Peer(ip="10.0.0.1")),
+        "source principal": dataclasses.replace(base, source=Peer(principal="spiffe://x")),
+        "destination": dataclasses.replace(base, destination=Peer(ip="10.0.0.2", port=80)),
+        "token": view(headers=bearer(KEY.sign(claims(sub="other")))),
+        "no token": view(),
+        "empty token header": view(headers={"authorization": ""}),
+        "rbac header": view(headers=bearer(token, **{"x-blocked": "yes"})),
+        "xff": view(headers=bearer(token, **{"x-forwarded-for": "203.0.113.9"})),
+        "scope": view(headers=bearer(token), namespace="bar"),
+    }
+    for what, other in changed.items():
+        assert request_key(other, inputs) != key, what
+    same = {
+        "request id": dataclasses.replace(base, request_id="r-2"),
+        "protocol": dataclasses.replace(base, protocol="HTTP/2"),
+        "client port": dataclasses.replace(base, source=Peer(port=50123)),
+        "other header": view(headers=bearer(token, **{"x-b3-traceid": "abc"})),
+    }
+    for what, other in same.items():
+        assert request_key(other, inputs) == key, what
+
+
+def _inputs(snap: Snapshot, v: RequestView) -> Inputs:
+    snap.evaluate(v, NOW)
+    found = snap.inputs.get(v.scope.key)
+    assert found is not None
+    return found
+
+
+def test_a_header_named_by_a_policy_changes_the_decision_other_headers_do_not() -> None:
+    snap = snapshot()
+    token = KEY.sign(claims())
+    assert snap.evaluate(view(headers=bearer(token, **{"x-other": "yes"})), NOW).allowed
+    blocked = snap.evaluate(view(headers=bearer(token, **{"x-blocked": "yes"})), NOW)
+    assert not blocked.allowed and blocked.reason is Reason.RBAC_DENIED
+    from_office = snap.evaluate(
+        view(headers=bearer(token, **{"x-forwarded-for": "203.0.113.9"})), NOW)
+    assert not from_office.allowed
+
+
+def test_an_entry_ends_when_its_token_expires() -> None:
+    snap = snapshot()
+    token = KEY.sign(claims(exp=int(NOW) + 100))
+    v = view(headers=bearer(token))
+    assert snap.evaluate(v, NOW).allowed
+    skew = snap.authenticator.clock_skew
+    assert snap.evaluate(v, NOW + 100 + skew).allowed  # still inside the skew
+    late = snap.evaluate(v, NOW + 100 + skew + 1)
+    assert (late.status, late.body) == (401, "Jwt is expired")
+
+
+def test_an_entry_ends_when_its_token_becomes_valid() -> None:
+    snap = snapshot()
+    skew = snap.authenticator.clock_skew
+    token = KEY.sign(claims(nbf=int(NOW) + 500))
+    v = view(headers=bearer(token))
+    early = snap.evaluate(v, NOW)
+    assert (early.status, early.body) == (401, "Jwt not yet valid")
+    assert snap.evaluate(v, NOW + 500 - skew - 1).status == 401
+    assert snap.evaluate(v, NOW + 500 - skew).allowed
+
+
+def test_an_entry_lasts_at_most_the_token_cache_ttl_and_not_before_it_was_made() -> None:
+    snap = snapshot()
+    token = KEY.sign(claims(exp=None))  # never expires
+    v = view(headers=bearer(token))
+    snap.evaluate(v, NOW)
+    snap.evaluate(v, NOW + 1)
+    assert snap.recent.hits == 1
+    snap.evaluate(v, NOW + snap.authenticator.cache.max_ttl)  # too old: decided again
+    snap.evaluate(v, NOW - 5)  # the clock stepped back: decided again
+    assert (snap.recent.hits, snap.recent.misses) == (1, 3)
+
+
+class RotatingKeys(StaticKeys):
+    """A key provider whose set can be replaced, like the JWKS manager's."""
+
+    def __init__(self, keys: KeySet) -> None:
+        super().__init__(by_uri={"https://idp.example/jwks": keys})
+        object.__setattr__(self, "by_uri", {"https://idp.example/jwks": keys})
+
+    def rotate(self, keys: KeySet) -> None:
+        object.__setattr__(self, "by_uri", {"https://idp.example/jwks": keys})
+
+    @property
+    def generation(self) -> object:
+        return self.by_uri
+
+
+def test_a_key_set_change_ends_every_entry() -> None:
+    old, new = rsa_key("old", seed=1), rsa_key("new", seed=2)
+    keys = RotatingKeys(parse_jwks(jwks(old.jwk())))
+    snap = snapshot(remote=True, keys=keys)
+    v = view(headers=bearer(old.sign(claims())))
+    assert snap.evaluate(v, NOW).allowed
+    assert snap.evaluate(v, NOW).allowed and snap.recent.hits == 1
+    keys.rotate(parse_jwks(jwks(new.jwk())))  # the old key is gone
+    rotated = snap.evaluate(v, NOW)
+    assert (rotated.status, rotated.body) == (
+        401, "Jwks doesn't have key to match kid or alg from Jwt")
+
+
+def test_an_unknown_kid_asks_for_keys_on_every_request_until_they_come() -> None:
+    asked: list[JwtRule] = []
+
+    class Keys(RotatingKeys):
+        def request_refetch(self, rule: JwtRule) -> None:
+            asked.append(rule)
+
+    keys = Keys(parse_jwks(jwks(rsa_key("old", seed=1).jwk())))
+    snap = snapshot(remote=True, keys=keys)
+    newer = rsa_key("newer", seed=3)
+    v = view(headers=bearer(newer.sign(claims())))
+    assert snap.evaluate(v, NOW).status == 401
+    assert snap.evaluate(v, NOW).status == 401
+    assert len(asked) == 2 and snap.recent.hits == 0
+
+
+def test_no_usable_token_is_kept() -> None:
+    snap = snapshot(hmac_key(), extra="    fromParams: [token]\n    fromCookies: [session]\n")
+    token = hmac_key().sign(claims())
+    requests = [
+        view(headers=bearer(token)),
+        view(query=f"token={token}"),
+        view(headers={"cookie": f"session={token}"}),
+    ]
+    for v in requests:
+        snap.evaluate(v, NOW)
+    kept = repr(snap.recent._entries._entries)
+    assert len(snap.recent) == 3
+    assert token not in kept and token.split(".")[2] not in kept
+
+
+def test_cookie_and_query_tokens_are_part_of_the_key() -> None:
+    key = hmac_key()
+    snap = snapshot(key, extra="    fromParams: [token]\n    fromCookies: [session]\n")
+    good, bad = key.sign(claims()), key.sign(claims()) + "x"
+    assert snap.evaluate(view(query=f"token={good}"), NOW).allowed
+    assert snap.evaluate(view(query=f"token={bad}"), NOW).status == 401
+    assert snap.evaluate(view(headers={"cookie": f"session={good}"}), NOW).allowed
+    assert snap.evaluate(view(headers={"cookie": f"session={bad}"}), NOW).status == 401
+
+
+def test_a_reload_starts_empty() -> None:
+    token = KEY.sign(claims())
+    first, second = snapshot(), snapshot()
+    first.evaluate(view(headers=bearer(token)), NOW)
+    assert len(first.recent) == 1 and len(second.recent) == 0
+
+
+def test_a_cache_of_size_zero_keeps_nothing() -> None:
+    cache = DecisionCache(0, 600.0)
+    decision = Decision.allow()
+    cache.put(("k",), decision, NOW, NOW + 10, None)
+    assert len(cache) == 0 and cache.get(("k",), NOW, None) is None
+
+
+def test_inputs_keep_token_headers_out_of_the_plain_ones() -> None:
+    inputs = Inputs.of(frozenset({"authorization", "cookie"}),
+                       frozenset({"cookie", "x-a", "origin"}))
+    assert inputs == Inputs(("authorization", "cookie"), ("origin", "x-a"))
+
+
+def test_views_with_headers_in_any_mapping_key_alike() -> None:
+    inputs = Inputs(("authorization",), ("x-a",))
+    a = view(headers={"authorization": "Bearer t", "x-a": "1"})
+    b = dataclasses.replace(a, headers=MappingProxyType(dict(a.headers)))
+    assert request_key(a, inputs) == request_key(b, inputs)
