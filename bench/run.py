@@ -324,18 +324,21 @@ def start_reference(ctx: Context, kind: str) -> Server:
 
 def scrape_ours(server: Server) -> dict[str, float] | None:
     """Our server's own tallies from /metrics (None for the reference servers): token
-    cache lookups, and Checks with the time spent inside the Check handler, which
-    splits our extra cost per request into our code and the transport around it."""
+    and decision cache lookups, and Checks with the time spent inside the Check
+    handler, which splits our extra cost per request into our code and the transport
+    around it."""
     if server.admin_port is None:
         return None
     try:
         text = http_text(f"http://127.0.0.1:{server.admin_port}/metrics")
     except OSError:
         return None
-    found = dict.fromkeys(("hit", "miss", "sum", "count"), 0.0)
-    for m in re.finditer(r'^authz_token_cache_lookups_total\{result="(hit|miss)"\} (\S+)$',
-                         text, re.M):
-        found[m.group(1)] += float(m.group(2))
+    found = dict.fromkeys(("token_hit", "token_miss", "decision_hit", "decision_miss",
+                           "sum", "count"), 0.0)
+    for m in re.finditer(
+            r'^authz_(token|decision)_cache_lookups_total\{result="(hit|miss)"\} (\S+)$',
+            text, re.M):
+        found[f"{m.group(1)}_{m.group(2)}"] += float(m.group(3))
     for m in re.finditer(r"^authz_check_duration_seconds_(sum|count)(?:\{[^}]*\})? (\S+)$",
                          text, re.M):
         found[m.group(1)] += float(m.group(2))
@@ -391,8 +394,10 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
     )
     if ours_before and ours_after:
         delta = {k: ours_after[k] - ours_before[k] for k in ours_after}
-        lookups = delta["hit"] + delta["miss"]
-        result["token_cache_hit_ratio"] = delta["hit"] / lookups if lookups else None
+        for cache in ("token", "decision"):
+            lookups = delta[f"{cache}_hit"] + delta[f"{cache}_miss"]
+            result[f"{cache}_cache_hit_ratio"] = (
+                delta[f"{cache}_hit"] / lookups if lookups else None)
         # Warm-up included: the mean over every Check of the run.
         result["handler_us"] = delta["sum"] / delta["count"] * 1e6 if delta["count"] else None
     if result["loadgen_cpu_util"] > 0.9:
@@ -884,6 +889,8 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
         naive = find(rows, "server", "naive", r["workload"], r["concurrency"])
         extra = []
+        if r.get("decision_cache_hit_ratio") is not None:
+            extra.append(f"decision cache hits {r['decision_cache_hit_ratio']:.0%}")
         if r.get("token_cache_hit_ratio") is not None:
             extra.append(f"token cache hits {r['token_cache_hit_ratio']:.0%}")
         if r.get("handler_us") is not None:

@@ -100,6 +100,10 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
         assert set(ours["status_sampled"]) == {answer}, ours
         # Time inside our Check handler, from our /metrics; the reference servers have none.
         assert 0 < ours["handler_us"] < 1e6 / ours["rps"], ours
+        # Every Check asks the decision cache; w1 repeats one request from the start.
+        assert ours["decision_cache_hit_ratio"] is not None, ours
+        if workload == "w1":
+            assert ours["decision_cache_hit_ratio"] > 0.9, ours
         assert rows[("server", "bare", workload, 32)]["probe"] == "OK"
         assert "handler_us" not in rows[("server", "bare", workload, 32)]
     assert rows[("server", "naive", "w2", 32)]["probe"] == "OK"
