@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from authz._proto.envoy.config.core.v3 import address_pb2
 from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
@@ -33,9 +34,13 @@ class Peer:
     """The peer certificate's URI SAN (else subject), e.g. an Istio SPIFFE id."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """An immutable, parsed view of one ``CheckRequest``."""
+class RequestView(NamedTuple):
+    """An immutable, parsed view of one ``CheckRequest``.
+
+    A named tuple rather than a frozen dataclass: one is built per ``Check``, and a
+    frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) took
+    2.2 µs of it against 0.7 µs for a tuple built in C (docs/performance.md).
+    """
 
     method: str
     host: str
