@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from authz.envoy.request_view import RequestView, normalize_ip, parse_ip
 
+XFF = "x-forwarded-for"
+"""The one header the original client IP is derived from."""
+
 
 def original_client_ip(view: RequestView, trusted_hops: int = 0) -> str:
-    xff = view.headers.get("x-forwarded-for")
+    xff = view.headers.get(XFF)
     if not xff:
         return view.source.ip
     entries = xff.split(",")

@@ -55,13 +55,14 @@ def request_key(view: RequestView, inputs: Inputs) -> Key:
     """Equal for two requests exactly when they agree on everything ``inputs`` and the
     fixed parts of the view say a decision can read."""
     headers = view.headers
-    # Length-prefixed, an absent header distinct from an empty one: no two different
-    # inputs digest alike however their values are chosen.
-    parts = [f"{len(view.query)}:{view.query}"]
-    for name in inputs.secret:
-        value = headers.get(name)
-        parts.append("-" if value is None else f"{len(value)}:{value}")
-    digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
+    secrets = [headers.get(name) for name in inputs.secret]
+    digest: bytes | None = None  # no query and no token header: nothing to hash
+    if view.query or secrets.count(None) != len(secrets):
+        # Length-prefixed, an absent header distinct from an empty one: no two
+        # different inputs digest alike however their values are chosen.
+        parts = [f"{len(view.query)}:{view.query}"]
+        parts.extend("-" if value is None else f"{len(value)}:{value}" for value in secrets)
+        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
     source, destination = view.source, view.destination
     return (
         view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,

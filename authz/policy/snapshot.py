@@ -22,7 +22,7 @@ from authz.authn.engine import (
     KeyProvider,
 )
 from authz.decision import Decision, Header, Reason
-from authz.envoy.remote_ip import original_client_ip
+from authz.envoy.remote_ip import XFF, original_client_ip
 from authz.envoy.request_view import RequestView
 from authz.memo import IdentityMemo, ValueMemo
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
@@ -39,8 +39,6 @@ ISTIO_SECURITY_GROUP = "security.istio.io/"
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
-XFF_HEADER = frozenset({"x-forwarded-for"})
-"""Read for the original client IP (``remote.ip``, ``remoteIpBlocks``)."""
 SCOPE_MEMO_SIZE = 4096
 NOT_FOR_THIS_SERVER = {
     "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
@@ -98,7 +96,7 @@ class Snapshot:
         if inputs is None:
             inputs = self.inputs.put(scope.key, Inputs.of(
                 self.authenticator.token_headers(scope),
-                self.authorization.header_names(scope) | AUTHN_HEADERS | XFF_HEADER))
+                self.authorization.header_names(scope) | AUTHN_HEADERS | {XFF}))
         key = request_key(view, inputs)
         generation = self.authenticator.key_generation
         decision = self.recent.get(key, now, generation)

@@ -250,3 +250,13 @@ def test_views_with_headers_in_any_mapping_key_alike() -> None:
     a = view(headers={"authorization": "Bearer t", "x-a": "1"})
     b = a._replace(headers=MappingProxyType(dict(a.headers)))
     assert request_key(a, inputs) == request_key(b, inputs)
+
+
+def test_requests_without_query_or_token_share_no_digest_and_keep_apart() -> None:
+    inputs = Inputs(("authorization", "cookie"), ())
+    bare = request_key(view(), inputs)
+    assert not any(isinstance(part, bytes) for part in bare)  # nothing secret: no digest
+    others = [view(query="a=1"), view(headers={"authorization": ""}),
+              view(headers={"cookie": ""}), view(headers={"authorization": "Bearer t"})]
+    keys = {request_key(v, inputs) for v in others}
+    assert len(keys) == len(others) and bare not in keys
