@@ -103,7 +103,7 @@ def decisions_read_only_what_their_cache_key_holds(
         result = original(self, _Watched(view, "", read), now)  # type: ignore[arg-type]
         inputs = self.inputs.get(view.scope.key)
         named = set() if inputs is None else {
-            f"headers[{n}]" for n in (*inputs.secret, *inputs.plain)}
+            f"headers[{n}]" for n in inputs.headers}
         unkeyed = read - KEYED_VIEW_FIELDS - named
         if unkeyed:
             problems.append(f"a decision in scope {view.scope} read {sorted(unkeyed)}, "

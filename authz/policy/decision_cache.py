@@ -20,9 +20,10 @@ was made until the first moment a token it read can expire or become valid
 are the ones it was made with (any JWKS change replaces their ``generation``).
 A clock that steps back makes entries miss, never serve.
 
-The query and the token headers enter the key as one SHA-256 digest, so like
-the token cache this keeps no usable token in memory; the other values are
-kept as they are. The cache is bounded and starts over when full (``memo.py``).
+The query and the headers enter the key as one SHA-256 digest, so like the
+token cache this keeps no usable token in memory, nor any other header value
+(an API key a policy compares, a session cookie). The cache is bounded and
+starts over when full (``memo.py``).
 """
 
 from __future__ import annotations
@@ -41,33 +42,30 @@ Key = tuple[object, ...]
 class Inputs:
     """The headers a scope's decisions read, in a fixed order."""
 
-    secret: tuple[str, ...]
-    """Headers tokens are looked for in: hashed into the key with the query."""
-    plain: tuple[str, ...]
-    """Every other header a decision reads: in the key as they are."""
+    headers: tuple[str, ...]
 
     @classmethod
-    def of(cls, token_headers: frozenset[str], other_headers: frozenset[str]) -> Inputs:
-        return cls(tuple(sorted(token_headers)), tuple(sorted(other_headers - token_headers)))
+    def of(cls, *names: frozenset[str]) -> Inputs:
+        return cls(tuple(sorted(frozenset().union(*names))))
 
 
 def request_key(view: RequestView, inputs: Inputs) -> Key:
     """Equal for two requests exactly when they agree on everything ``inputs`` and the
     fixed parts of the view say a decision can read."""
     headers = view.headers
-    secrets = [headers.get(name) for name in inputs.secret]
-    digest: bytes | None = None  # no query and no token header: nothing to hash
-    if view.query or secrets.count(None) != len(secrets):
+    values = [headers.get(name) for name in inputs.headers]
+    digest: bytes | None = None  # no query and none of the headers: nothing to hash
+    if view.query or values.count(None) != len(values):
         # Length-prefixed, an absent header distinct from an empty one: no two
         # different inputs digest alike however their values are chosen.
         parts = [f"{len(view.query)}:{view.query}"]
-        parts.extend("-" if value is None else f"{len(value)}:{value}" for value in secrets)
+        parts.extend("-" if value is None else f"{len(value)}:{value}" for value in values)
         digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
     source, destination = view.source, view.destination
     return (
         view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,
         source.ip, source.principal, destination.ip, destination.port, destination.principal,
-        digest, *[headers.get(name) for name in inputs.plain],
+        digest,
     )
 
 

@@ -95,8 +95,8 @@ class Snapshot:
         inputs = self.inputs.get(scope.key)
         if inputs is None:
             inputs = self.inputs.put(scope.key, Inputs.of(
-                self.authenticator.token_headers(scope),
-                self.authorization.header_names(scope) | AUTHN_HEADERS | {XFF}))
+                self.authenticator.token_headers(scope), AUTHN_HEADERS,
+                self.authorization.header_names(scope), frozenset({XFF})))
         key = request_key(view, inputs)
         generation = self.authenticator.key_generation
         decision = self.recent.get(key, now, generation)
