@@ -39,7 +39,6 @@ ISTIO_SECURITY_GROUP = "security.istio.io/"
 RBAC_DENIED_BODY = "RBAC: access denied"
 """Envoy RBAC filter's exact 403 body."""
 ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
-SCOPE_MEMO_SIZE = 4096
 NOT_FOR_THIS_SERVER = {
     "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
 }
@@ -82,7 +81,7 @@ class Snapshot:
         object.__setattr__(self, "decisions", IdentityMemo(size))
         object.__setattr__(self, "failures", ValueMemo(size))
         object.__setattr__(self, "recent", DecisionCache(size, cache.max_ttl))
-        object.__setattr__(self, "inputs", ValueMemo(SCOPE_MEMO_SIZE))
+        object.__setattr__(self, "inputs", ValueMemo(rbac.SCOPE_MEMO_SIZE))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
