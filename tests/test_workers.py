@@ -241,10 +241,22 @@ def test_a_port_owned_by_another_program_is_a_clear_error() -> None:
     assert f"cannot bind gRPC address 127.0.0.1:{port}" in proc.stderr
 
 
+class _Cache:
+    """A cache's counts, as ``CacheCollector`` reads them."""
+
+    def __init__(self, hits: int, entries: int) -> None:
+        self.hits, self.misses, self._entries = hits, 1, entries
+
+    def __len__(self) -> int:
+        return self._entries
+
+
 def test_merge_adds_counters_and_histograms_and_merges_gauges_by_meaning() -> None:
     def worker(checks: int, in_flight: int, ready: int, version: int, age: float) -> str:
         """What a worker's /metrics says, written by the real families."""
         metrics = Metrics()
+        for name in ("token_cache", "decision_cache"):
+            metrics.watch_cache(name, name, lambda: _Cache(checks, 10 * checks))
         metrics.checks.labels("allow", "200", "allowed").inc(checks)
         for _ in range(checks):
             metrics.check_latency.observe(0.0005)
@@ -271,6 +283,10 @@ def test_merge_adds_counters_and_histograms_and_merges_gauges_by_meaning() -> No
         ("authz_jwks_key_set_age_seconds", (("source", "a"),))] == 30.0
     assert merged["authz_policies_loaded"][
         ("authz_policies_loaded", (("kind", "AuthorizationPolicy"),))] == 7
+    for cache in ("token_cache", "decision_cache"):  # each worker has its own caches
+        assert merged[f"authz_{cache}_entries"][(f"authz_{cache}_entries", ())] == 80
+        assert merged[f"authz_{cache}_lookups"][
+            (f"authz_{cache}_lookups_total", (("result", "hit"),))] == 8
 
 
 def test_workers_flag_env_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
