@@ -95,14 +95,13 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     fields = http.headers
     if not fields:
         return _EMPTY
-    # Iterating the map and indexing it are C calls; items() and dict(map) are not
-    # (upb maps borrow them from the Mapping ABC: a Python generator step per header).
-    headers = {name: fields[name] for name in fields}
-    # Envoy already lower-cases and joins; lower-casing again protects against
-    # other clients of this API that do not (one scan of all names decides).
-    if not "".join(headers).islower():
-        headers = {k.lower(): v for k, v in headers.items()}
-    return MappingProxyType(headers)
+    # Envoy already lower-cases and joins, so the message's own map is read in place
+    # (its get and membership are C calls) behind a read-only proxy, instead of being
+    # copied. Other clients of this API may send other cases: one scan of all names
+    # decides, and those are copied lower-cased.
+    if "".join(fields).islower():
+        return MappingProxyType(fields)
+    return MappingProxyType({name.lower(): fields[name] for name in fields})
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
