@@ -129,10 +129,10 @@ class Snapshot:
         # repeat (authn outcomes are memoized per token), so it is built once each.
         decision = self.decisions.get(authn, result)
         if decision is None:
-            decision = self.decisions.put(authn, self._decide(authn, result), result)
+            decision = self.decisions.put(authn, self._build_decision(authn, result), result)
         return decision, until
 
-    def _decide(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
+    def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
         issuer = authn.claims.get("iss") if authn.claims is not None else None
         effects = {"dry_run": result.dry_run, "audit": result.audit,
                    "principal": authn.principal,
