@@ -6,7 +6,12 @@ Here both servers run side by side (each pinned to the server CPU, idle while
 the other is measured) and rounds alternate quickly, so drift hits both; the
 ratio per round and the median ratio are printed.
 
+With ``--naive`` the naive servicer (PyJWT on every call) runs beside them:
+``--workloads w2 --tokens 20000 --naive`` compares what a token seen for the
+first time costs us with what it costs a server that verifies every call.
+
 Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4] [--spin-us 30 100]
+                        [--naive]
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ BENCH = Path(__file__).resolve().parent
 PY = sys.executable
 
 
-def start(kind: str, policy_dir: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
+def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    if kind == "bare" or kind.startswith("spin"):
+    if kind == "naive":
+        argv = [PY, str(BENCH / "servers" / "naive.py"), "--grpc-address", f"127.0.0.1:{port}",
+                "--public-key", str(work / "issuer.pub.pem"), "--issuer", workloads.ISSUER]
+    elif kind == "bare" or kind.startswith("spin"):
         spin = kind.removeprefix("spin") if kind.startswith("spin") else "0"
         argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
                 "--spin-us", spin]
     else:
-        argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
+        argv = [PY, "-m", "authz", "serve", "--policy", str(work / "policies"),
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",
                 "--decision-log", "none", "--log-level", "warning", "--workers", "1"]
     proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.DEVNULL,
@@ -76,6 +84,8 @@ def main() -> None:
     parser.add_argument("--spin-us", type=float, nargs="*", default=[],
                         help="also bare servers that busy-wait N us per call (what handler "
                         "time alone costs through the transport)")
+    parser.add_argument("--naive", action="store_true",
+                        help="also the naive servicer (PyJWT RS256 on every call)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -85,17 +95,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="authz-ab-"))
     (work / "policies").mkdir()
     workloads.write_policy(work / "policies", workloads.main_policy(jwks.uri))
+    (work / "issuer.pub.pem").write_bytes(keys.public_pem())
     wls = workloads.token_workloads(keys, args.tokens if "w2" in args.workloads else 10)
     messages = {}
     for name in args.workloads:
         messages[name] = work / f"{name}.bin"
         loadgen.write_messages(messages[name], wls[name].check_requests())
-    kinds = ("bare", *(f"spin{us:g}" for us in args.spin_us), "ours")
-    servers = {kind: start(kind, work / "policies", args.server_cpu) for kind in kinds}
+    kinds = ("bare", *(f"spin{us:g}" for us in args.spin_us),
+             *(("naive",) if args.naive else ()), "ours")
+    servers = {kind: start(kind, work, args.server_cpu) for kind in kinds}
     time.sleep(5)  # both ready (ours fetches its JWKS first)
     print(f"server CPU {args.server_cpu}, load CPU {args.load_cpu}, c={args.concurrency}, "
           f"{args.duration:g} s per measurement", flush=True)
     ratios: dict[str, list[float]] = {name: [] for name in args.workloads}
+    vs_naive: dict[str, list[float]] = {name: [] for name in args.workloads}
     try:
         for rnd in range(args.rounds):
             for name in args.workloads:
@@ -103,11 +116,17 @@ def main() -> None:
                        for kind, (_, port) in servers.items()}
                 ratio = rps["ours"] / rps["bare"]
                 ratios[name].append(ratio)
+                naive = ""
+                if "naive" in rps:
+                    vs_naive[name].append(rps["ours"] / rps["naive"])
+                    naive = (f", naive {rps['naive']:,.0f} rps, ours/naive "
+                             f"{vs_naive[name][-1]:.2f}")
                 spins = "".join(
                     f", {kind} {rps[kind]:,.0f} rps (+{1e6 / rps[kind] - 1e6 / rps['bare']:.0f} "
                     "us/request)" for kind in kinds if kind.startswith("spin"))
                 print(f"round {rnd + 1} {name}: bare {rps['bare']:,.0f} rps, "
-                      f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}{spins}", flush=True)
+                      f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}{naive}{spins}",
+                      flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -117,6 +136,9 @@ def main() -> None:
     for name, values in ratios.items():
         print(f"{name}: median ours/bare {statistics.median(values):.2f} "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
+        if vs_naive[name]:
+            print(f"{name}: median ours/naive {statistics.median(vs_naive[name]):.2f} "
+                  f"(rounds: {', '.join(f'{v:.2f}' for v in vs_naive[name])})")
 
 
 if __name__ == "__main__":
