@@ -11,8 +11,9 @@ and audience checks on every hit. An entry is used only while
 - the cache itself lives: one cache belongs to one ``Authenticator``, i.e. one
   policy snapshot, so a reload starts empty.
 
-Keys are a SHA-256 of the token and values keep the parsed claims without the
-signature (``Jwt.without_signature``), so no usable token is kept in memory here.
+Keys are a SHA-256 of the token and values keep the parsed claims, which never
+include the signature (``verify.Signed`` carries it beside them), so no usable
+token is kept in memory here.
 
 Signature *failures* are remembered too, in a separate, smaller LRU: a bad
 signature stays bad for the same key set, and a client (or attacker) repeating
@@ -29,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from authz.authn.verify import Jwt
 
@@ -44,13 +44,6 @@ def outcome_memo_size(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
     cache never makes a memo start over on each pass. Smaller, and a hit on a token the
     memos forgot rebuilds its metadata and response (w2: ~15% of throughput)."""
     return max_entries + max_entries // 4
-
-
-@dataclass(frozen=True, slots=True)
-class CachedToken:
-    jwt: Jwt
-    key_fingerprint: str
-    expires_at: float
 
 
 def token_digest(token: str) -> bytes:
@@ -69,7 +62,9 @@ class TokenCache:
             OrderedDict())
         self.max_ttl = max_ttl
         self.skew = skew
-        self._entries: OrderedDict[tuple[int, bytes], CachedToken] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, bytes], tuple[Jwt, str, float]] = OrderedDict()
+        """(rule id, digest) -> (the token's claims, the verifying key's fingerprint,
+        when the entry lapses)."""
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -86,18 +81,19 @@ class TokenCache:
             if entry is None:
                 self.misses += 1
                 return None
-            if now > entry.expires_at or entry.key_fingerprint not in fingerprints:
+            jwt, key_fingerprint, expires_at = entry
+            if now > expires_at or key_fingerprint not in fingerprints:
                 del self._entries[key]
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry.jwt
+            return jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
             now: float) -> Jwt:
-        """Keep a verified token; returns the ``Jwt`` later hits will hand out (use it
-        from the first request on, so memos keyed by it are shared from the start)."""
+        """Keep a verified token's claims; returns the ``Jwt`` later hits hand out (the
+        same object), so memos keyed by it are shared from the first request on."""
         if self.max_entries <= 0:
             return jwt
         expires_at = now + self.max_ttl
@@ -105,13 +101,12 @@ class TokenCache:
             expires_at = min(expires_at, float(jwt.exp + self.skew))
         if expires_at < now:
             return jwt
-        kept = jwt.without_signature()
         with self._lock:
-            self._entries[(rule_id, digest)] = CachedToken(kept, key_fingerprint, expires_at)
+            self._entries[(rule_id, digest)] = (jwt, key_fingerprint, expires_at)
             self._entries.move_to_end((rule_id, digest))
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return kept
+        return jwt
 
     def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
         """The parsed token if its signature already failed against these same keys."""
@@ -131,7 +126,7 @@ class TokenCache:
         if self.max_rejected <= 0:
             return
         with self._lock:
-            self._rejected[(rule_id, digest)] = (fingerprints, jwt.without_signature())
+            self._rejected[(rule_id, digest)] = (fingerprints, jwt)
             self._rejected.move_to_end((rule_id, digest))
             while len(self._rejected) > self.max_rejected:
                 self._rejected.popitem(last=False)

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
 from authz.authn.extract import ExtractedToken, Extractor, LocationKind, RequestParts, TokenLocation
@@ -41,7 +41,7 @@ from authz.authn.verify import (
     Status,
     audience_allowed,
     check_time,
-    parse_jwt,
+    parse_token,
     sanitize_audience,
     time_horizon,
     verify_signature,
@@ -96,15 +96,16 @@ class StaticKeys:
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class AuthnSuccess:
+class AuthnSuccess(NamedTuple):
+    """What a request that passed authentication gets (a named tuple: see ``Decision``)."""
+
     claims: Mapping[str, Any] | None
     """Verified payload (space-delimited claims split into lists); None without a token."""
     upstream_headers: tuple[Header, ...] = ()
     upstream_headers_to_remove: tuple[str, ...] = ()
     """Never names a header in ``upstream_headers``: safe in any application order."""
     query_parameters_to_remove: tuple[str, ...] = ()
-    dynamic_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    dynamic_metadata: Mapping[str, Any] = _EMPTY
     """``{"payload": claims}``, Envoy jwt_authn's metadata shape under Istio."""
     principal: str | None = None
     """``iss/sub`` of the token whose payload is ``claims`` (for logs)."""
@@ -459,11 +460,13 @@ class Authenticator:
                 jwt = self.cache.rejected(p.rule_id, digest, keys.fingerprints)
                 forged = jwt is not None
         cached = jwt is not None and not forged
+        signed = None
         if jwt is None:
             try:
-                jwt = parse_jwt(token, self.max_token_bytes)
+                signed = parse_token(token, self.max_token_bytes)
             except JwtError as exc:
                 return exc.status, None, math.inf
+            jwt = signed.jwt
         until = time_horizon(jwt, now, self.clock_skew)
         if jwt.iss != p.rule.issuer:
             return Status.JWT_UNKNOWN_ISSUER, None, until
@@ -476,9 +479,9 @@ class Authenticator:
             return Status.OK, jwt, until
         if keys is None:
             return Status.JWKS_FETCH_FAIL, None, until
-        if forged:
+        if forged or signed is None:
             return Status.JWT_VERIFICATION_FAIL, None, until
-        status, jwk = verify_signature(jwt, keys)
+        status, jwk = verify_signature(signed, keys)
         if status is Status.OK and jwk is not None:
             return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now), until
         if status is Status.JWT_VERIFICATION_FAIL:

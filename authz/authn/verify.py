@@ -12,10 +12,9 @@ from __future__ import annotations
 import hmac
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -81,6 +80,12 @@ SUPPORTED_ALGS = frozenset({
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
 }
+_RSA: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
+    **{f"RS{bits}": (padding.PKCS1v15(), h()) for bits, h in _HASHES.items()},
+    **{f"PS{bits}": (padding.PSS(mgf=padding.MGF1(h()), salt_length=padding.PSS.DIGEST_LENGTH),
+                     h()) for bits, h in _HASHES.items()},
+}
+"""Padding and digest per RSA ``alg``: descriptions without state, built once."""
 
 
 class JwtError(ValueError):
@@ -89,17 +94,19 @@ class JwtError(ValueError):
         super().__init__(status.message)
 
 
-@dataclass(frozen=True, slots=True)
-class Jwt:
-    """A parsed (not yet trusted) token. Never logged: ``payload`` may be personal data."""
+class Jwt(NamedTuple):
+    """A parsed (not yet trusted) token's claims. Never logged: ``payload`` may be
+    personal data. Holds nothing that proves the token (the signed part and the
+    signature travel beside it in ``Signed``), so caches keep it as it is.
+
+    A named tuple, not a dataclass: one is built per token seen for the first time,
+    in ~0.4 µs against ~2.5 for a frozen dataclass of twelve fields."""
 
     alg: str
     kid: str | None
-    payload: Mapping[str, Any] = field(repr=False)
-    payload_segment: str = field(repr=False)
+    payload: Mapping[str, Any]
+    payload_segment: str
     """The base64url payload exactly as sent (``outputPayloadToHeader``)."""
-    signing_input: bytes = field(repr=False)
-    signature: bytes = field(repr=False)
     iss: str = ""
     sub: str = ""
     audiences: tuple[str, ...] = ()
@@ -108,14 +115,20 @@ class Jwt:
     exp: int = 0
     """0 means absent (jwt_verify_lib's convention: never expires)."""
 
-    def without_signature(self) -> Jwt:
-        """What the caches keep once the signature is judged: every claim the later
-        checks read, nothing that proves the token (no cache holds a usable token),
-        and ~0.8 KiB less per entry for an RS256 token."""
-        return Jwt(alg=self.alg, kid=self.kid, payload=self.payload,
-                   payload_segment=self.payload_segment, signing_input=b"", signature=b"",
-                   iss=self.iss, sub=self.sub, audiences=self.audiences, iat=self.iat,
-                   nbf=self.nbf, exp=self.exp)
+    def __repr__(self) -> str:
+        return f"Jwt(alg={self.alg!r}, kid={self.kid!r}, iss={self.iss!r}, exp={self.exp})"
+
+
+class Signed(NamedTuple):
+    """A parsed token with what its signature covers. Only ``jwt`` outlives the
+    signature check: no cache holds a usable token."""
+
+    jwt: Jwt
+    signing_input: bytes
+    signature: bytes
+
+    def __repr__(self) -> str:
+        return f"Signed({self.jwt!r})"
 
 
 def _reject_constant(name: str) -> Any:
@@ -126,28 +139,34 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 """One decoder for every token: ``json.loads`` with an argument builds a new one per call."""
 
 
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+"""The decoder's C scanner: a JOSE object is read in one call when it is nothing but
+the object, without ``decode``'s two whitespace matches and Python frame."""
+
+
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     # JOSE JSON is UTF-8 (RFC 7515 5.2); json.loads would also guess UTF-16/32.
     try:
-        data = _DECODER.decode(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8")
+        if text[:1] == "{" and text[-1:] == "}":
+            data, end = _SCAN(text, 0)
+            if end == len(text):
+                return data  # type: ignore[no-any-return]
+        data = _DECODER.decode(text)
+    except (ValueError, UnicodeDecodeError, StopIteration):
         return None
     return data if isinstance(data, dict) else None
 
 
 def _opt_string(payload: Mapping[str, Any], name: str, status: Status) -> str:
-    if name not in payload:
-        return ""
-    value = payload[name]
-    if not isinstance(value, str):
+    value = payload.get(name, "")
+    if value.__class__ is not str:
         raise JwtError(status)
     return value
 
 
 def _opt_uint64(payload: Mapping[str, Any], name: str, wrong: Status, out_of_range: Status) -> int:
-    if name not in payload:
-        return 0
-    value = payload[name]
+    value = payload.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise JwtError(wrong)
     if value < 0 or value >= _UINT64_LIMIT:
@@ -156,12 +175,19 @@ def _opt_uint64(payload: Mapping[str, Any], name: str, wrong: Status, out_of_ran
 
 
 def parse_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Jwt:
+    """The claims of ``parse_token``."""
+    return parse_token(token, max_bytes).jwt
+
+
+def parse_token(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Signed:
     """Decode and type-check a token; raises ``JwtError`` with the first failure."""
     if len(token) > max_bytes:
         raise JwtError(Status.JWT_BAD_FORMAT)
-    parts = [p for p in token.split(".") if p]
-    if len(parts) != 3:
-        raise JwtError(Status.JWT_BAD_FORMAT)
+    parts = token.split(".")
+    if len(parts) != 3 or not (parts[0] and parts[1] and parts[2]):
+        parts = [p for p in parts if p]  # jwt_verify_lib skips empty sections
+        if len(parts) != 3:
+            raise JwtError(Status.JWT_BAD_FORMAT)
     header_b64, payload_b64, signature_b64 = parts
     try:
         header_raw = b64url_decode(header_b64)
@@ -207,11 +233,9 @@ def parse_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Jwt:
         signature = b64url_decode(signature_b64)
     except ValueError as exc:
         raise JwtError(Status.JWT_SIGNATURE_BAD_BASE64) from exc
-    return Jwt(
-        alg=alg, kid=kid, payload=payload, payload_segment=payload_b64,
-        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"), signature=signature,
-        iss=iss, sub=sub, audiences=audiences, iat=iat, nbf=nbf, exp=exp,
-    )
+    return Signed(
+        Jwt(alg, kid, payload, payload_b64, iss, sub, audiences, iat, nbf, exp),
+        f"{header_b64}.{payload_b64}".encode("ascii"), signature)
 
 
 def check_time(jwt: Jwt, now: float, skew: int = CLOCK_SKEW_SECONDS) -> Status:
@@ -252,17 +276,13 @@ def audience_allowed(jwt: Jwt, allowed: frozenset[str]) -> bool:
     return any(sanitize_audience(a) in allowed for a in jwt.audiences)
 
 
-def _verify_with(jwk: Jwk, jwt: Jwt) -> Status | None:
+def _verify_with(jwk: Jwk, signed: Signed) -> Status | None:
     """OK / JWT_ED25519_SIGNATURE_WRONG_LENGTH end the search; None means try the next key."""
-    alg, data, sig = jwt.alg, jwt.signing_input, jwt.signature
+    alg, data, sig = signed.jwt.alg, signed.signing_input, signed.signature
     try:
-        if jwk.kty == "RSA" and alg[:2] in ("RS", "PS") and isinstance(jwk.key, rsa.RSAPublicKey):
-            digest = _HASHES[alg[2:]]()
-            pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15() if alg.startswith("RS")
-                else padding.PSS(mgf=padding.MGF1(_HASHES[alg[2:]]()),
-                                 salt_length=padding.PSS.DIGEST_LENGTH))
-            jwk.key.verify(sig, data, pad, digest)
+        rsa_params = _RSA.get(alg)
+        if jwk.kty == "RSA" and rsa_params is not None and isinstance(jwk.key, rsa.RSAPublicKey):
+            jwk.key.verify(sig, data, *rsa_params)
             return Status.OK
         if (jwk.kty == "EC" and alg.startswith("ES")
                 and isinstance(jwk.key, ec.EllipticCurvePublicKey)):
@@ -288,7 +308,7 @@ def _verify_with(jwk: Jwk, jwt: Jwt) -> Status | None:
     return None
 
 
-def verify_signature(jwt: Jwt, keys: KeySet) -> tuple[Status, Jwk | None]:
+def verify_signature(signed: Signed, keys: KeySet) -> tuple[Status, Jwk | None]:
     """jwt_verify_lib's key loop: kid/alg filter, then verify by the key's own type.
 
     A token without ``kid`` (or a key without one) is tried against every key
@@ -297,6 +317,7 @@ def verify_signature(jwt: Jwt, keys: KeySet) -> tuple[Status, Jwk | None]:
     """
     if not keys.keys:
         return Status.JWKS_NO_VALID_KEYS, None
+    jwt = signed.jwt
     matched = False
     for jwk in keys.keys:
         if jwt.kid is not None and jwk.kid is not None and jwk.kid != jwt.kid:
@@ -304,7 +325,7 @@ def verify_signature(jwt: Jwt, keys: KeySet) -> tuple[Status, Jwk | None]:
         if jwk.alg is not None and jwk.alg != jwt.alg:
             continue
         matched = True
-        result = _verify_with(jwk, jwt)
+        result = _verify_with(jwk, signed)
         if result is Status.OK:
             return result, jwk
         if result is not None:

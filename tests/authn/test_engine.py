@@ -320,7 +320,7 @@ def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() ->
     sets: dict[str, KeySet] = {URI: parse_jwks(jwks(KEY.jwk()))}
     a = auth(rule(), keys=StaticKeys(by_uri=sets))
     calls = parses = 0
-    real, real_parse = engine_module.verify_signature, engine_module.parse_jwt
+    real, real_parse = engine_module.verify_signature, engine_module.parse_token
 
     def counting(*args: Any) -> Any:
         nonlocal calls
@@ -333,7 +333,7 @@ def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() ->
         return real_parse(*args)
 
     engine_module.verify_signature = counting  # type: ignore[assignment]
-    engine_module.parse_jwt = counting_parse  # type: ignore[assignment]
+    engine_module.parse_token = counting_parse  # type: ignore[assignment]
     try:
         for _ in range(3):
             assert fail(a.authenticate(view(headers=bearer(forged)), NOW)).body == \
@@ -351,7 +351,7 @@ def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() ->
         assert calls == 2  # a new key set is asked again
     finally:
         engine_module.verify_signature = real  # type: ignore[assignment]
-        engine_module.parse_jwt = real_parse  # type: ignore[assignment]
+        engine_module.parse_token = real_parse  # type: ignore[assignment]
 
 
 def test_a_verified_token_builds_its_result_once() -> None:

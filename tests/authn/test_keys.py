@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import base64
 import datetime
+import itertools
 import json
+import random
+import re
 
 import pytest
 from cryptography import x509
@@ -107,6 +111,39 @@ def test_b64url_strictness() -> None:
     for bad in ("Y", "YQ===", "Y+Q", "Y/Q", "é"):
         with pytest.raises(ValueError):
             b64url_decode(bad)
+
+
+def reference_b64url(text: str) -> bytes:
+    """RFC 4648 section 5 with optional padding, spelled out."""
+    body = text.rstrip("=")
+    if (len(text) - len(body) > 2 or len(body) % 4 == 1
+            or re.fullmatch("[A-Za-z0-9_-]*", body) is None):
+        raise ValueError(text)
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
+def test_b64url_agrees_with_the_rfc_on_any_text() -> None:
+    """The decoder leaves most checks to binascii's strict mode (``+`` and ``/`` are
+    translated to a byte it refuses): it must still accept and refuse exactly what
+    base64url allows, for every length and every stray character."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(alphabet) for _ in range(n)) for n in range(0, 14)
+             for _ in range(30)]
+    texts += ["".join(p) for p in itertools.product("Aa_-=+/!.é ", repeat=3)]
+    texts += [t[:i] + c + t[i:] for t in texts[:200] for i in (0, len(t) // 2, len(t))
+              for c in "=+/ \n"]
+    texts += [t + "=" * pad for t in texts[:300] for pad in (1, 2, 3)]
+    for text in texts:
+        try:
+            expected: bytes | None = reference_b64url(text)
+        except ValueError:
+            expected = None
+        try:
+            got: bytes | None = b64url_decode(text)
+        except ValueError:
+            got = None
+        assert got == expected, repr(text)
 
 
 def test_istio_sample_jwks() -> None:

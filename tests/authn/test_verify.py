@@ -15,6 +15,7 @@ from authz.authn.verify import (
     audience_allowed,
     check_time,
     parse_jwt,
+    parse_token,
     sanitize_audience,
     time_horizon,
     verify_signature,
@@ -47,16 +48,15 @@ def status_of(token: str) -> Status:
 ], ids=lambda k: k.alg)
 def test_valid_signatures(key) -> None:  # type: ignore[no-untyped-def]
     token = key.sign(claims())
-    jwt = parse_jwt(token)
-    status, used = verify_signature(jwt, parse_jwks(jwks(key.jwk())))
+    status, used = verify_signature(parse_token(token), parse_jwks(jwks(key.jwk())))
     assert status is Status.OK and used is not None and used.kid == key.kid
 
 
 def test_rsa_key_without_alg_accepts_rs_and_ps() -> None:
     keys = parse_jwks(jwks(rsa_key().jwk(with_alg=False)))
     for alg in ("RS256", "PS512"):
-        jwt = parse_jwt(rsa_key().sign(claims(), alg=alg))
-        assert verify_signature(jwt, keys)[0] is Status.OK
+        signed = parse_token(rsa_key().sign(claims(), alg=alg))
+        assert verify_signature(signed, keys)[0] is Status.OK
 
 
 def test_bad_signature() -> None:
@@ -64,10 +64,10 @@ def test_bad_signature() -> None:
     token = key.sign(claims())
     head, _payload, _ = token.split(".")
     forged = f"{head}.{b64(json.dumps(claims(sub='admin')).encode())}.{token.split('.')[2]}"
-    assert verify_signature(parse_jwt(forged), parse_jwks(jwks(key.jwk())))[0] is \
+    assert verify_signature(parse_token(forged), parse_jwks(jwks(key.jwk())))[0] is \
         Status.JWT_VERIFICATION_FAIL
     other = rsa_key(seed=1)
-    assert verify_signature(parse_jwt(token), parse_jwks(jwks(other.jwk())))[0] is \
+    assert verify_signature(parse_token(token), parse_jwks(jwks(other.jwk())))[0] is \
         Status.JWT_VERIFICATION_FAIL
 
 
@@ -85,23 +85,24 @@ def test_hs256_signed_with_rsa_public_key_is_never_accepted() -> None:
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
     payload = b64(json.dumps(claims()).encode())
     sig = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    jwt = parse_jwt(f"{header}.{payload}.{b64(sig)}")
+    signed = parse_token(f"{header}.{payload}.{b64(sig)}")
     # RSA key pinned to RS256: filtered out by alg -> no key fits.
-    assert verify_signature(jwt, parse_jwks(jwks(key.jwk())))[0] is Status.JWKS_KID_ALG_UNMATCH
+    assert verify_signature(signed, parse_jwks(jwks(key.jwk())))[0] is \
+        Status.JWKS_KID_ALG_UNMATCH
     # RSA key without alg: it is "tried" but never with HMAC -> verification fails.
-    assert verify_signature(jwt, parse_jwks(jwks(key.jwk(with_alg=False))))[0] is \
+    assert verify_signature(signed, parse_jwks(jwks(key.jwk(with_alg=False))))[0] is \
         Status.JWT_VERIFICATION_FAIL
 
 
 def test_kid_selection() -> None:
     a, b = rsa_key("a"), rsa_key("b", seed=1)
     keys = parse_jwks(jwks(a.jwk(), b.jwk()))
-    status, used = verify_signature(parse_jwt(b.sign(claims())), keys)
+    status, used = verify_signature(parse_token(b.sign(claims())), keys)
     assert status is Status.OK and used is not None and used.kid == "b"
-    unknown = parse_jwt(b.sign(claims(), kid="zzz"))
+    unknown = parse_token(b.sign(claims(), kid="zzz"))
     assert verify_signature(unknown, keys)[0] is Status.JWKS_KID_ALG_UNMATCH
-    no_kid = parse_jwt(b.sign(claims(), kid=False))
-    assert no_kid.kid is None
+    no_kid = parse_token(b.sign(claims(), kid=False))
+    assert no_kid.jwt.kid is None
     status, used = verify_signature(no_kid, keys)
     assert status is Status.OK and used is not None and used.kid == "b"
 
@@ -109,13 +110,13 @@ def test_kid_selection() -> None:
 def test_key_without_kid_is_tried_for_any_token_kid() -> None:
     key = rsa_key(kid=None)
     token = key.sign(claims(), kid="whatever")
-    assert verify_signature(parse_jwt(token), parse_jwks(jwks(key.jwk())))[0] is Status.OK
+    assert verify_signature(parse_token(token), parse_jwks(jwks(key.jwk())))[0] is Status.OK
 
 
 def test_key_alg_pins_token_alg() -> None:
     key = rsa_key(alg="PS256")
     token = key.sign(claims(), alg="RS256")
-    assert verify_signature(parse_jwt(token), parse_jwks(jwks(key.jwk())))[0] is \
+    assert verify_signature(parse_token(token), parse_jwks(jwks(key.jwk())))[0] is \
         Status.JWKS_KID_ALG_UNMATCH
 
 
@@ -123,7 +124,7 @@ def test_ec_curve_mismatch_fails() -> None:
     k384 = ec_key(alg="ES384")
     jwk = k384.jwk(with_alg=False)
     token = ec_key(alg="ES256").sign(claims(), kid=k384.kid)
-    assert verify_signature(parse_jwt(token), parse_jwks(jwks(jwk)))[0] is \
+    assert verify_signature(parse_token(token), parse_jwks(jwks(jwk)))[0] is \
         Status.JWT_VERIFICATION_FAIL
 
 
@@ -131,8 +132,8 @@ def test_ed25519_wrong_length() -> None:
     key = ed_key()
     token = key.sign(claims())
     head, payload, _ = token.split(".")
-    jwt = parse_jwt(f"{head}.{payload}.{b64(b'short')}")
-    assert verify_signature(jwt, parse_jwks(jwks(key.jwk())))[0] is \
+    signed = parse_token(f"{head}.{payload}.{b64(b'short')}")
+    assert verify_signature(signed, parse_jwks(jwks(key.jwk())))[0] is \
         Status.JWT_ED25519_SIGNATURE_WRONG_LENGTH
 
 
@@ -223,6 +224,22 @@ def test_audiences() -> None:
     assert audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {})), frozenset())
 
 
+def test_padded_and_unpadded_sections_parse_alike() -> None:
+    """Unpadded tokens take a shorter decoder; a padded one (which jwt_verify_lib
+    also accepts) takes the strict one, and both read the same token."""
+    token = rsa_key().sign(claims(aud="api"))
+    padded = ".".join(s + "=" * (-len(s) % 4) for s in token.split("."))
+    assert padded != token
+    plain, slow = parse_token(token), parse_token(padded)
+    same_segment = slow.jwt._replace(payload_segment=plain.jwt.payload_segment)
+    assert (plain.jwt, plain.signature) == (same_segment, slow.signature)
+    keys = parse_jwks(jwks(rsa_key().jwk()))
+    assert verify_signature(plain, keys)[0] is Status.OK
+
+
 def test_jwt_repr_never_shows_payload() -> None:
-    jwt = parse_jwt(rsa_key().sign(claims(secret="hunter2")))
-    assert "hunter2" not in repr(jwt)
+    token = rsa_key().sign(claims(secret="hunter2"))
+    signed = parse_token(token)
+    payload, signature = token.split(".")[1:]
+    for shown in (repr(signed.jwt), repr(signed), str(signed)):
+        assert "hunter2" not in shown and payload not in shown and signature not in shown
