@@ -9,7 +9,7 @@ One run measures, with the same load tool for every server:
   ext_authz asks ours / bare / naive, and Envoy's own jwt_authn + RBAC with no
   ext_authz at all;
 
-for workloads w1-w5 (bench/workloads.py) at concurrency 1 and 32, with the
+for workloads w1-w5 and w2f (bench/workloads.py) at concurrency 1 and 32, with the
 server (and Envoy) pinned to one CPU and the load generator to another. It
 prints a markdown table, writes it to bench/results/latest.md and everything
 to bench/results/latest.json, and prints PASS/FAIL for the issue's targets
@@ -1154,6 +1154,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="wrk warm-up run seconds (default 1, quick 0)")
     parser.add_argument("--tokens", type=int, help="distinct tokens of w2 (default 10000, "
                         "quick 300)")
+    parser.add_argument("--fresh-tokens", type=int,
+                        help="distinct tokens of w2f, the workload no cache of ours can hold "
+                        "(default 15000: more than the 10,000 tokens and 12,500 decisions "
+                        "they keep; quick 0, i.e. no w2f)")
     parser.add_argument("--elsewhere", type=int, help="w5 policies in other namespaces "
                         "(default 10000, quick 200)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -1162,7 +1166,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     quick = args.quick
     for name, full, fast in (("duration", 5.0, 1.0), ("warmup", 1.0, 0.2),
                              ("e2e_duration", 3.0, 1.0), ("e2e_warmup", 1.0, 0.0),
-                             ("tokens", 10_000, 300), ("elsewhere", 10_000, 200)):
+                             ("tokens", 10_000, 300), ("fresh_tokens", 15_000, 0),
+                             ("elsewhere", 10_000, 200)):
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)
     return args
@@ -1184,8 +1189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_e2e:
         preload.start()
     k = workloads.make_keys()
-    log(f"minting {args.tokens:,} tokens")
-    wls = workloads.token_workloads(k, args.tokens)
+    log(f"minting {args.tokens + args.fresh_tokens:,} tokens")
+    wls = workloads.token_workloads(k, args.tokens, args.fresh_tokens)
     if preload.is_alive() or preload.ident is not None:
         preload.join()
     # The orchestrator (this process, and the JWKS thread) stays off the server's CPU.
@@ -1208,13 +1213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         if args.quick:
             conc: Sequence[int] = (TARGET_CONCURRENCY,)
-            names = {"bare": ["w1", "w2", "w3", "w4"], "naive": ["w2"],
-                     "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"]}
+            fresh = ["w2f"] if "w2f" in wls else []
+            names = {"bare": ["w1", "w2", *fresh, "w3", "w4"], "naive": ["w2", *fresh],
+                     "ours": ["w1", "w2", *fresh, "w3", "w4"], "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "jwt_authn"], ["w1"]
         else:
             conc = CONCURRENCY
             every = ["w1", "w2", "w3", "w4"]
-            names = {"bare": every, "naive": every, "ours": every, "w5": ["w5"]}
+            server_every = ["w1", "w2", *(["w2f"] if "w2f" in wls else []), "w3", "w4"]
+            names = {"bare": server_every, "naive": server_every, "ours": server_every,
+                     "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "bare", "naive", "jwt_authn"], every
         if args.skip_server:
             log("server-only section skipped (--skip-server)")
@@ -1246,7 +1254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "envoy_cpus": server_cpus, "duration_s": args.duration,
                 "warmup_s": args.warmup, "e2e_duration_s": args.e2e_duration,
                 "e2e_warmup_s": args.e2e_warmup, "repeat": args.repeat,
-                "tokens": args.tokens, "elsewhere": args.elsewhere,
+                "tokens": args.tokens, "fresh_tokens": args.fresh_tokens,
+                "elsewhere": args.elsewhere,
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",
                 "workload_titles": titles,

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from policy_scale import policies, request_bytes
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.authn.cache import DEFAULT_MAX_ENTRIES, outcome_memo_size
 from authz.tools import jwks, keys, token
 
 ISSUER = "https://issuer.bench.example"
@@ -40,7 +41,7 @@ TOKEN_TTL = 6 * 3600
 
 # What each workload must get from a policy-enforcing server (ours, naive):
 # "OK" or the denied HTTP status; bare answers OK to everything.
-EXPECTED = {"w1": "OK", "w2": "OK", "w3": "http 401", "w4": "http 403"}
+EXPECTED = {"w1": "OK", "w2": "OK", "w2f": "OK", "w3": "http 401", "w4": "http 403"}
 
 
 @dataclass
@@ -187,14 +188,27 @@ class Workload:
         return [check_request(t) for t in self.tokens]
 
 
-def token_workloads(k: Keys, distinct: int) -> dict[str, Workload]:
-    tokens = mint_tokens(k, distinct)
-    return {
+CACHED_DECISIONS = outcome_memo_size(DEFAULT_MAX_ENTRIES)
+"""What our server remembers at most by default: 12,500 decisions (10,000 tokens)."""
+
+
+def token_workloads(k: Keys, distinct: int, fresh: int = 0) -> dict[str, Workload]:
+    """w1-w4, and with ``fresh`` > 0 "w2f": that many more tokens (none of w2's),
+    cycled. More than our caches hold (10,000 tokens, 12,500 decisions), every
+    request carries a token the server has no memory of: what w2 measures on a
+    server without a per-token cache."""
+    tokens = mint_tokens(k, distinct + fresh)
+    found = {
         "w1": Workload("w1", "1 valid token", tokens[:1]),
-        "w2": Workload("w2", f"{distinct:,} valid tokens cycled", tokens),
+        "w2": Workload("w2", f"{distinct:,} valid tokens cycled", tokens[:distinct]),
         "w3": Workload("w3", "invalid signature (401)", [bad_signature_token(k)]),
         "w4": Workload("w4", "no token, DENY notRequestPrincipals (403)", [None]),
     }
+    if fresh:
+        beyond = ", beyond the caches" if fresh > CACHED_DECISIONS else ""
+        found["w2f"] = Workload("w2f", f"{fresh:,} other valid tokens cycled{beyond}",
+                                tokens[distinct:])
+    return found
 
 
 W5_REQUEST = request_bytes

@@ -51,7 +51,8 @@ def _no_nan(text: str) -> Any:
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--fresh-tokens", "40",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
@@ -73,6 +74,8 @@ def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path])
     server = next(t for t in found if t[0][:3] == ["workload", "server", "conc"])
     servers = {r[1] for r in server[2:]}
     assert {"ours", "bare", "naive", "ours-10"} <= servers
+    # w2f, the tokens beyond the caches, runs against all three Check servers.
+    assert {r[1] for r in server[2:] if r[0].startswith("w2f ")} == {"bare", "naive", "ours"}
     for r in server[2:]:
         assert float(r[3].replace(",", "")) > 0, r  # RPS
     assert re.search(r"^- (PASS|FAIL|n/a): w1 RPS", markdown, re.M)
