@@ -303,13 +303,18 @@ def claim_value(payload: Mapping[str, Any], claim: str) -> str | None:
 
 
 def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapping[str, Any]:
-    """``normalize_payload_in_metadata``: split the named top-level string claims on spaces."""
-    out = dict(payload)
+    """``normalize_payload_in_metadata``: split the named top-level string claims on spaces.
+
+    The payload is read-only from here on; it is copied only when a claim is split,
+    so a token without ``scope``/``permission`` strings keeps one dict, not two."""
+    out: dict[str, Any] | None = None
     for name in spaced:
-        value = out.get(name)
+        value = payload.get(name)
         if isinstance(value, str):
+            if out is None:
+                out = dict(payload)
             out[name] = [v for v in value.split(" ") if v]
-    return MappingProxyType(out)
+    return MappingProxyType(out if out is not None else payload)
 
 
 PLAN_MEMO_SIZE = 4096

@@ -133,23 +133,26 @@ class Snapshot:
         return decision, until
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
+        # Built once per (authn outcome, RBAC result), so once per token seen: the
+        # Decision's own constructor, with no dict of shared fields passed on by
+        # allow()/deny() (half the time of building one).
         issuer = authn.claims.get("iss") if authn.claims is not None else None
-        effects = {"dry_run": result.dry_run, "audit": result.audit,
-                   "principal": authn.principal,
-                   "issuer": issuer if isinstance(issuer, str) else None}
+        issuer = issuer if isinstance(issuer, str) else None
         if not result.allowed:
-            return Decision.deny(
-                403, RBAC_DENIED_BODY, Reason.RBAC_DENIED,
-                policy=result.policy, detail=result.reason, **effects,
+            return Decision(
+                allowed=False, status=403, reason=Reason.RBAC_DENIED, body=RBAC_DENIED_BODY,
+                policy=result.policy, detail=result.reason, dry_run=result.dry_run,
+                audit=result.audit, principal=authn.principal, issuer=issuer,
             )
-        reason = Reason.NO_POLICY if result.reason == rbac.NO_POLICY else Reason.ALLOWED
-        return Decision.allow(
-            reason, policy=result.policy, detail=result.reason,
+        return Decision(
+            allowed=True, status=200,
+            reason=Reason.NO_POLICY if result.reason == rbac.NO_POLICY else Reason.ALLOWED,
+            policy=result.policy, detail=result.reason,
             upstream_headers=authn.upstream_headers,
             upstream_headers_to_remove=authn.upstream_headers_to_remove,
             query_parameters_to_remove=authn.query_parameters_to_remove,
-            dynamic_metadata=authn.dynamic_metadata,
-            **effects,
+            dynamic_metadata=authn.dynamic_metadata, dry_run=result.dry_run,
+            audit=result.audit, principal=authn.principal, issuer=issuer,
         )
 
     @property

@@ -14,6 +14,7 @@ from authz.authn.engine import (
     AuthnSuccess,
     StaticKeys,
     claim_value,
+    normalize_claims,
 )
 from authz.authn.keys import KeySet, parse_jwks
 from authz.decision import Header
@@ -263,6 +264,18 @@ def test_space_delimited_claims_split() -> None:
     assert res.claims["scope"] == ["write", "read"]
     assert res.claims["custom_scope"] == ["admin", "user"]
     assert res.claims["other"] == "a b"
+
+
+def test_claims_are_copied_only_to_split_them() -> None:
+    spaced = frozenset({"scope", "permission"})
+    payload = {"sub": "a", "scope": "x y"}
+    split = normalize_claims(payload, spaced)
+    assert split["scope"] == ["x", "y"] and payload["scope"] == "x y"  # the token's untouched
+    plain = {"sub": "a", "scope": ["x"]}  # already a list: nothing to split
+    shared = normalize_claims(plain, spaced)
+    assert shared == plain
+    with pytest.raises(TypeError):
+        shared["sub"] = "b"  # type: ignore[index]
 
 
 # -- CORS, presence, realm ----------------------------------------------------------
