@@ -29,6 +29,19 @@ def test_policy_scale_quick_run_prints_table_and_json() -> None:
     assert result["mean_ratio"] > 0
 
 
+def test_instruction_count_stages_all_run() -> None:
+    """bench/instructions.py drives the request path stage by stage through internal
+    APIs; a dry run (no valgrind) checks each stage still runs and the table is whole."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "instructions.py"), "--dry-run", "--requests",
+         "3"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| fresh")
+            or line.startswith("| w1")]
+    assert len(rows) == 20, proc.stdout
+
+
 def tables(markdown: str) -> list[list[list[str]]]:
     """Every markdown table as rows of cells (header and separator included)."""
     found: list[list[list[str]]] = []
@@ -74,8 +87,10 @@ def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path])
     server = next(t for t in found if t[0][:3] == ["workload", "server", "conc"])
     servers = {r[1] for r in server[2:]}
     assert {"ours", "bare", "naive", "ours-10"} <= servers
-    # w2f, the tokens beyond the caches, runs against all three Check servers.
+    # w2f, the tokens beyond the caches, runs against all three Check servers, each
+    # started for it (its tokens must not push w2's out of the caches w2 is measured with).
     assert {r[1] for r in server[2:] if r[0].startswith("w2f ")} == {"bare", "naive", "ours"}
+    assert len(re.findall(r"pinned ours \(pid", stderr)) >= 2, stderr[-3000:]
     for r in server[2:]:
         assert float(r[3].replace(",", "")) > 0, r  # RPS
     assert re.search(r"^- (PASS|FAIL|n/a): w1 RPS", markdown, re.M)
