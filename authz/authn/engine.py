@@ -484,7 +484,7 @@ class Authenticator:
             return Status.OK, jwt, until
         if keys is None:
             return Status.JWKS_FETCH_FAIL, None, until
-        if forged or signed is None:
+        if forged or signed is None:  # a remembered forgery: not parsed or tried again
             return Status.JWT_VERIFICATION_FAIL, None, until
         status, jwk = verify_signature(signed, keys)
         if status is Status.OK and jwk is not None:

@@ -154,6 +154,14 @@ def test_ed25519_wrong_length() -> None:
     (b64(b'{"alg":"RS256"}') + "." + b64('{"sub":"x"}'.encode("utf-16")) + ".c",
      Status.JWT_PAYLOAD_BAD_JSON),
     (b64(b'{"alg":"RS256"}') + ".e30.c", Status.JWT_SIGNATURE_BAD_BASE64),
+    # An object alone is read by the scanner in one call; anything around it goes
+    # through the whole decoder: whitespace is JSON, anything else is not.
+    (unsigned({"alg": "RS256"}, ' {"sub": "x"}\n'), Status.OK),
+    (unsigned({"alg": "RS256"}, '{"sub": "x"}}'), Status.JWT_PAYLOAD_BAD_JSON),
+    (unsigned({"alg": "RS256"}, '{"sub": "x"} {}'), Status.JWT_PAYLOAD_BAD_JSON),
+    (unsigned({"alg": "RS256"}, '{"exp": NaN}'), Status.JWT_PAYLOAD_BAD_JSON),
+    (unsigned({"alg": "RS256"}, '{"sub": "x"'), Status.JWT_PAYLOAD_BAD_JSON),
+    (unsigned({"alg": "RS256"}, '{}'), Status.OK),
     (unsigned({"alg": "RS256"}, {"iss": 1}), Status.JWT_PAYLOAD_ISS_NOT_STRING),
     (unsigned({"alg": "RS256"}, {"sub": None}), Status.JWT_PAYLOAD_SUB_NOT_STRING),
     (unsigned({"alg": "RS256"}, {"iat": "1"}), Status.JWT_PAYLOAD_IAT_NOT_INTEGER),
