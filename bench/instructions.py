@@ -24,10 +24,11 @@ Also printed: simulated L1 instruction and data cache misses, which is where a
 stage's real cost departs from its instruction count (a fresh token touches
 much more code than a repeated one).
 
-valgrind does not emulate every CPU extension (SHA-NI, for one), so hashing and
-RSA count more instructions than they run natively; Python-level changes count
-true. Needs ``valgrind`` (``apt-get install valgrind``). Each stage takes two
-runs of ~30-60 s.
+Under valgrind OpenSSL does not see every CPU extension (it takes its plain
+SHA-256 and bignum code, not the SHA-NI and ADX paths), so hashing and RSA count
+more instructions than they run natively; Python-level changes count true.
+Needs ``valgrind`` (``apt-get install valgrind``). Each stage takes two runs of
+~30-60 s.
 
 Run: python bench/instructions.py [--requests 1000] [--stages check] [--kinds fresh w1]
 """
