@@ -174,11 +174,6 @@ def _opt_uint64(payload: Mapping[str, Any], name: str, wrong: Status, out_of_ran
     return int(value)
 
 
-def parse_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Jwt:
-    """The claims of ``parse_token``."""
-    return parse_token(token, max_bytes).jwt
-
-
 def parse_token(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Signed:
     """Decode and type-check a token; raises ``JwtError`` with the first failure."""
     if len(token) > max_bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
-from authz.authn.verify import parse_jwt, parse_token
+from authz.authn.verify import parse_token
 from tests.authn.helpers import NOW, claims, hmac_key
 
 KEY = hmac_key()
@@ -49,7 +49,7 @@ def test_a_rejected_token_keeps_its_claims_but_not_its_signature() -> None:
 
 
 def test_a_cache_that_keeps_nothing_hands_back_what_it_was_given() -> None:
-    jwt = parse_jwt(KEY.sign(claims()))
+    jwt = parse_token(KEY.sign(claims())).jwt
     assert TokenCache(max_entries=0).put(1, b"d", jwt, "fp", NOW) is jwt
 
 

@@ -14,7 +14,6 @@ from authz.authn.verify import (
     Status,
     audience_allowed,
     check_time,
-    parse_jwt,
     parse_token,
     sanitize_audience,
     time_horizon,
@@ -35,7 +34,7 @@ from tests.authn.helpers import (
 
 def status_of(token: str) -> Status:
     try:
-        parse_jwt(token)
+        parse_token(token)
     except JwtError as exc:
         return exc.status
     return Status.OK
@@ -188,7 +187,7 @@ def test_oversized_token_rejected_before_parsing() -> None:
 
 
 def test_float_times_are_truncated() -> None:
-    jwt = parse_jwt(unsigned({"alg": "RS256"}, {"exp": 10.9}))
+    jwt = parse_token(unsigned({"alg": "RS256"}, {"exp": 10.9})).jwt
     assert jwt.exp == 10
 
 
@@ -200,7 +199,7 @@ def test_float_times_are_truncated() -> None:
     ({}, Status.OK),                              # no exp: never expires
 ])
 def test_time_window(payload: dict[str, int], status: Status) -> None:
-    assert check_time(parse_jwt(unsigned({"alg": "RS256"}, payload)), NOW) is status
+    assert check_time(parse_token(unsigned({"alg": "RS256"}, payload)).jwt, NOW) is status
 
 
 @pytest.mark.parametrize("payload", [
@@ -209,7 +208,7 @@ def test_time_window(payload: dict[str, int], status: Status) -> None:
     {},
 ])
 def test_time_horizon_is_the_first_moment_check_time_changes(payload: dict[str, int]) -> None:
-    jwt = parse_jwt(unsigned({"alg": "RS256"}, payload))
+    jwt = parse_token(unsigned({"alg": "RS256"}, payload)).jwt
     now = NOW + 0.25
     until = time_horizon(jwt, now)
     before = check_time(jwt, now)
@@ -225,11 +224,11 @@ def test_audiences() -> None:
     assert sanitize_audience("https://foo.com/") == "foo.com"
     assert sanitize_audience("http://foo") == "foo"
     allowed = frozenset({sanitize_audience("https://api.example.com/")})
-    jwt = parse_jwt(unsigned({"alg": "RS256"}, {"aud": ["x", "http://api.example.com"]}))
+    jwt = parse_token(unsigned({"alg": "RS256"}, {"aud": ["x", "http://api.example.com"]})).jwt
     assert audience_allowed(jwt, allowed)
-    assert not audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {"aud": "y"})), allowed)
-    assert not audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {})), allowed)
-    assert audience_allowed(parse_jwt(unsigned({"alg": "RS256"}, {})), frozenset())
+    assert not audience_allowed(parse_token(unsigned({"alg": "RS256"}, {"aud": "y"})).jwt, allowed)
+    assert not audience_allowed(parse_token(unsigned({"alg": "RS256"}, {})).jwt, allowed)
+    assert audience_allowed(parse_token(unsigned({"alg": "RS256"}, {})).jwt, frozenset())
 
 
 def test_padded_and_unpadded_sections_parse_alike() -> None:
@@ -251,3 +250,4 @@ def test_jwt_repr_never_shows_payload() -> None:
     payload, signature = token.split(".")[1:]
     for shown in (repr(signed.jwt), repr(signed), str(signed)):
         assert "hunter2" not in shown and payload not in shown and signature not in shown
+
