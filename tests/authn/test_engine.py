@@ -266,6 +266,16 @@ def test_space_delimited_claims_split() -> None:
     assert res.claims["other"] == "a b"
 
 
+def test_an_authn_outcome_is_immutable() -> None:
+    """One outcome is shared by every request of its token (memoized)."""
+    res = ok(auth(rule()).authenticate(view(headers=bearer(KEY.sign(claims()))), NOW))
+    with pytest.raises(AttributeError):
+        res.principal = "someone/else"  # type: ignore[misc]
+    assert res.claims is not None
+    with pytest.raises(TypeError):
+        res.claims["sub"] = "else"  # type: ignore[index]
+
+
 def test_claims_are_copied_only_to_split_them() -> None:
     spaced = frozenset({"scope", "permission"})
     payload = {"sub": "a", "scope": "x y"}

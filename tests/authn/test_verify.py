@@ -251,3 +251,11 @@ def test_jwt_repr_never_shows_payload() -> None:
     for shown in (repr(signed.jwt), repr(signed), str(signed)):
         assert "hunter2" not in shown and payload not in shown and signature not in shown
 
+
+def test_a_parsed_token_is_immutable() -> None:
+    """Caches and memos share one ``Jwt`` across requests: nothing may change it."""
+    signed = parse_token(rsa_key().sign(claims()))
+    with pytest.raises(AttributeError):
+        signed.jwt.iss = "someone-else"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        signed.signature = b""  # type: ignore[misc]
