@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import workloads
+from profile_check import start
 
 STAGES = ("view", "extract", "parse", "verify", "token", "authn", "decide", "evaluate",
           "response", "check")
@@ -63,10 +64,8 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
     from authz._proto.envoy.service.auth.v3 import external_auth_pb2
     from authz.authn.extract import RequestParts
     from authz.authn.verify import parse_token, verify_signature
-    from authz.config import Settings
     from authz.envoy.request_view import view_from_check_request
     from authz.envoy.response import check_response
-    from authz.server import AuthzServer
 
     data = json.loads(data_file.read_text())
     payloads = [base64.b64decode(p) for p in data[kind]]
@@ -75,11 +74,8 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
     async def run() -> None:
         jwks = workloads.JwksServer(data["jwks"])
         with tempfile.TemporaryDirectory() as tmp:
-            policy = workloads.write_policy(Path(tmp), workloads.main_policy(jwks.uri))
-            server = AuthzServer(Settings(policy_paths=(str(policy),), grpc_address="127.0.0.1:0",
-                                          http_address="", decision_log="none"))
-            await server.start()
-            await server.become_ready()
+            server = await start(workloads.write_policy(Path(tmp),
+                                                        workloads.main_policy(jwks.uri)))
             service, snapshot = server.service, server.store.current
             assert service is not None
             auth = snapshot.authenticator
