@@ -7,15 +7,14 @@ Every ``serve`` flag can also come from an ``AUTHZ_*`` environment variable
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from authz import __version__
-from authz.config import ConfigError, Settings, parse_workers
+from authz import __version__, eventloop
+from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.policy.errors import PolicyErrors
 from authz.tools import check, commands, envoy_config, validate
@@ -88,6 +87,8 @@ SERVE_OPTIONS = (
            "Linux) under one supervisor that handles signals, restarts crashed workers and "
            "serves the admin port with merged metrics; auto = CPUs available (affinity and "
            "cgroup quota)", "auto", parse_workers, metavar="N|auto"),
+    Option("--event-loop", "event_loop", "event loop: uvloop (faster under load), asyncio, "
+           "or auto (uvloop when installed)", "auto", choices=EVENT_LOOPS),
 )
 
 
@@ -181,6 +182,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         redact_headers=tuple(_repeated(args, "redact_header")),
         drain_delay=args.drain_delay,
         workers=args.workers,
+        event_loop=args.event_loop,
     )
 
 
@@ -191,9 +193,12 @@ def serve_command(settings: Settings) -> int:
     if settings.workers > 1:
         from authz.workers import Supervisor
 
-        return asyncio.run(Supervisor(settings).serve())
+        eventloop.loop_factory(settings.event_loop)  # a missing uvloop fails here, once
+        # The workers run on the chosen loop; the supervisor carries no Check and
+        # reads their abstract-namespace admin sockets, which uvloop cannot connect to.
+        return eventloop.run(Supervisor(settings).serve, "asyncio")
     try:
-        asyncio.run(AuthzServer(settings).serve())
+        eventloop.run(AuthzServer(settings).serve, settings.event_loop)
     except PolicyErrors as exc:
         print(f"authz: policies rejected:\n{exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which and why."""
@@ -99,6 +101,8 @@ class Settings:
     """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
     workers: int = 1
     """Server processes sharing the gRPC port; more than one runs under a supervisor."""
+    event_loop: str = "auto"
+    """auto (uvloop when installed) | uvloop | asyncio: see authz/eventloop.py."""
     reuse_port: bool = False
     """Bind the gRPC port with SO_REUSEPORT: set for the processes of ``--workers``."""
 
@@ -124,5 +128,8 @@ class Settings:
             raise ConfigError("--workers must be >= 1")
         if self.workers > 1 and not sys.platform.startswith("linux"):
             raise ConfigError("--workers > 1 needs Linux (SO_REUSEPORT load balancing)")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"--event-loop: expected {'|'.join(EVENT_LOOPS)}, "
+                              f"got {self.event_loop!r}")
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")

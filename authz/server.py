@@ -27,6 +27,7 @@ from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog, JsonLineBatcher
 from authz.envoy.request_view import RequestView, view_from_check_request
 from authz.envoy.response import check_response
+from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
 from authz.observe import Metrics, resolved_format
 from authz.policy.errors import PolicyError, PolicyErrors
@@ -323,7 +324,8 @@ class AuthzServer:
             self._admin = AdminServer(self)
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
-                 http_address=self.settings.http_address or None)
+                 http_address=self.settings.http_address or None,
+                 event_loop=current_loop_name())
 
     async def become_ready(self, load: bool = True) -> None:
         """Ready = policies loaded and every JWKS source tried once (good or not)."""

@@ -191,6 +191,40 @@ async def _load_then_sigterm(
     return answered, failed
 
 
+@pytest.mark.parametrize(("flags", "loop", "servers"), [
+    ((), "uvloop", 1),
+    (("--event-loop", "asyncio"), "asyncio", 1),
+    (("--workers", "2"), "uvloop", 2),
+    (("--event-loop", "asyncio", "--workers", "2"), "asyncio", 2),
+], ids=["default-uvloop", "asyncio", "workers-uvloop", "workers-asyncio"])
+def test_the_server_runs_on_the_event_loop_it_was_given(flags: tuple[str, ...], loop: str,
+                                                       servers: int) -> None:
+    pytest.importorskip("uvloop", reason="uvloop is a dependency on CPython/Linux/macOS")
+    port = free_port()
+    proc = _start(port, *flags)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                external_auth_pb2.CheckRequest(), timeout=5)
+        assert resp.WhichOneof("http_response") == "ok_response"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    proc.output.seek(0)  # type: ignore[attr-defined]
+    started = [json.loads(line) for line in proc.output.read().splitlines()  # type: ignore[attr-defined]
+               if '"server_started"' in line]
+    assert [s["event_loop"] for s in started] == [loop] * servers
+
+
+def test_event_loop_env_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from_args(build_parser().parse_args(["serve"])).event_loop == "auto"
+    monkeypatch.setenv("AUTHZ_EVENT_LOOP", "asyncio")
+    assert settings_from_args(build_parser().parse_args(["serve"])).event_loop == "asyncio"
+
+
 def test_a_bad_number_in_an_environment_variable_is_a_usage_error(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("AUTHZ_GRACE_PERIOD", "abc")
