@@ -10,14 +10,21 @@ With ``--naive`` the naive servicer (PyJWT on every call) runs beside them:
 ``--workloads w2 --tokens 20000 --naive`` compares what a token seen for the
 first time costs us with what it costs a server that verifies every call.
 
+With ``--loops`` bare runs again on uvloop and ours again on asyncio's loop
+(ours runs on uvloop by default): what the event loop gives each. Every round
+prints each server's CPU per request (utime+stime over the load, warm-up
+included) beside its RPS: on a machine with steal time CPU per request moves
+less than RPS.
+
 Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4] [--spin-us 30 100]
-                        [--naive]
+                        [--naive] [--loops]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -35,6 +42,7 @@ PY = sys.executable
 
 
 def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
+    """bare, bare-uvloop, spinN, naive, ours (its default loop) or ours-asyncio."""
     port = free_port()
     if kind == "naive":
         argv = [PY, str(BENCH / "servers" / "naive.py"), "--grpc-address", f"127.0.0.1:{port}",
@@ -43,13 +51,23 @@ def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int
         spin = kind.removeprefix("spin") if kind.startswith("spin") else "0"
         argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
                 "--spin-us", spin]
+    elif kind == "bare-uvloop":
+        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
+                "--event-loop", "uvloop"]
     else:
         argv = [PY, "-m", "authz", "serve", "--policy", str(work / "policies"),
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",
                 "--decision-log", "none", "--log-level", "warning", "--workers", "1"]
+        if kind == "ours-asyncio":
+            argv += ["--event-loop", "asyncio"]
     proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     return proc, port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _cursors: dict[tuple[int, Path], int] = {}
@@ -86,6 +104,8 @@ def main() -> None:
                         "time alone costs through the transport)")
     parser.add_argument("--naive", action="store_true",
                         help="also the naive servicer (PyJWT RS256 on every call)")
+    parser.add_argument("--loops", action="store_true",
+                        help="also bare on uvloop and ours on asyncio's loop")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -101,19 +121,30 @@ def main() -> None:
     for name in args.workloads:
         messages[name] = work / f"{name}.bin"
         loadgen.write_messages(messages[name], wls[name].check_requests())
-    kinds = ("bare", *(f"spin{us:g}" for us in args.spin_us),
-             *(("naive",) if args.naive else ()), "ours")
+    kinds = ("bare", *(("bare-uvloop",) if args.loops else ()),
+             *(f"spin{us:g}" for us in args.spin_us), *(("naive",) if args.naive else ()),
+             *(("ours-asyncio",) if args.loops else ()), "ours")
     servers = {kind: start(kind, work, args.server_cpu) for kind in kinds}
     time.sleep(5)  # both ready (ours fetches its JWKS first)
     print(f"server CPU {args.server_cpu}, load CPU {args.load_cpu}, c={args.concurrency}, "
           f"{args.duration:g} s per measurement", flush=True)
     ratios: dict[str, list[float]] = {name: [] for name in args.workloads}
     vs_naive: dict[str, list[float]] = {name: [] for name in args.workloads}
+    per_kind: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (vs bare, CPU us)
     try:
         for rnd in range(args.rounds):
             for name in args.workloads:
-                rps = {kind: load(port, messages[name], args)["rps"]
-                       for kind, (_, port) in servers.items()}
+                rps: dict[str, float] = {}
+                cpu_us: dict[str, float] = {}
+                for kind, (proc, port) in servers.items():
+                    before = cpu_seconds(proc.pid)
+                    result = load(port, messages[name], args)
+                    rps[kind] = result["rps"]
+                    sent = result["requests"] + result.get("warmup_requests", 0)
+                    cpu_us[kind] = (cpu_seconds(proc.pid) - before) / max(sent, 1) * 1e6
+                for kind in servers:
+                    per_kind.setdefault((name, kind), []).append(
+                        (rps[kind] / rps["bare"], cpu_us[kind]))
                 ratio = rps["ours"] / rps["bare"]
                 ratios[name].append(ratio)
                 naive = ""
@@ -127,6 +158,11 @@ def main() -> None:
                 print(f"round {rnd + 1} {name}: bare {rps['bare']:,.0f} rps, "
                       f"ours {rps['ours']:,.0f} rps, ours/bare {ratio:.2f}{naive}{spins}",
                       flush=True)
+                print("    vs bare: " + ", ".join(f"{k} {v / rps['bare']:.2f}"
+                                                 for k, v in rps.items() if k != "bare")
+                      + "; CPU us/request: " + ", ".join(f"{k} {v:.0f}"
+                                                         for k, v in cpu_us.items()),
+                      flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -139,6 +175,10 @@ def main() -> None:
         if vs_naive[name]:
             print(f"{name}: median ours/naive {statistics.median(vs_naive[name]):.2f} "
                   f"(rounds: {', '.join(f'{v:.2f}' for v in vs_naive[name])})")
+        print(f"{name}: medians per server (vs bare, CPU us/request): " + ", ".join(
+            f"{kind} {statistics.median(r for r, _ in got):.2f} "
+            f"{statistics.median(c for _, c in got):.0f}"
+            for (wl, kind), got in per_kind.items() if wl == name))
 
 
 if __name__ == "__main__":

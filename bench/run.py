@@ -4,7 +4,8 @@ One run measures, with the same load tool for every server:
 
 - server only: bench/loadgen.py (HTTP/2 gRPC, pre-encoded frames) straight at
   ``envoy.service.auth.v3.Authorization/Check`` of ours, bench/servers/bare.py
-  (always OK: the ceiling) and bench/servers/naive.py (PyJWT RS256 per call);
+  (always OK: the ceiling, on asyncio's loop; and again on uvloop, the loop ours
+  runs on, as a reference) and bench/servers/naive.py (PyJWT RS256 per call);
 - end to end: wrk (Lua script cycling tokens) through a real Envoy whose
   ext_authz asks ours / bare / naive, and Envoy's own jwt_authn + RBAC with no
   ext_authz at all;
@@ -49,6 +50,7 @@ import loadgen  # noqa: E402
 import workloads  # noqa: E402
 from workloads import EXPECTED, Workload  # noqa: E402
 
+from authz import eventloop  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 PY = sys.executable
@@ -290,6 +292,8 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
             "--decision-log", "none", "--log-format", "json", "--log-level", "warning"]
     if ctx.has_workers and workers is not None:
         argv += ["--workers", str(workers)]
+    if ctx.args.event_loop != "auto":
+        argv += ["--event-loop", ctx.args.event_loop]
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-{label}", argv, cpus or ctx.server_cpus, ctx.work)
     server = Server("ours", label, proc, port, admin)
@@ -305,8 +309,12 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
 
 
 def start_reference(ctx: Context, kind: str) -> Server:
+    """``bare``, ``bare-uvloop`` (the same servicer on uvloop) or ``naive``."""
     port = free_port()
-    argv = [PY, str(BENCH / "servers" / f"{kind}.py"), "--grpc-address", f"127.0.0.1:{port}"]
+    script = "bare" if kind.startswith("bare") else kind
+    argv = [PY, str(BENCH / "servers" / f"{script}.py"), "--grpc-address", f"127.0.0.1:{port}"]
+    if kind == "bare-uvloop":
+        argv += ["--event-loop", "uvloop"]
     if kind == "naive":
         pem = ctx.work / "issuer.pub.pem"
         pem.write_bytes(ctx.keys.public_pem())
@@ -319,7 +327,7 @@ def start_reference(ctx: Context, kind: str) -> Server:
         proc.stop()
         raise
     ctx.note_pinning(kind, proc)
-    return Server(kind, kind, proc, port)
+    return Server(script, kind, proc, port)
 
 
 def scrape_ours(server: Server) -> dict[str, float] | None:
@@ -430,6 +438,10 @@ def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
     return got, ""
 
 
+REFERENCES = ("bare", "bare-uvloop", "naive", "ours")
+"""Server-only kinds in measuring order (the ours-10 / ours-10+N of w5 come after)."""
+
+
 def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, Sequence[str]],
                 rows: list[dict[str, Any]]) -> None:
     """Every server stays up (idle ones pinned beside the measured one, using ~nothing) and
@@ -441,7 +453,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
     elsewhere = ctx.args.elsewhere
     scale = {"ours-10": 0, f"ours-10+{elsewhere}": elsewhere} if names.get("w5") else {}
     plan: dict[str, list[str]] = {}  # workload -> servers, in measuring order
-    for kind in ("bare", "naive", "ours"):
+    for kind in REFERENCES:
         for name in names.get(kind, []):
             plan.setdefault(name, []).append(kind)
     if scale:
@@ -449,7 +461,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
     servers: dict[str, Server] = {}
     extra: dict[str, dict[str, Any]] = {}
     try:
-        for kind in ("bare", "naive", "ours"):
+        for kind in REFERENCES:
             if any(kind in kinds for kinds in plan.values()):
                 with ctx.failing(f"server-only {kind}: start"):
                     servers[kind] = (start_ours(ctx, "ours", main_policy) if kind == "ours"
@@ -881,12 +893,13 @@ def workload_title(r: Mapping[str, Any], titles: Mapping[str, str]) -> str:
 
 def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     out = ["| workload | server | conc | RPS | p50 ms | p99 ms | CPU s/1k req | peak RSS MiB "
-           "| vs bare | vs naive | answer | notes |",
-           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+           "| vs bare | vs bare-uvloop | vs naive | answer | notes |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
         if r["section"] != "server":
             continue
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
+        bare_uv = find(rows, "server", "bare-uvloop", r["workload"], r["concurrency"])
         naive = find(rows, "server", "naive", r["workload"], r["concurrency"])
         extra = []
         if r.get("decision_cache_hit_ratio") is not None:
@@ -906,6 +919,7 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
             f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r.get('cpu_s_per_1k'), 3)} "
             f"| {fmt(r.get('peak_rss_mib'), 0)} "
             f"| {fmt(ratio(r, bare)) if r['server'] != 'bare' else ''} "
+            f"| {fmt(ratio(r, bare_uv)) if bare_uv and not r['server'].startswith('bare') else ''} "
             f"| {fmt(ratio(r, naive)) if naive and r['server'] != 'naive' else ''} "
             f"| {r.get('probe', '')} | {'; '.join(n for n in notes if n)} |")
     return out
@@ -968,6 +982,24 @@ def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
                    f"| {fmt(h2.get('rps'), 0)} | {fmt(ratio(h2, lg))} | {fmt(lg['mean_ms'])} "
                    f"| {fmt(h2.get('mean_ms'))} | {fmt(lg.get('cpu_s_per_1k'), 3)} "
                    f"| {fmt(h2.get('cpu_s_per_1k'), 3)} |")
+    return out
+
+
+def uvloop_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Ours against bare on uvloop, per workload measured with both, at concurrency 32."""
+    out = []
+    for name in ("w1", "w2", "w3", "w4"):
+        ours = find(rows, "server", "ours", name, TARGET_CONCURRENCY)
+        bare = find(rows, "server", "bare", name, TARGET_CONCURRENCY)
+        bare_uv = find(rows, "server", "bare-uvloop", name, TARGET_CONCURRENCY)
+        r, loop_gain = ratio(ours, bare_uv), ratio(bare_uv, bare)
+        if r is None or ours is None or bare_uv is None:
+            continue
+        detail = f"ours {ours['rps']:.0f} vs bare-uvloop {bare_uv['rps']:.0f} rps = {r:.2f}x"
+        if loop_gain is not None:
+            detail += f" (bare-uvloop / bare = {loop_gain:.2f}x)"
+        out.append({"workload": name, "ratio": r, "bare_uvloop_vs_bare": loop_gain,
+                    "detail": detail})
     return out
 
 
@@ -1079,6 +1111,9 @@ def render(report: Mapping[str, Any]) -> str:
         f"after a {meta['e2e_warmup_s']:.0f} s wrk warm-up; our server runs "
         f"{'--workers 1' if meta['workers_flag'] else 'without --workers (flag absent)'}, "
         "--decision-log none.  ",
+        *([f"Event loops: bare {loops['bare']} (the issue's ceiling), bare-uvloop "
+           f"{loops['bare-uvloop']}, naive {loops['naive']}, ours {loops['ours']}.  "]
+          if (loops := meta.get("event_loops")) else []),
         *([f"Repeats: the server-only matrix ran {meta['repeat']} times; each row is its run "
            "of median RPS (every run's RPS in the JSON as `rps_runs`).  "]
           if meta.get("repeat", 1) > 1 else []),
@@ -1101,6 +1136,12 @@ def render(report: Mapping[str, Any]) -> str:
         lines += ["## Failures", "", *(f"- {f}" for f in report["failures"]), ""]
     lines += ["## Targets (server only, one worker, concurrency 32)", ""]
     lines += [f"- {t['result']}: {t['target']}: {t['detail']}" for t in report["targets"]]
+    if report.get("uvloop_reference"):
+        lines += ["", "## Against the ceiling on uvloop (a reference, not a target)", "",
+                  "The issue's ceiling is a bare grpc.aio servicer on asyncio's loop; our "
+                  "server runs on uvloop. The same bare servicer on uvloop shows how much of "
+                  "the ratios above the loop gives (concurrency 32):", ""]
+        lines += [f"- {r['workload']}: {r['detail']}" for r in report["uvloop_reference"]]
     return "\n".join(lines) + "\n"
 
 
@@ -1160,6 +1201,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "they keep; quick 0, i.e. no w2f)")
     parser.add_argument("--elsewhere", type=int, help="w5 policies in other namespaces "
                         "(default 10000, quick 200)")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="our server's --event-loop (the references keep theirs: bare "
+                        "and naive asyncio, bare-uvloop uvloop)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -1213,13 +1257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         if args.quick:
             conc: Sequence[int] = (TARGET_CONCURRENCY,)
-            names = {"bare": ["w1", "w2", "w3", "w4"], "naive": ["w2"],
+            names = {"bare": ["w1", "w2", "w3", "w4"], "bare-uvloop": ["w1"], "naive": ["w2"],
                      "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "jwt_authn"], ["w1"]
         else:
             conc = CONCURRENCY
             every = ["w1", "w2", "w3", "w4"]
-            names = {"bare": every, "naive": every, "ours": every, "w5": ["w5"]}
+            names = {"bare": every, "bare-uvloop": every, "naive": every, "ours": every,
+                     "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "bare", "naive", "jwt_authn"], every
         if args.skip_server:
             log("server-only section skipped (--skip-server)")
@@ -1259,6 +1304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokens": args.tokens, "fresh_tokens": args.fresh_tokens,
                 "elsewhere": args.elsewhere,
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
+                "event_loops": {"bare": "asyncio", "bare-uvloop": "uvloop",
+                                "naive": "asyncio",
+                                "ours": eventloop.loop_factory(args.event_loop)[0]},
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",
                 "workload_titles": titles,
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),
@@ -1266,6 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": rows, "e2e_status": e2e_status, "workers": workers,
             "h2load_check": h2, "failures": ctx.failures,
             "targets": targets(rows, workers, args.elsewhere),
+            "uvloop_reference": uvloop_reference(rows),
         }
         report["meta"]["elapsed_s"] = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)

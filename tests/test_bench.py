@@ -86,7 +86,15 @@ def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path])
         assert all(len(r) == len(header) for r in body), table
     server = next(t for t in found if t[0][:3] == ["workload", "server", "conc"])
     servers = {r[1] for r in server[2:]}
-    assert {"ours", "bare", "naive", "ours-10"} <= servers
+    assert {"ours", "bare", "bare-uvloop", "naive", "ours-10"} <= servers
+    # Ours runs on uvloop: the bare servicer on uvloop is measured beside the issue's
+    # ceiling (asyncio's loop), and ours is compared with both.
+    column = server[0].index("vs bare-uvloop")
+    ours_w1 = next(r for r in server[2:] if r[0].startswith("w1 ") and r[1] == "ours")
+    assert float(ours_w1[column]) > 0, ours_w1
+    assert re.search(r"^## Against the ceiling on uvloop.*\n(.*\n)*- w1: ours \d+ vs "
+                     r"bare-uvloop \d+ rps = [\d.]+x \(bare-uvloop / bare = [\d.]+x\)$",
+                     markdown, re.M), markdown[-1500:]
     # w2f, the tokens beyond the caches, runs against all three Check servers, each
     # started for it (its tokens must not push w2's out of the caches w2 is measured with).
     assert {r[1] for r in server[2:] if r[0].startswith("w2f ")} == {"bare", "naive", "ours"}
@@ -104,6 +112,9 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
     meta = report["meta"]
     assert meta["quick"] is True and meta["server_cpus"] and meta["load_cpu"] is not None
     assert meta["pinning"] and all(p["affinity"] for p in meta["pinning"])
+    assert meta["event_loops"] == {"bare": "asyncio", "bare-uvloop": "uvloop",
+                                   "naive": "asyncio", "ours": "uvloop"}
+    assert [r["workload"] for r in report["uvloop_reference"]] == ["w1"]
     rows = {(r["section"], r["server"], r["workload"], r["concurrency"]): r
             for r in report["rows"]}
     for workload, answer in (("w1", "OK"), ("w2", "OK"), ("w3", "http 401"),

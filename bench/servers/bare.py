@@ -4,7 +4,12 @@ It does what any Python gRPC server must (HTTP/2, parse the CheckRequest,
 serialize a CheckResponse) and nothing else, so our server's numbers divided
 by these show what policy work costs on top of the transport.
 
+It runs on asyncio's own event loop, as the issue defines the ceiling;
+``--event-loop uvloop`` gives the ceiling on the loop our server runs on by
+default, which `make bench` measures beside it.
+
 Run: python bench/servers/bare.py --grpc-address 127.0.0.1:9000 [--spin-us N]
+                                  [--event-loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import grpc
 from google.rpc import status_pb2
 
+from authz import eventloop
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 OK = external_auth_pb2.CheckResponse(
@@ -57,7 +63,7 @@ async def serve(address: str, servicer: external_auth_pb2_grpc.AuthorizationServ
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {address}", flush=True)
+    print(f"listening on {address} ({eventloop.current_loop_name()} loop)", flush=True)
     await stop.wait()
     await server.stop(1.0)
 
@@ -67,9 +73,10 @@ def main() -> None:
     parser.add_argument("--grpc-address", default="127.0.0.1:9000")
     parser.add_argument("--spin-us", type=float, default=0.0,
                         help="busy-wait this many microseconds in every Check")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     servicer = Spinning(args.spin_us / 1e6) if args.spin_us > 0 else Bare()
-    asyncio.run(serve(args.grpc_address, servicer))
+    eventloop.run(lambda: serve(args.grpc_address, servicer), args.event_loop)
 
 
 if __name__ == "__main__":
