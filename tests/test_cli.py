@@ -114,6 +114,15 @@ def _start(port: int, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _finish(proc: subprocess.Popen[str]) -> str:
+    """Make sure the server is gone; everything it printed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    proc.output.seek(0)  # type: ignore[attr-defined]
+    return str(proc.output.read())  # type: ignore[attr-defined]
+
+
 def _answered_by_server(stderr: str, workers: int) -> int:
     """Checks answered, summed over every server process's ``server_stopped`` line."""
     counts = [int(json.loads(line)["checks_answered"]) for line in stderr.splitlines()
@@ -136,11 +145,7 @@ def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool,
         answered, failed = asyncio.run(_load_then_sigterm(port, proc, follow_health))
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.output.seek(0)  # type: ignore[attr-defined]
-        stderr = proc.output.read()  # type: ignore[attr-defined]
+        stderr = _finish(proc)
     assert answered > 50
     assert answered == _answered_by_server(stderr, workers), \
         "an answered call never reached the client"
@@ -210,12 +215,8 @@ def test_the_server_runs_on_the_event_loop_it_was_given(flags: tuple[str, ...], 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    proc.output.seek(0)  # type: ignore[attr-defined]
-    started = [json.loads(line) for line in proc.output.read().splitlines()  # type: ignore[attr-defined]
-               if '"server_started"' in line]
+        output = _finish(proc)
+    started = [json.loads(line) for line in output.splitlines() if '"server_started"' in line]
     assert [s["event_loop"] for s in started] == [loop] * servers
 
 
