@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import loadgen
 import workloads
-from run import free_port
+from run import cpu_seconds, free_port
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
@@ -63,11 +62,6 @@ def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int
     proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     return proc, port
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _cursors: dict[tuple[int, Path], int] = {}
@@ -137,11 +131,11 @@ def main() -> None:
                 rps: dict[str, float] = {}
                 cpu_us: dict[str, float] = {}
                 for kind, (proc, port) in servers.items():
-                    before = cpu_seconds(proc.pid)
+                    before = cpu_seconds([proc.pid])
                     result = load(port, messages[name], args)
                     rps[kind] = result["rps"]
                     sent = result["requests"] + result.get("warmup_requests", 0)
-                    cpu_us[kind] = (cpu_seconds(proc.pid) - before) / max(sent, 1) * 1e6
+                    cpu_us[kind] = (cpu_seconds([proc.pid]) - before) / max(sent, 1) * 1e6
                 for kind in servers:
                     per_kind.setdefault((name, kind), []).append(
                         (rps[kind] / rps["bare"], cpu_us[kind]))

@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime of these processes so far (ones that are gone count nothing)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (worker processes, for one)."""
     parents: dict[int, list[int]] = {}
@@ -120,12 +130,7 @@ class Proc:
         return descendants(self.pid) if self.alive() else []
 
     def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.pids():
-            fields = _stat_fields(pid)
-            if fields is not None:
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / CLK_TCK
+        return cpu_seconds(self.pids())
 
     def peak_rss_mib(self) -> tuple[float, float, int]:
         """(sum, max) of VmHWM over the process tree, and how many processes."""
