@@ -15,6 +15,12 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message says which and why."""
 
 
+def check_event_loop(choice: str) -> str:
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(f"--event-loop: expected {'|'.join(EVENT_LOOPS)}, got {choice!r}")
+    return choice
+
+
 def parse_address(text: str, what: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
@@ -128,8 +134,6 @@ class Settings:
             raise ConfigError("--workers must be >= 1")
         if self.workers > 1 and not sys.platform.startswith("linux"):
             raise ConfigError("--workers > 1 needs Linux (SO_REUSEPORT load balancing)")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ConfigError(f"--event-loop: expected {'|'.join(EVENT_LOOPS)}, "
-                              f"got {self.event_loop!r}")
+        check_event_loop(self.event_loop)
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")

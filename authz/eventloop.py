@@ -16,16 +16,14 @@ import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from authz.config import EVENT_LOOPS, ConfigError
+from authz.config import ConfigError, check_event_loop
 
 T = TypeVar("T")
 
 
 def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
     """The loop's name and factory for ``choice`` (None: asyncio's default loop)."""
-    if choice not in EVENT_LOOPS:
-        raise ConfigError(f"--event-loop: expected {'|'.join(EVENT_LOOPS)}, got {choice!r}")
-    if choice == "asyncio":
+    if check_event_loop(choice) == "asyncio":
         return "asyncio", None
     try:
         uvloop = importlib.import_module("uvloop")
