@@ -34,7 +34,7 @@ from pathlib import Path
 
 import loadgen
 import workloads
-from run import cpu_seconds, free_port
+from run import cpu_seconds, free_port, reference_argv
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
@@ -43,16 +43,11 @@ PY = sys.executable
 def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
     """bare, bare-uvloop, spinN, naive, ours (its default loop) or ours-asyncio."""
     port = free_port()
-    if kind == "naive":
-        argv = [PY, str(BENCH / "servers" / "naive.py"), "--grpc-address", f"127.0.0.1:{port}",
-                "--public-key", str(work / "issuer.pub.pem"), "--issuer", workloads.ISSUER]
-    elif kind == "bare" or kind.startswith("spin"):
-        spin = kind.removeprefix("spin") if kind.startswith("spin") else "0"
-        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
-                "--spin-us", spin]
-    elif kind == "bare-uvloop":
-        argv = [PY, str(BENCH / "servers" / "bare.py"), "--grpc-address", f"127.0.0.1:{port}",
-                "--event-loop", "uvloop"]
+    if kind.startswith("spin"):
+        argv = reference_argv("bare", port, work / "issuer.pub.pem",
+                              float(kind.removeprefix("spin")))
+    elif kind in ("bare", "bare-uvloop", "naive"):
+        argv = reference_argv(kind, port, work / "issuer.pub.pem")
     else:
         argv = [PY, "-m", "authz", "serve", "--policy", str(work / "policies"),
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", "",

@@ -51,6 +51,7 @@ import workloads  # noqa: E402
 from workloads import EXPECTED, Workload  # noqa: E402
 
 from authz import eventloop  # noqa: E402
+from authz.config import EVENT_LOOPS  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 PY = sys.executable
@@ -313,17 +314,24 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
     return server
 
 
-def start_reference(ctx: Context, kind: str) -> Server:
-    """``bare``, ``bare-uvloop`` (the same servicer on uvloop) or ``naive``."""
-    port = free_port()
-    script = "bare" if kind.startswith("bare") else kind
-    argv = [PY, str(BENCH / "servers" / f"{script}.py"), "--grpc-address", f"127.0.0.1:{port}"]
-    if kind == "bare-uvloop":
-        argv += ["--event-loop", "uvloop"]
+def reference_argv(kind: str, port: int, public_pem: Path, spin_us: float = 0.0) -> list[str]:
+    """The command line of a reference server: ``bare``, ``bare-uvloop`` (the same
+    servicer on uvloop) or ``naive`` (which verifies against ``public_pem``)."""
+    address = ["--grpc-address", f"127.0.0.1:{port}"]
     if kind == "naive":
-        pem = ctx.work / "issuer.pub.pem"
-        pem.write_bytes(ctx.keys.public_pem())
-        argv += ["--public-key", str(pem), "--issuer", workloads.ISSUER]
+        return [PY, str(BENCH / "servers" / "naive.py"), *address,
+                "--public-key", str(public_pem), "--issuer", workloads.ISSUER]
+    if kind not in ("bare", "bare-uvloop"):
+        raise ValueError(f"unknown reference server {kind!r}")
+    return [PY, str(BENCH / "servers" / "bare.py"), *address, "--spin-us", f"{spin_us:g}",
+            "--event-loop", "uvloop" if kind == "bare-uvloop" else "asyncio"]
+
+
+def start_reference(ctx: Context, kind: str) -> Server:
+    port = free_port()
+    pem = ctx.work / "issuer.pub.pem"
+    pem.write_bytes(ctx.keys.public_pem())
+    argv = reference_argv(kind, port, pem)
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-{kind}", argv, ctx.server_cpus, ctx.work)
     try:
@@ -332,7 +340,7 @@ def start_reference(ctx: Context, kind: str) -> Server:
         proc.stop()
         raise
     ctx.note_pinning(kind, proc)
-    return Server(script, kind, proc, port)
+    return Server("bare" if kind.startswith("bare") else kind, kind, proc, port)
 
 
 def scrape_ours(server: Server) -> dict[str, float] | None:
@@ -443,7 +451,7 @@ def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
     return got, ""
 
 
-REFERENCES = ("bare", "bare-uvloop", "naive", "ours")
+SERVER_KINDS = ("bare", "bare-uvloop", "naive", "ours")
 """Server-only kinds in measuring order (the ours-10 / ours-10+N of w5 come after)."""
 
 
@@ -458,7 +466,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
     elsewhere = ctx.args.elsewhere
     scale = {"ours-10": 0, f"ours-10+{elsewhere}": elsewhere} if names.get("w5") else {}
     plan: dict[str, list[str]] = {}  # workload -> servers, in measuring order
-    for kind in REFERENCES:
+    for kind in SERVER_KINDS:
         for name in names.get(kind, []):
             plan.setdefault(name, []).append(kind)
     if scale:
@@ -466,7 +474,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
     servers: dict[str, Server] = {}
     extra: dict[str, dict[str, Any]] = {}
     try:
-        for kind in REFERENCES:
+        for kind in SERVER_KINDS:
             if any(kind in kinds for kinds in plan.values()):
                 with ctx.failing(f"server-only {kind}: start"):
                     servers[kind] = (start_ours(ctx, "ours", main_policy) if kind == "ours"
@@ -1206,7 +1214,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "they keep; quick 0, i.e. no w2f)")
     parser.add_argument("--elsewhere", type=int, help="w5 policies in other namespaces "
                         "(default 10000, quick 200)")
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
                         help="our server's --event-loop (the references keep theirs: bare "
                         "and naive asyncio, bare-uvloop uvloop)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
