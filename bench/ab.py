@@ -16,8 +16,12 @@ prints each server's CPU per request (utime+stime over the load, warm-up
 included) beside its RPS: on a machine with steal time CPU per request moves
 less than RPS.
 
+With ``--baseline DIR`` our server runs a second time from another checkout
+(``git worktree add /tmp/base HEAD~1``): the A/B of a change to the request
+path, same rounds, same load, printed as ``baseline`` beside ``ours``.
+
 Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4] [--spin-us 30 100]
-                        [--naive] [--loops]
+                        [--naive] [--loops] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ BENCH = Path(__file__).resolve().parent
 PY = sys.executable
 
 
-def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
-    """bare, bare-uvloop, spinN, naive, ours (its default loop) or ours-asyncio."""
+def start(kind: str, work: Path, cpu: int,
+          baseline: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """bare, bare-uvloop, spinN, naive, ours (its default loop), ours-asyncio, or
+    baseline (ours from the checkout ``baseline``)."""
     port = free_port()
+    cwd = None
     if kind.startswith("spin"):
         argv = reference_argv("bare", port, work / "issuer.pub.pem",
                               float(kind.removeprefix("spin")))
@@ -54,8 +61,12 @@ def start(kind: str, work: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int
                 "--decision-log", "none", "--log-level", "warning", "--workers", "1"]
         if kind == "ours-asyncio":
             argv += ["--event-loop", "asyncio"]
+        if kind == "baseline":
+            # ``python -m`` puts the working directory first on sys.path, ahead of
+            # the editable install of this checkout.
+            cwd = baseline
     proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=cwd)
     return proc, port
 
 
@@ -95,6 +106,8 @@ def main() -> None:
                         help="also the naive servicer (PyJWT RS256 on every call)")
     parser.add_argument("--loops", action="store_true",
                         help="also bare on uvloop and ours on asyncio's loop")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also our server from another checkout (the A/B of a change)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -112,8 +125,11 @@ def main() -> None:
         loadgen.write_messages(messages[name], wls[name].check_requests())
     kinds = ("bare", *(("bare-uvloop",) if args.loops else ()),
              *(f"spin{us:g}" for us in args.spin_us), *(("naive",) if args.naive else ()),
-             *(("ours-asyncio",) if args.loops else ()), "ours")
-    servers = {kind: start(kind, work, args.server_cpu) for kind in kinds}
+             *(("ours-asyncio",) if args.loops else ()),
+             *(("baseline",) if args.baseline else ()), "ours")
+    if args.baseline and not (args.baseline / "authz" / "__main__.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: not a checkout of this project")
+    servers = {kind: start(kind, work, args.server_cpu, args.baseline) for kind in kinds}
     time.sleep(5)  # both ready (ours fetches its JWKS first)
     print(f"server CPU {args.server_cpu}, load CPU {args.load_cpu}, c={args.concurrency}, "
           f"{args.duration:g} s per measurement", flush=True)
