@@ -19,14 +19,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 
 from authz import __version__, heap
-from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.admin import AdminServer
 from authz.authn.jwks import JwksManager, JwksSettings, describe
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog, JsonLineBatcher
 from authz.envoy.request_view import RequestView, view_from_check_request
-from authz.envoy.response import check_response
+from authz.envoy.response import response_bytes
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
 from authz.observe import Metrics, resolved_format
@@ -60,7 +60,24 @@ def _where(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+def add_authorization_service(service: AuthorizationService, server: grpc.aio.Server) -> None:
+    """What the generated ``add_AuthorizationServicer_to_server`` does, but ``Check``
+    returns serialized bytes (``response_bytes``), so there is no response serializer:
+    gRPC sends the bytes as they are. The method is also registered with gRPC core,
+    as the generated code does, so a call is routed without matching its path."""
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            service.Check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=None,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(AUTHORIZATION_SERVICE, handlers),))
+    server.add_registered_method_handlers(AUTHORIZATION_SERVICE, handlers)
+
+
+class AuthorizationService:
     """``envoy.service.auth.v3.Authorization``: CheckRequest -> view -> Decision -> response."""
 
     def __init__(
@@ -112,7 +129,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
+        """The serialized ``CheckResponse`` (see ``add_authorization_service``)."""
         start = time.perf_counter()
         tracing = self._tracing.enabled
         start_ns = time.time_ns() if tracing else 0
@@ -120,7 +138,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self.in_flight += 1
         try:
             view, decision = self.decide(request)
-            response = check_response(decision)
+            response = response_bytes(decision)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
             # applies its own failure_mode_allow / status_on_error (closed by default).
@@ -304,9 +322,7 @@ class AuthzServer:
             ),
             self.tracing,
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-            self.service, server
-        )
+        add_authorization_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

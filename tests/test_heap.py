@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 from authz import heap
-from authz.envoy.response import check_response
+from authz.envoy.response import response_bytes
 from authz.policy.load import parse_text
 from authz.policy.snapshot import compile_snapshot
 from tests.authn.helpers import NOW, claims, hmac_key
@@ -23,7 +23,7 @@ def test_a_dropped_snapshot_leaves_no_cycle_to_collect() -> None:
     for i in range(20):
         for path in ("/a", "/private/x", "/admin"):
             for token in (key.sign(claims(sub=f"u{i}")), "not.a.token", None):
-                check_response(snap.evaluate(view(path=path, namespace="shop", token=token),
+                response_bytes(snap.evaluate(view(path=path, namespace="shop", token=token),
                                              NOW))
     assert len(snap.authenticator.cache) == 20
     gc.collect()

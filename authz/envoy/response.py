@@ -61,21 +61,21 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     )
 
 
-_responses: IdentityMemo[external_auth_pb2.CheckResponse] = IdentityMemo(outcome_memo_size())
+_responses: IdentityMemo[bytes] = IdentityMemo(outcome_memo_size())
+
+
+def response_bytes(decision: Decision) -> bytes:
+    """The serialized response for a decision, what the gRPC method returns. Decisions
+    that repeat are the same object (the snapshot memoizes them, one per cached token
+    and RBAC result), so the response, claims metadata included, is built and
+    serialized once and the bytes shared: a repeated request serializes nothing."""
+    data = _responses.get(decision)
+    if data is None:
+        data = _responses.put(decision, check_response(decision).SerializeToString())
+    return data
 
 
 def check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
-    """The response for a decision. Decisions that repeat are the same object (the
-    snapshot memoizes them, one per cached token and RBAC result), so the response,
-    claims metadata included, is built once and shared: gRPC only reads it when
-    serializing, and nothing here changes a response once built."""
-    response = _responses.get(decision)
-    if response is None:
-        response = _responses.put(decision, build_check_response(decision))
-    return response
-
-
-def build_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     if decision.allowed:
         response.status.CopyFrom(status_pb2.Status(code=code_pb2.OK))

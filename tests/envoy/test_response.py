@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from authz._proto.envoy.config.core.v3 import base_pb2
+from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz.decision import Decision, Header, Reason
-from authz.envoy.response import check_response
+from authz.envoy.response import check_response, response_bytes
 
 
 def test_allow_is_ok_http_response_with_mutations() -> None:
@@ -84,15 +87,28 @@ def test_metadata_struct_is_built_once_per_shared_mapping() -> None:
     assert third.dynamic_metadata["payload"]["sub"] == "b"
 
 
-def test_a_repeated_decision_reuses_its_response_a_different_one_does_not() -> None:
+def test_a_repeated_decision_reuses_its_serialized_response_a_different_one_does_not(
+) -> None:
     allow = Decision.allow(Reason.ALLOWED, upstream_headers=(Header("x-user", "alice"),))
     deny = Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED)
-    first = check_response(allow)
-    assert check_response(allow) is first
-    other = check_response(Decision.allow(Reason.ALLOWED))
-    assert other is not first and not other.ok_response.headers
-    assert check_response(deny).denied_response.status.code == 403
-    assert first.ok_response.headers[0].header.value == "alice"
+    first = response_bytes(allow)
+    assert response_bytes(allow) is first
+    other = response_bytes(Decision.allow(Reason.ALLOWED))
+    assert other is not first
+    assert not CheckResponse.FromString(other).ok_response.headers
+    assert CheckResponse.FromString(response_bytes(deny)).denied_response.status.code == 403
+    assert CheckResponse.FromString(first).ok_response.headers[0].header.value == "alice"
+
+
+def test_the_bytes_are_the_response_serialized() -> None:
+    claims = MappingProxyType({"payload": MappingProxyType({"sub": "a", "groups": ("x",)})})
+    for decision in (
+        Decision.allow(Reason.ALLOWED, upstream_headers=(Header("x-user", "alice"),),
+                       dynamic_metadata=claims),
+        Decision.deny(401, "Jwt is expired", Reason.JWT_INVALID,
+                      response_headers=(Header("www-authenticate", 'Bearer realm="x"'),)),
+    ):
+        assert CheckResponse.FromString(response_bytes(decision)) == check_response(decision)
 
 
 def test_metadata_struct_equals_protobufs_own_conversion() -> None:

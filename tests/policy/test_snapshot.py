@@ -9,7 +9,7 @@ import pytest
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
 from authz.envoy.request_view import RequestView, view_from_check_request
-from authz.envoy.response import check_response
+from authz.envoy.response import response_bytes
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
 from authz.policy.snapshot import (
@@ -226,10 +226,10 @@ def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
 
     first = [snap.evaluate(v, NOW) for v in views()]
     assert all(d.allowed and d.principal for d in first)
-    responses = [check_response(d) for d in first]
+    responses = [response_bytes(d) for d in first]
     second = [snap.evaluate(v, NOW + 1) for v in views()]
     assert all(a is b for a, b in zip(first, second, strict=True))
-    assert all(check_response(d) is r for d, r in zip(second, responses, strict=True))
+    assert all(response_bytes(d) is r for d, r in zip(second, responses, strict=True))
 
 
 def test_a_repeated_authentication_failure_shares_one_decision() -> None:
@@ -239,7 +239,7 @@ def test_a_repeated_authentication_failure_shares_one_decision() -> None:
     first = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
     assert (first.status, first.body) == (401, "Jwt is expired")
     again = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
-    assert again is first and check_response(again) is check_response(first)
+    assert again is first and response_bytes(again) is response_bytes(first)
     # Another route is another realm in WWW-Authenticate: another decision.
     other = snap.evaluate(view(path="/b", namespace="shop", token=expired), NOW)
     assert other is not first and other.body == first.body
