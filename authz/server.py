@@ -63,8 +63,8 @@ def _where(exc: BaseException) -> str:
 def add_authorization_service(service: AuthorizationService, server: grpc.aio.Server) -> None:
     """What the generated ``add_AuthorizationServicer_to_server`` does, but ``Check``
     returns serialized bytes (``response_bytes``), so there is no response serializer:
-    gRPC sends the bytes as they are. The method is also registered with gRPC core,
-    as the generated code does, so a call is routed without matching its path."""
+    gRPC sends the bytes as they are. Like the generated code, it also registers the
+    method with gRPC core, which then hands grpc.aio its calls on a queue of their own."""
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
             service.Check,

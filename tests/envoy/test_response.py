@@ -69,7 +69,7 @@ def test_deny_status_must_be_an_error() -> None:
         Decision.deny(200, "", Reason.RBAC_DENIED)
 
 
-def test_metadata_struct_is_built_once_per_shared_mapping() -> None:
+def test_metadata_struct_from_read_only_mappings_and_tuples() -> None:
     from types import MappingProxyType
 
     from authz.decision import Decision, Reason
