@@ -889,6 +889,15 @@ def ratio(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     return float(a[key]) / float(b[key])
 
 
+def per_round(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> list[float]:
+    """``a``'s RPS over ``b``'s round by round (``--repeat``): a target is the ratio of
+    two median rows, and beside it these show how far one round moves it."""
+    runs_a, runs_b = (a or {}).get("rps_runs"), (b or {}).get("rps_runs")
+    if not runs_a or not runs_b or len(runs_a) != len(runs_b):
+        return []
+    return [float(x) / float(y) for x, y in zip(runs_a, runs_b, strict=True) if y]
+
+
 def row_notes(r: Mapping[str, Any], errors: str, extra: Sequence[str] = ()) -> list[str]:
     """A row's notes: its own, its errors, the table's ``extra``, then noise."""
     notes = [r.get("note") or ""]
@@ -1021,9 +1030,12 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
     c = TARGET_CONCURRENCY
     out: list[dict[str, Any]] = []
 
-    def add(name: str, ok: bool | None, detail: str) -> None:
+    def add(name: str, ok: bool | None, detail: str, rounds: Sequence[float] = ()) -> None:
+        if rounds:
+            detail += "; per round " + ", ".join(f"{v:.2f}" for v in rounds)
         out.append({"target": name, "result": "n/a" if ok is None else
-                    ("PASS" if ok else "FAIL"), "detail": detail})
+                    ("PASS" if ok else "FAIL"), "detail": detail,
+                    **({"per_round": list(rounds)} if rounds else {})})
 
     def get(server: str, wl: str) -> Mapping[str, Any] | None:
         return find(rows, "server", server, wl, c)
@@ -1035,7 +1047,8 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
         if r is None or ours is None or other is None:
             add(name, None, "not measured")
             return
-        add(name, r >= factor, f"{ours['rps']:.0f} vs {other['rps']:.0f} rps = {r:.2f}x")
+        add(name, r >= factor, f"{ours['rps']:.0f} vs {other['rps']:.0f} rps = {r:.2f}x",
+            per_round(ours, other))
 
     rps_target("w1", 0.85, "bare")
     ours, bare = get("ours", "w1"), get("bare", "w1")
@@ -1055,7 +1068,8 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
     if r is None or big is None or small is None:
         add(name, None, "not measured")
     else:
-        add(name, r >= 0.85, f"{big['rps']:.0f} vs {small['rps']:.0f} rps = {r:.2f}x")
+        add(name, r >= 0.85, f"{big['rps']:.0f} vs {small['rps']:.0f} rps = {r:.2f}x",
+            per_round(big, small))
     name = f"w5 peak RSS with {10 + elsewhere:,} policies ≤ 150 MiB"
     if big is None:
         add(name, None, "not measured")

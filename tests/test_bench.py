@@ -145,6 +145,29 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
     assert len(results) == 9 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results
 
 
+def test_a_repeated_run_shows_each_targets_ratio_round_by_round() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run
+
+    def server(name: str, workload: str, rps_runs: list[float]) -> dict[str, Any]:
+        ordered = sorted(rps_runs)
+        return {"section": "server", "server": name, "workload": workload,
+                "concurrency": run.TARGET_CONCURRENCY, "rps": ordered[len(ordered) // 2],
+                "p99_ms": 10.0, "rps_runs": rps_runs}
+
+    rows = [server("bare", "w1", [2200, 2100, 2240]), server("ours", "w1", [2159, 1728, 1677])]
+    got = {t["target"]: t for t in run.targets(rows, None, 10_000)}
+    w1 = got["w1 RPS ≥ 0.85 x bare"]
+    # The verdict is the ratio of the two median rows; the rounds are shown beside it.
+    assert w1["result"] == "FAIL" and "= 0.79x" in w1["detail"], w1
+    assert w1["detail"].endswith("; per round 0.98, 0.82, 0.75"), w1
+    assert [round(v, 2) for v in w1["per_round"]] == [0.98, 0.82, 0.75]
+    # A single run, or rows measured a different number of times, have no rounds.
+    rows = [server("bare", "w1", [2200]), server("ours", "w1", [2159, 1728, 1677])]
+    w1 = {t["target"]: t for t in run.targets(rows, None, 10_000)}["w1 RPS ≥ 0.85 x bare"]
+    assert "per round" not in w1["detail"] and "per_round" not in w1
+
+
 def test_loadgen_continues_a_message_cycle_where_told() -> None:
     # A later run must not replay the head of a cycle of distinct tokens (the server
     # would answer them from its cache): connections start at --start and the run
