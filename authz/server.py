@@ -216,6 +216,8 @@ class AuthzServer:
             "snapshot_version": self.store.current.version,
             "last_reload_error": self.last_reload_error,
             "jwks": describe(self.jwks),
+            # What --event-loop auto chose (a benchmark reads it rather than assume it).
+            "event_loop": current_loop_name(),
         }
 
     async def metrics_text(self) -> bytes:

@@ -216,9 +216,12 @@ class Supervisor:
             "snapshot_version": min(versions) if versions else None,
             "last_reload_error": errors[0] if errors else None,
             "jwks": next((w["jwks"] for w in workers if "jwks" in w), []),
+            # The workers' loop, which answers Checks (this supervisor runs asyncio's).
+            "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),
             "restarts": self.restarts,
             "workers": [{k: w.get(k) for k in ("worker", "pid", "alive", "ready",
-                                               "snapshot_version", "last_reload_error")}
+                                               "snapshot_version", "last_reload_error",
+                                               "event_loop")}
                         for w in workers],
         }
 

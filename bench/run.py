@@ -50,7 +50,6 @@ import loadgen  # noqa: E402
 import workloads  # noqa: E402
 from workloads import EXPECTED, Workload  # noqa: E402
 
-from authz import eventloop  # noqa: E402
 from authz.config import EVENT_LOOPS  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
@@ -270,6 +269,8 @@ class Context:
     started: int = 0
     cursors: dict[tuple[int, str], int] = field(default_factory=dict)
     """Where each (server port, message file) cycle continues (see loadgen_run)."""
+    ours_loops: set[str] = field(default_factory=set)
+    """The event loops our servers said they run on (their /readyz), not the flag's guess."""
 
     @contextlib.contextmanager
     def failing(self, what: str) -> Iterator[None]:
@@ -307,6 +308,8 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
         wait_for("/readyz", lambda: http_status(
             f"http://127.0.0.1:{admin}/readyz") == 200, proc)
         wait_for("a Check", grpc_ready(port, workloads.check_request(None)), proc, 30)
+        ctx.ours_loops.add(json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
+                           ["event_loop"])
     except Exception:
         proc.stop()
         raise
@@ -1333,7 +1336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
                 "event_loops": {"bare": "asyncio", "bare-uvloop": "uvloop",
                                 "naive": "asyncio",
-                                "ours": eventloop.loop_factory(args.event_loop)[0]},
+                                "ours": "/".join(sorted(ctx.ours_loops)) or "not started"},
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",
                 "workload_titles": titles,
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),

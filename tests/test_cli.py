@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -197,21 +198,28 @@ async def _load_then_sigterm(
 
 
 @pytest.mark.parametrize(("flags", "loop", "servers"), [
-    ((), "uvloop", 1),
-    (("--event-loop", "asyncio"), "asyncio", 1),
+    # One process said so: the default --workers is one per CPU.
+    (("--workers", "1"), "uvloop", 1),
+    (("--event-loop", "asyncio", "--workers", "1"), "asyncio", 1),
     (("--workers", "2"), "uvloop", 2),
     (("--event-loop", "asyncio", "--workers", "2"), "asyncio", 2),
 ], ids=["default-uvloop", "asyncio", "workers-uvloop", "workers-asyncio"])
 def test_the_server_runs_on_the_event_loop_it_was_given(flags: tuple[str, ...], loop: str,
                                                        servers: int) -> None:
     pytest.importorskip("uvloop", reason="uvloop is a dependency on CPython/Linux/macOS")
-    port = free_port()
-    proc = _start(port, *flags)
+    port, admin = free_port(), free_port()
+    proc = _start(port, "--http-address", f"127.0.0.1:{admin}", *flags)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
                 external_auth_pb2.CheckRequest(), timeout=5)
         assert resp.WhichOneof("http_response") == "ok_response"
+        # /readyz says which loop answers Checks: the workers' under a supervisor.
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as reply:
+            ready = json.loads(reply.read())
+        assert ready["event_loop"] == loop
+        if servers > 1:
+            assert [w["event_loop"] for w in ready["workers"]] == [loop] * servers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -26,7 +26,9 @@ async def test_healthz_readyz_and_metrics(
         await server.become_ready()
         async with http.get(f"{base}/readyz") as r:
             assert r.status == 200
-            assert (await r.json())["snapshot_version"] == 1
+            body = await r.json()
+            assert body["snapshot_version"] == 1
+            assert body["event_loop"] == "asyncio"  # pytest-asyncio's loop
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
             await external_auth_pb2_grpc.AuthorizationStub(ch).Check(
                 external_auth_pb2.CheckRequest()
