@@ -15,7 +15,7 @@ ones before it):
     authn     + the whole authentication (outcome built)
     decide    + authorization and the Decision
     evaluate  + the decision cache (key, lookup, store)
-    response  + the CheckResponse
+    response  + the serialized CheckResponse (built once per decision)
     check     the whole AuthorizationService.Check
 
 for ``fresh`` requests (each carrying a valid token the server has never seen)
@@ -65,7 +65,7 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
     from authz.authn.extract import RequestParts
     from authz.authn.verify import parse_token, verify_signature
     from authz.envoy.request_view import view_from_check_request
-    from authz.envoy.response import check_response
+    from authz.envoy.response import response_bytes
 
     data = json.loads(data_file.read_text())
     payloads = [base64.b64decode(p) for p in data[kind]]
@@ -118,7 +118,7 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
                     snapshot.evaluate(view(r), now)
             elif stage == "response":
                 for r in requests:
-                    check_response(snapshot.evaluate(view(r), now))
+                    response_bytes(snapshot.evaluate(view(r), now))
             os._exit(0)  # no shutdown in the count
 
     asyncio.run(run())

@@ -2,8 +2,8 @@
 policies in other namespaces (issue: compiled snapshots indexed by namespace).
 
 Measures the server's whole request path minus the gRPC transport: parse the
-serialized CheckRequest, build the view, evaluate the snapshot, build and
-serialize the CheckResponse. Run: python bench/policy_scale.py [--requests N]
+serialized CheckRequest, build the view, evaluate the snapshot, get the serialized
+CheckResponse (built once per decision). Run: python bench/policy_scale.py [--requests N]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.config import Settings
-from authz.envoy.response import check_response
+from authz.envoy.response import response_bytes
 from authz.observe import Metrics
 from authz.policy.load import parse_text
 from authz.policy.snapshot import SnapshotStore, compile_snapshot
@@ -73,7 +73,7 @@ def measure(text: str, n: int) -> dict[str, float]:
         start = time.perf_counter()
         request = external_auth_pb2.CheckRequest.FromString(payload)
         _view, decision = service.decide(request)
-        check_response(decision).SerializeToString()
+        response_bytes(decision)
         samples.append(time.perf_counter() - start)
     samples.sort()
     return {

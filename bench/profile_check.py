@@ -2,11 +2,12 @@
 
 Starts an in-process AuthzServer on the bench policies (JWKS served locally),
 then times each stage of ``AuthorizationService.Check`` on the same serialized
-requests bench/run.py sends: parse, view, evaluate, build+serialize the
-response, and the whole ``Check`` coroutine (metrics, decision log "none",
-tracing off). bench/servers/bare.py spends ~nothing in its handler, so the
-``Check`` column is roughly what our server adds per request on top of the
-transport that both pay. ``--cprofile w1`` prints the top functions instead.
+requests bench/run.py sends: parse, view, evaluate, the serialized response
+(built once per decision, then a memo lookup), and the whole ``Check`` coroutine
+(metrics, decision log "none", tracing off). bench/servers/bare.py spends
+~nothing in its handler, so the ``Check`` column is roughly what our server adds
+per request on top of the transport that both pay. ``--cprofile w1`` prints the
+top functions instead.
 
 Run: python bench/profile_check.py [--requests N] [--cprofile WORKLOAD]
 """
@@ -30,7 +31,7 @@ import workloads
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.config import Settings
 from authz.envoy.request_view import view_from_check_request
-from authz.envoy.response import check_response
+from authz.envoy.response import response_bytes
 from authz.server import AuthzServer
 
 
@@ -87,7 +88,7 @@ async def stages(name: str, server: AuthzServer, payloads: list[bytes], requests
     view = per_call_us(lambda: view_from_check_request(request(), "default"), requests) - parse
     evaluate = per_call_us(lambda: store.current.evaluate(
         view_from_check_request(request(), "default"), time.time()), requests) - parse - view
-    response = per_call_us(lambda: check_response(decision).SerializeToString(), requests)
+    response = per_call_us(lambda: response_bytes(decision), requests)
     whole = await per_call_async_us(check, requests)
     print(f"| {name} | {parse:.1f} | {view:.1f} | {evaluate:.1f} | {response:.1f} "
           f"| {whole:.1f} | {decision.status} {decision.reason.value} |", flush=True)
