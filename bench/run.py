@@ -269,8 +269,12 @@ class Context:
     started: int = 0
     cursors: dict[tuple[int, str], int] = field(default_factory=dict)
     """Where each (server port, message file) cycle continues (see loadgen_run)."""
-    ours_loops: set[str] = field(default_factory=set)
-    """The event loops our servers said they run on (their /readyz), not the flag's guess."""
+    loops: dict[str, set[str]] = field(default_factory=dict)
+    """Per kind of server, the event loops its processes said they run on (ours in
+    /readyz, the references in their "listening" line): observed, not assumed."""
+
+    def note_loop(self, kind: str, loop: str) -> None:
+        self.loops.setdefault(kind, set()).add(loop)
 
     @contextlib.contextmanager
     def failing(self, what: str) -> Iterator[None]:
@@ -308,8 +312,8 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
         wait_for("/readyz", lambda: http_status(
             f"http://127.0.0.1:{admin}/readyz") == 200, proc)
         wait_for("a Check", grpc_ready(port, workloads.check_request(None)), proc, 30)
-        ctx.ours_loops.add(json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
-                           ["event_loop"])
+        ctx.note_loop("ours", json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
+                      ["event_loop"])
     except Exception:
         proc.stop()
         raise
@@ -342,6 +346,9 @@ def start_reference(ctx: Context, kind: str) -> Server:
     except Exception:
         proc.stop()
         raise
+    # bench/servers/bare.py's serve() prints it before it can answer a Check.
+    said = re.search(r"^listening on \S+ \((\w+) loop\)$", proc.log_path.read_text(), re.M)
+    ctx.note_loop(kind, said.group(1) if said else "unknown")
     ctx.note_pinning(kind, proc)
     return Server("bare" if kind.startswith("bare") else kind, kind, proc, port)
 
@@ -1334,9 +1341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokens": args.tokens, "fresh_tokens": args.fresh_tokens,
                 "elsewhere": args.elsewhere,
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
-                "event_loops": {"bare": "asyncio", "bare-uvloop": "uvloop",
-                                "naive": "asyncio",
-                                "ours": "/".join(sorted(ctx.ours_loops)) or "not started"},
+                "event_loops": {kind: "/".join(sorted(ctx.loops.get(kind, ()))) or "not started"
+                                for kind in SERVER_KINDS},
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",
                 "workload_titles": titles,
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),
