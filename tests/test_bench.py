@@ -193,13 +193,15 @@ def test_loadgen_continues_a_message_cycle_where_told() -> None:
 
 def test_ab_compares_each_server_on_both_event_loops() -> None:
     """bench/ab.py --loops: the measurement behind "The event loop" in performance.md
-    (with every other kind of server it can start)."""
+    (with every other kind of server it can start; this checkout as its own baseline)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ab.py"), "--workloads", "w1", "--rounds", "1",
-         "--duration", "0.5", "--loops", "--naive", "--spin-us", "5"],
+         "--duration", "0.5", "--loops", "--naive", "--spin-us", "5", "--baseline", str(ROOT)],
         capture_output=True, text=True, timeout=120, cwd=ROOT / "bench")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("w1: medians per server"))
-    got = dict(re.findall(r"(bare|bare-uvloop|spin5|naive|ours-asyncio|ours) ([\d.]+) \d+", line))
-    assert set(got) == {"bare", "bare-uvloop", "spin5", "naive", "ours-asyncio", "ours"}, line
+    got = dict(re.findall(
+        r"(bare|bare-uvloop|spin5|naive|ours-asyncio|baseline|ours) ([\d.]+) \d+", line))
+    assert set(got) == {"bare", "bare-uvloop", "spin5", "naive", "ours-asyncio", "baseline",
+                        "ours"}, line
     assert got["bare"] == "1.00" and all(float(v) > 0 for v in got.values()), line

@@ -70,11 +70,6 @@ def test_deny_status_must_be_an_error() -> None:
 
 
 def test_metadata_struct_from_read_only_mappings_and_tuples() -> None:
-    from types import MappingProxyType
-
-    from authz.decision import Decision, Reason
-    from authz.envoy.response import check_response
-
     payload = MappingProxyType({"payload": MappingProxyType({"sub": "a", "n": 1,
                                                              "groups": ("x", "y")})})
     first = check_response(Decision.allow(Reason.ALLOWED, dynamic_metadata=payload))
@@ -113,7 +108,6 @@ def test_the_bytes_are_the_response_serialized() -> None:
 
 def test_metadata_struct_equals_protobufs_own_conversion() -> None:
     from collections.abc import Mapping
-    from types import MappingProxyType
     from typing import Any
 
     from google.protobuf import struct_pb2
