@@ -14,6 +14,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def bench_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/'s scripts import each other as top-level modules: for this test only."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+
+
 def test_policy_scale_quick_run_prints_table_and_json() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "policy_scale.py"), "--requests", "300",
@@ -145,8 +151,8 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
     assert len(results) == 9 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results
 
 
+@pytest.mark.usefixtures("bench_on_path")
 def test_a_repeated_run_shows_each_targets_ratio_round_by_round() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
     import run
 
     def server(name: str, workload: str, rps_runs: list[float]) -> dict[str, Any]:
@@ -168,13 +174,13 @@ def test_a_repeated_run_shows_each_targets_ratio_round_by_round() -> None:
     assert "per round" not in w1["detail"] and "per_round" not in w1
 
 
+@pytest.mark.usefixtures("bench_on_path")
 def test_loadgen_continues_a_message_cycle_where_told() -> None:
     # A later run must not replay the head of a cycle of distinct tokens (the server
     # would answer them from its cache): connections start at --start and the run
     # reports where the next one should begin.
     import socket
 
-    sys.path.insert(0, str(ROOT / "bench"))
     import loadgen
 
     with socket.socket() as listener:
