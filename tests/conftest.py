@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+import structlog
 
 from authz.decision import Decision
 from authz.envoy.request_view import RequestView
@@ -24,6 +25,19 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         patch.setenv("TMPDIR", scratch)
         patch.setattr(tempfile, "tempdir", scratch)
         yield
+
+
+@pytest.fixture(autouse=True)
+def logging_configuration_as_it_was() -> Iterator[None]:
+    """A test that runs a command in process (``serve_command``, ``main``) configures
+    structlog for the whole process: a level filter and cached loggers. Put the
+    configuration back, so that a later test's ``capture_logs`` still sees info lines
+    whatever order the tests run in."""
+    saved = structlog.get_config()
+    yield
+    if structlog.get_config() != saved:
+        structlog.reset_defaults()
+        structlog.configure(**saved)
 
 
 # What ``request_key`` puts in a decision-cache key, besides the headers its ``Inputs``
