@@ -155,19 +155,24 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
 def test_a_repeated_run_shows_each_targets_ratio_round_by_round() -> None:
     import run
 
-    def server(name: str, workload: str, rps_runs: list[float]) -> dict[str, Any]:
+    def server(name: str, workload: str, rps_runs: list[float],
+               p99_runs: list[float] | None = None) -> dict[str, Any]:
         ordered = sorted(rps_runs)
         return {"section": "server", "server": name, "workload": workload,
                 "concurrency": run.TARGET_CONCURRENCY, "rps": ordered[len(ordered) // 2],
-                "p99_ms": 10.0, "rps_runs": rps_runs}
+                "p99_ms": 10.0, "rps_runs": rps_runs,
+                **({"p99_runs": p99_runs} if p99_runs else {})}
 
-    rows = [server("bare", "w1", [2200, 2100, 2240]), server("ours", "w1", [2159, 1728, 1677])]
+    rows = [server("bare", "w1", [2200, 2100, 2240], [20.0, 25.0, 20.0]),
+            server("ours", "w1", [2159, 1728, 1677], [22.0, 40.0, 25.0])]
     got = {t["target"]: t for t in run.targets(rows, None, 10_000)}
     w1 = got["w1 RPS ≥ 0.85 x bare"]
     # The verdict is the ratio of the two median rows; the rounds are shown beside it.
     assert w1["result"] == "FAIL" and "= 0.79x" in w1["detail"], w1
     assert w1["detail"].endswith("; per round 0.98, 0.82, 0.75"), w1
     assert [round(v, 2) for v in w1["per_round"]] == [0.98, 0.82, 0.75]
+    p99 = got["w1 p99 ≤ 1.2 x bare p99"]
+    assert p99["detail"].endswith("; per round 1.10, 1.60, 1.25"), p99
     # A single run, or rows measured a different number of times, have no rounds.
     rows = [server("bare", "w1", [2200]), server("ours", "w1", [2159, 1728, 1677])]
     w1 = {t["target"]: t for t in run.targets(rows, None, 10_000)}["w1 RPS ≥ 0.85 x bare"]
