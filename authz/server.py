@@ -6,6 +6,7 @@ Everything here is transport; decisions come from ``Snapshot.evaluate``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import traceback
@@ -218,6 +219,8 @@ class AuthzServer:
             "jwks": describe(self.jwks),
             # What --event-loop auto chose (a benchmark reads it rather than assume it).
             "event_loop": current_loop_name(),
+            # What gRPC core read at import (authz/grpc_env.py); None: its defaults.
+            "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS"),
         }
 
     async def metrics_text(self) -> bytes:
@@ -343,7 +346,8 @@ class AuthzServer:
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
-                 event_loop=current_loop_name())
+                 event_loop=current_loop_name(),
+                 grpc_experiments=os.environ.get("GRPC_EXPERIMENTS"))
 
     async def become_ready(self, load: bool = True) -> None:
         """Ready = policies loaded and every JWKS source tried once (good or not)."""

@@ -218,10 +218,12 @@ class Supervisor:
             "jwks": next((w["jwks"] for w in workers if "jwks" in w), []),
             # The workers' loop, which answers Checks (this supervisor runs asyncio's).
             "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),
+            "grpc_experiments": next((w["grpc_experiments"] for w in workers
+                                      if "grpc_experiments" in w), None),
             "restarts": self.restarts,
             "workers": [{k: w.get(k) for k in ("worker", "pid", "alive", "ready",
                                                "snapshot_version", "last_reload_error",
-                                               "event_loop")}
+                                               "event_loop", "grpc_experiments")}
                         for w in workers],
         }
 

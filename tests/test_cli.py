@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz import __version__
+from authz import __version__, grpc_env
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.cli import build_parser, main, settings_from_args
 from tests.ports import free_port
@@ -218,14 +218,19 @@ def test_the_server_runs_on_the_event_loop_it_was_given(flags: tuple[str, ...], 
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as reply:
             ready = json.loads(reply.read())
         assert ready["event_loop"] == loop
+        # gRPC core's environment (authz/grpc_env.py) reached every serving process.
+        experiments = os.environ.get("GRPC_EXPERIMENTS", grpc_env.DEFAULTS["GRPC_EXPERIMENTS"])
+        assert ready["grpc_experiments"] == experiments
         if servers > 1:
             assert [w["event_loop"] for w in ready["workers"]] == [loop] * servers
+            assert [w["grpc_experiments"] for w in ready["workers"]] == [experiments] * servers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         output = _finish(proc)
     started = [json.loads(line) for line in output.splitlines() if '"server_started"' in line]
     assert [s["event_loop"] for s in started] == [loop] * servers
+    assert [s["grpc_experiments"] for s in started] == [experiments] * servers
 
 
 def test_event_loop_env_twin(monkeypatch: pytest.MonkeyPatch) -> None:
