@@ -10,8 +10,11 @@ With ``--naive`` the naive servicer (PyJWT on every call) runs beside them:
 ``--workloads w2 --tokens 20000 --naive`` compares what a token seen for the
 first time costs us with what it costs a server that verifies every call.
 
-With ``--loops`` bare runs again on uvloop and ours again on asyncio's loop
-(ours runs on uvloop by default): what the event loop gives each. Every round
+With ``--loops`` bare runs again on our server's runtime (bare-tuned: uvloop and
+the gRPC core settings of ``authz/grpc_env.py``) and ours again on asyncio's loop
+(ours runs on uvloop by default): what the runtime gives each. With
+``--grpc-defaults`` ours runs again on gRPC core's own defaults
+(``GRPC_EXPERIMENTS=``): what ``authz/grpc_env.py`` gives ours alone. Every round
 prints each server's CPU per request (utime+stime over the load, warm-up
 included) beside its RPS: on a machine with steal time CPU per request moves
 less than RPS.
@@ -21,7 +24,7 @@ With ``--baseline DIR`` our server runs a second time from another checkout
 path, same rounds, same load, printed as ``baseline`` beside ``ours``.
 
 Run: python bench/ab.py [--workloads w1 w4] [--rounds 3] [--duration 4] [--spin-us 30 100]
-                        [--naive] [--loops] [--baseline DIR]
+                        [--naive] [--loops] [--grpc-defaults] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -46,14 +49,14 @@ PY = sys.executable
 
 def start(kind: str, work: Path, cpu: int,
           baseline: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """bare, bare-uvloop, spinN, naive, ours (its default loop), ours-asyncio, or
-    baseline (ours from the checkout ``baseline``)."""
+    """bare, bare-tuned, spinN, naive, ours (its default loop), ours-asyncio,
+    ours-grpc-defaults, or baseline (ours from the checkout ``baseline``)."""
     port = free_port()
     cwd = None
     if kind.startswith("spin"):
         argv = reference_argv("bare", port, work / "issuer.pub.pem",
                               float(kind.removeprefix("spin")))
-    elif kind in ("bare", "bare-uvloop", "naive"):
+    elif kind in ("bare", "bare-tuned", "naive"):
         argv = reference_argv(kind, port, work / "issuer.pub.pem")
     else:
         argv = [PY, "-m", "authz", "serve", "--policy", str(work / "policies"),
@@ -61,6 +64,8 @@ def start(kind: str, work: Path, cpu: int,
                 "--decision-log", "none", "--log-level", "warning", "--workers", "1"]
         if kind == "ours-asyncio":
             argv += ["--event-loop", "asyncio"]
+        if kind == "ours-grpc-defaults":
+            argv = ["env", "GRPC_EXPERIMENTS=", *argv]
         if kind == "baseline":
             # ``python -m`` puts the working directory first on sys.path, ahead of
             # the editable install of this checkout.
@@ -105,7 +110,9 @@ def main() -> None:
     parser.add_argument("--naive", action="store_true",
                         help="also the naive servicer (PyJWT RS256 on every call)")
     parser.add_argument("--loops", action="store_true",
-                        help="also bare on uvloop and ours on asyncio's loop")
+                        help="also bare on our runtime and ours on asyncio's loop")
+    parser.add_argument("--grpc-defaults", action="store_true",
+                        help="also ours on gRPC core's defaults (GRPC_EXPERIMENTS=)")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also our server from another checkout (the A/B of a change)")
     parser.add_argument("--server-cpu", type=int, default=0)
@@ -123,9 +130,10 @@ def main() -> None:
     for name in args.workloads:
         messages[name] = work / f"{name}.bin"
         loadgen.write_messages(messages[name], wls[name].check_requests())
-    kinds = ("bare", *(("bare-uvloop",) if args.loops else ()),
+    kinds = ("bare", *(("bare-tuned",) if args.loops else ()),
              *(f"spin{us:g}" for us in args.spin_us), *(("naive",) if args.naive else ()),
              *(("ours-asyncio",) if args.loops else ()),
+             *(("ours-grpc-defaults",) if args.grpc_defaults else ()),
              *(("baseline",) if args.baseline else ()), "ours")
     if args.baseline and not (args.baseline / "authz" / "__main__.py").is_file():
         raise SystemExit(f"--baseline {args.baseline}: not a checkout of this project")

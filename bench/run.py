@@ -4,8 +4,9 @@ One run measures, with the same load tool for every server:
 
 - server only: bench/loadgen.py (HTTP/2 gRPC, pre-encoded frames) straight at
   ``envoy.service.auth.v3.Authorization/Check`` of ours, bench/servers/bare.py
-  (always OK: the ceiling, on asyncio's loop; and again on uvloop, the loop ours
-  runs on, as a reference) and bench/servers/naive.py (PyJWT RS256 per call);
+  (always OK: the ceiling, on asyncio's loop and gRPC's defaults; and again as
+  bare-tuned, on the runtime ours runs on: uvloop and authz/grpc_env.py's gRPC core
+  settings, as a reference) and bench/servers/naive.py (PyJWT RS256 per call);
 - end to end: wrk (Lua script cycling tokens) through a real Envoy whose
   ext_authz asks ours / bare / naive, and Envoy's own jwt_authn + RBAC with no
   ext_authz at all;
@@ -50,6 +51,7 @@ import loadgen  # noqa: E402
 import workloads  # noqa: E402
 from workloads import EXPECTED, Workload  # noqa: E402
 
+from authz import grpc_env  # noqa: E402
 from authz.config import EVENT_LOOPS  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
@@ -273,8 +275,13 @@ class Context:
     """Per kind of server, the event loops its processes said they run on (ours in
     /readyz, the references in their "listening" line): observed, not assumed."""
 
-    def note_loop(self, kind: str, loop: str) -> None:
+    grpc_experiments: dict[str, set[str]] = field(default_factory=dict)
+    """Per kind of server, the GRPC_EXPERIMENTS its processes said gRPC core read
+    ("" for gRPC's defaults), observed like ``loops``."""
+
+    def note_loop(self, kind: str, loop: str, grpc_experiments: str | None) -> None:
         self.loops.setdefault(kind, set()).add(loop)
+        self.grpc_experiments.setdefault(kind, set()).add(grpc_experiments or "")
 
     @contextlib.contextmanager
     def failing(self, what: str) -> Iterator[None]:
@@ -312,8 +319,8 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
         wait_for("/readyz", lambda: http_status(
             f"http://127.0.0.1:{admin}/readyz") == 200, proc)
         wait_for("a Check", grpc_ready(port, workloads.check_request(None)), proc, 30)
-        ctx.note_loop("ours", json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
-                      ["event_loop"])
+        ready = json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
+        ctx.note_loop("ours", ready["event_loop"], ready.get("grpc_experiments"))
     except Exception:
         proc.stop()
         raise
@@ -322,16 +329,23 @@ def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | Non
 
 
 def reference_argv(kind: str, port: int, public_pem: Path, spin_us: float = 0.0) -> list[str]:
-    """The command line of a reference server: ``bare``, ``bare-uvloop`` (the same
-    servicer on uvloop) or ``naive`` (which verifies against ``public_pem``)."""
+    """The command line of a reference server: ``bare``, ``bare-tuned`` (the same
+    servicer on our server's runtime: uvloop, and the gRPC core environment our
+    ``authz`` command sets, ``authz/grpc_env.py``) or ``naive`` (which verifies against
+    ``public_pem``). bare and naive run on gRPC's defaults."""
     address = ["--grpc-address", f"127.0.0.1:{port}"]
     if kind == "naive":
         return [PY, str(BENCH / "servers" / "naive.py"), *address,
                 "--public-key", str(public_pem), "--issuer", workloads.ISSUER]
-    if kind not in ("bare", "bare-uvloop"):
+    if kind not in ("bare", "bare-tuned"):
         raise ValueError(f"unknown reference server {kind!r}")
-    return [PY, str(BENCH / "servers" / "bare.py"), *address, "--spin-us", f"{spin_us:g}",
-            "--event-loop", "uvloop" if kind == "bare-uvloop" else "asyncio"]
+    argv = [PY, str(BENCH / "servers" / "bare.py"), *address, "--spin-us", f"{spin_us:g}",
+            "--event-loop", "uvloop" if kind == "bare-tuned" else "asyncio"]
+    if kind == "bare-tuned":
+        # What ours gets from its entry point (a value already set wins there too).
+        tuned = grpc_env.apply(dict(os.environ))
+        return ["env", *(f"{name}={value}" for name, value in tuned.items()), *argv]
+    return argv
 
 
 def start_reference(ctx: Context, kind: str) -> Server:
@@ -347,8 +361,9 @@ def start_reference(ctx: Context, kind: str) -> Server:
         proc.stop()
         raise
     # bench/servers/bare.py's serve() prints it before it can answer a Check.
-    said = re.search(r"^listening on \S+ \((\w+) loop\)$", proc.log_path.read_text(), re.M)
-    ctx.note_loop(kind, said.group(1) if said else "unknown")
+    said = re.search(r"^listening on \S+ \((\w+) loop, GRPC_EXPERIMENTS=(\S*)\)$",
+                     proc.log_path.read_text(), re.M)
+    ctx.note_loop(kind, said.group(1) if said else "unknown", said.group(2) if said else "?")
     ctx.note_pinning(kind, proc)
     return Server("bare" if kind.startswith("bare") else kind, kind, proc, port)
 
@@ -461,7 +476,7 @@ def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
     return got, ""
 
 
-SERVER_KINDS = ("bare", "bare-uvloop", "naive", "ours")
+SERVER_KINDS = ("bare", "bare-tuned", "naive", "ours")
 """Server-only kinds in measuring order (the ours-10 / ours-10+N of w5 come after)."""
 
 
@@ -928,13 +943,13 @@ def workload_title(r: Mapping[str, Any], titles: Mapping[str, str]) -> str:
 
 def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     out = ["| workload | server | conc | RPS | p50 ms | p99 ms | CPU s/1k req | peak RSS MiB "
-           "| vs bare | vs bare-uvloop | vs naive | answer | notes |",
+           "| vs bare | vs bare-tuned | vs naive | answer | notes |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
         if r["section"] != "server":
             continue
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
-        bare_uv = find(rows, "server", "bare-uvloop", r["workload"], r["concurrency"])
+        bare_uv = find(rows, "server", "bare-tuned", r["workload"], r["concurrency"])
         naive = find(rows, "server", "naive", r["workload"], r["concurrency"])
         extra = []
         if r.get("decision_cache_hit_ratio") is not None:
@@ -1020,20 +1035,21 @@ def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def uvloop_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Ours against bare on uvloop, per workload measured with both, at concurrency 32."""
+def runtime_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Ours against bare on our runtime, per workload measured with both, at
+    concurrency 32."""
     out = []
     for name in ("w1", "w2", "w3", "w4"):
         ours = find(rows, "server", "ours", name, TARGET_CONCURRENCY)
         bare = find(rows, "server", "bare", name, TARGET_CONCURRENCY)
-        bare_uv = find(rows, "server", "bare-uvloop", name, TARGET_CONCURRENCY)
+        bare_uv = find(rows, "server", "bare-tuned", name, TARGET_CONCURRENCY)
         r, loop_gain = ratio(ours, bare_uv), ratio(bare_uv, bare)
         if r is None or ours is None or bare_uv is None:
             continue
-        detail = f"ours {ours['rps']:.0f} vs bare-uvloop {bare_uv['rps']:.0f} rps = {r:.2f}x"
+        detail = f"ours {ours['rps']:.0f} vs bare-tuned {bare_uv['rps']:.0f} rps = {r:.2f}x"
         if loop_gain is not None:
-            detail += f" (bare-uvloop / bare = {loop_gain:.2f}x)"
-        out.append({"workload": name, "ratio": r, "bare_uvloop_vs_bare": loop_gain,
+            detail += f" (bare-tuned / bare = {loop_gain:.2f}x)"
+        out.append({"workload": name, "ratio": r, "bare_tuned_vs_bare": loop_gain,
                     "detail": detail})
     return out
 
@@ -1152,9 +1168,12 @@ def render(report: Mapping[str, Any]) -> str:
         f"after a {meta['e2e_warmup_s']:.0f} s wrk warm-up; our server runs "
         f"{'--workers 1' if meta['workers_flag'] else 'without --workers (flag absent)'}, "
         "--decision-log none.  ",
-        *([f"Event loops: bare {loops['bare']} (the issue's ceiling), bare-uvloop "
-           f"{loops['bare-uvloop']}, naive {loops['naive']}, ours {loops['ours']}.  "]
+        *([f"Event loops: bare {loops['bare']} (the issue's ceiling), bare-tuned "
+           f"{loops['bare-tuned']}, naive {loops['naive']}, ours {loops['ours']}.  "]
           if (loops := meta.get("event_loops")) else []),
+        *(["gRPC core (GRPC_EXPERIMENTS, as each server read it; empty: gRPC's defaults): "
+           + ", ".join(f"{kind} `{value}`" for kind, value in experiments.items()) + ".  "]
+          if (experiments := meta.get("grpc_experiments")) else []),
         *([f"Repeats: the server-only matrix ran {meta['repeat']} times; each row is its run "
            "of median RPS (every run's RPS and p99 in the JSON as `rps_runs`, `p99_runs`).  "]
           if meta.get("repeat", 1) > 1 else []),
@@ -1177,12 +1196,13 @@ def render(report: Mapping[str, Any]) -> str:
         lines += ["## Failures", "", *(f"- {f}" for f in report["failures"]), ""]
     lines += ["## Targets (server only, one worker, concurrency 32)", ""]
     lines += [f"- {t['result']}: {t['target']}: {t['detail']}" for t in report["targets"]]
-    if report.get("uvloop_reference"):
-        lines += ["", "## Against the ceiling on uvloop (a reference, not a target)", "",
-                  "The issue's ceiling is a bare grpc.aio servicer on asyncio's loop; our "
-                  "server runs on uvloop. The same bare servicer on uvloop shows how much of "
-                  "the ratios above the loop gives (concurrency 32):", ""]
-        lines += [f"- {r['workload']}: {r['detail']}" for r in report["uvloop_reference"]]
+    if report.get("runtime_reference"):
+        lines += ["", "## Against the ceiling on our runtime (a reference, not a target)", "",
+                  "The issue's ceiling is a bare grpc.aio servicer on asyncio's loop and "
+                  "gRPC's defaults; our server runs on uvloop, with gRPC core settings of its "
+                  "own (authz/grpc_env.py). The same bare servicer on both (bare-tuned) shows "
+                  "how much of the ratios above the runtime gives (concurrency 32):", ""]
+        lines += [f"- {r['workload']}: {r['detail']}" for r in report["runtime_reference"]]
     return "\n".join(lines) + "\n"
 
 
@@ -1244,7 +1264,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(default 10000, quick 200)")
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
                         help="our server's --event-loop (the references keep theirs: bare "
-                        "and naive asyncio, bare-uvloop uvloop)")
+                        "and naive asyncio, bare-tuned uvloop)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -1298,13 +1318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         if args.quick:
             conc: Sequence[int] = (TARGET_CONCURRENCY,)
-            names = {"bare": ["w1", "w2", "w3", "w4"], "bare-uvloop": ["w1"], "naive": ["w2"],
+            names = {"bare": ["w1", "w2", "w3", "w4"], "bare-tuned": ["w1"], "naive": ["w2"],
                      "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "jwt_authn"], ["w1"]
         else:
             conc = CONCURRENCY
             every = ["w1", "w2", "w3", "w4"]
-            names = {"bare": every, "bare-uvloop": every, "naive": every, "ours": every,
+            names = {"bare": every, "bare-tuned": every, "naive": every, "ours": every,
                      "w5": ["w5"]}
             e2e_configs, e2e_names = ["ours", "bare", "naive", "jwt_authn"], every
         if args.skip_server:
@@ -1347,6 +1367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
                 "event_loops": {kind: "/".join(sorted(ctx.loops.get(kind, ()))) or "not started"
                                 for kind in SERVER_KINDS},
+                "grpc_experiments": {kind: "/".join(sorted(ctx.grpc_experiments[kind]))
+                                     for kind in SERVER_KINDS if kind in ctx.grpc_experiments},
                 "peak_rss": "VmHWM summed over the server's process tree (max in JSON)",
                 "workload_titles": titles,
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),
@@ -1354,7 +1376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": rows, "e2e_status": e2e_status, "workers": workers,
             "h2load_check": h2, "failures": ctx.failures,
             "targets": targets(rows, workers, args.elsewhere),
-            "uvloop_reference": uvloop_reference(rows),
+            "runtime_reference": runtime_reference(rows),
         }
         report["meta"]["elapsed_s"] = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)

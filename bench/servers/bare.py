@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import time
 from typing import Any
@@ -63,7 +64,9 @@ async def serve(address: str, servicer: external_auth_pb2_grpc.AuthorizationServ
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {address} ({eventloop.current_loop_name()} loop)", flush=True)
+    # What gRPC core read at import: bench/run.py's bare-tuned sets it (authz/grpc_env.py).
+    print(f"listening on {address} ({eventloop.current_loop_name()} loop, "
+          f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')})", flush=True)
     await stop.wait()
     await server.stop(1.0)
 
