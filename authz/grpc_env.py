@@ -28,7 +28,8 @@ DEFAULTS: Mapping[str, str] = {"GRPC_EXPERIMENTS": "-event_engine_listener"}
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
     """Set each of ``DEFAULTS`` the environment does not already set; return what
-    is in effect (for the startup log)."""
+    is in effect, i.e. what a process started with ``environ`` gets (bench/run.py
+    gives its bare-tuned reference exactly that)."""
     for name, value in DEFAULTS.items():
         environ.setdefault(name, value)
     return {name: environ[name] for name in DEFAULTS}
