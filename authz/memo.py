@@ -13,6 +13,13 @@ requests refill the hot entries.
 Values that are cheap to hash and repeat by content (a scope's key, the fields of
 an RBAC result, an authentication failure) go in a ``ValueMemo``, with the same
 bound and the same starting over.
+
+Entries are stored so that the cycle collector sees as little as possible: a
+memo is a dict or two however many entries it holds, and a key made of numbers
+and strings is untracked after the first collection. A tuple per entry holding
+an owner would stay tracked, and a full collection walks every tracked object
+with the event loop stopped: with 10,000 cached tokens, what each token adds
+to that walk is the pause (``docs/performance.md``, garbage collector).
 """
 
 from __future__ import annotations
@@ -28,26 +35,32 @@ class IdentityMemo(Generic[V]):
     """``(owner, extra) -> value`` for at most ``size`` entries. ``extra`` is any
     hashable detail the value also depends on. A value of None is not memoized."""
 
-    __slots__ = ("_entries", "size")
+    __slots__ = ("_owners", "_values", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: dict[tuple[int, Hashable], tuple[object, V]] = {}
+        self._values: dict[tuple[int, Hashable], V] = {}
+        self._owners: dict[tuple[int, Hashable], object] = {}
+        """Beside the values, not in a tuple with each (module docstring)."""
 
     def get(self, owner: object, extra: Hashable = None) -> V | None:
-        found = self._entries.get((id(owner), extra))
-        if found is not None and found[0] is owner:
-            return found[1]
+        key = (id(owner), extra)
+        found = self._values.get(key)
+        if found is not None and self._owners[key] is owner:
+            return found
         return None
 
     def put(self, owner: object, value: V, extra: Hashable = None) -> V:
-        if len(self._entries) >= self.size:
-            self._entries.clear()
-        self._entries[(id(owner), extra)] = (owner, value)
+        if len(self._values) >= self.size:
+            self._values.clear()
+            self._owners.clear()
+        key = (id(owner), extra)
+        self._values[key] = value
+        self._owners[key] = owner
         return value
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._values)
 
 
 class ValueMemo(Generic[K, V]):

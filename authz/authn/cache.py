@@ -62,9 +62,12 @@ class TokenCache:
             OrderedDict())
         self.max_ttl = max_ttl
         self.skew = skew
-        self._entries: OrderedDict[tuple[int, bytes], tuple[Jwt, str, float]] = OrderedDict()
-        """(rule id, digest) -> (the token's claims, the verifying key's fingerprint,
-        when the entry lapses)."""
+        self._entries: OrderedDict[tuple[int, bytes], Jwt] = OrderedDict()
+        """(rule id, digest) -> the token's claims, least recently used first."""
+        self._lapse: dict[tuple[int, bytes], tuple[str, float]] = {}
+        """(rule id, digest) -> (the verifying key's fingerprint, when the entry lapses):
+        beside the claims, not in a tuple with them, so that what a cached token adds
+        to the cycle collector's walk is its claims' one ``Jwt`` (``authz/memo.py``)."""
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -77,13 +80,14 @@ class TokenCache:
             now: float) -> Jwt | None:
         key = (rule_id, digest)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
+            jwt = self._entries.get(key)
+            if jwt is None:
                 self.misses += 1
                 return None
-            jwt, key_fingerprint, expires_at = entry
+            key_fingerprint, expires_at = self._lapse[key]
             if now > expires_at or key_fingerprint not in fingerprints:
                 del self._entries[key]
+                del self._lapse[key]
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
@@ -101,11 +105,13 @@ class TokenCache:
             expires_at = min(expires_at, float(jwt.exp + self.skew))
         if expires_at < now:
             return jwt
+        key = (rule_id, digest)
         with self._lock:
-            self._entries[(rule_id, digest)] = (jwt, key_fingerprint, expires_at)
-            self._entries.move_to_end((rule_id, digest))
+            self._entries[key] = jwt
+            self._entries.move_to_end(key)
+            self._lapse[key] = (key_fingerprint, expires_at)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                del self._lapse[self._entries.popitem(last=False)[0]]
         return jwt
 
     def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
@@ -134,4 +140,5 @@ class TokenCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._lapse.clear()
             self._rejected.clear()

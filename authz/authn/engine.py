@@ -305,16 +305,18 @@ def claim_value(payload: Mapping[str, Any], claim: str) -> str | None:
 def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapping[str, Any]:
     """``normalize_payload_in_metadata``: split the named top-level string claims on spaces.
 
-    The payload is read-only from here on; it is copied only when a claim is split,
-    so a token without ``scope``/``permission`` strings keeps one dict, not two."""
+    The payload is read-only from here on (by type: no ``MappingProxyType``, which
+    the cycle collector would track once per cached token; see ``verify._untracked``);
+    it is copied only when a claim is split, so a token without ``scope``/``permission``
+    strings keeps one dict, not two. A split claim is a tuple, like any JSON array."""
     out: dict[str, Any] | None = None
     for name in spaced:
         value = payload.get(name)
         if isinstance(value, str):
             if out is None:
                 out = dict(payload)
-            out[name] = [v for v in value.split(" ") if v]
-    return MappingProxyType(out if out is not None else payload)
+            out[name] = tuple([v for v in value.split(" ") if v])
+    return out if out is not None else payload
 
 
 PLAN_MEMO_SIZE = 4096
@@ -546,7 +548,7 @@ class Authenticator:
         if len(run.goods) != 1:
             return self._build_success(plan, run)
         good = run.goods[0]
-        where = (plan.serial, good.provider.index, good.token.location)
+        where = (plan.serial, good.provider.index, good.token.location.key)
         found = self._successes.get(good.jwt, where)
         if found is None:
             found = self._successes.put(good.jwt, self._build_success(plan, run), where)
@@ -579,7 +581,7 @@ class Authenticator:
                 remove_headers.append(name)
         remove = tuple(h for h in remove_headers if h not in set_headers)
         metadata: Mapping[str, Any] = (
-            MappingProxyType({METADATA_PAYLOAD_KEY: claims}) if claims is not None else _EMPTY)
+            {METADATA_PAYLOAD_KEY: claims} if claims is not None else _EMPTY)
         return AuthnSuccess(
             claims=claims,
             upstream_headers=tuple(Header(k, v) for k, v in set_headers.items()),

@@ -42,6 +42,12 @@ class TokenLocation:
     name: str
     """Lower-cased for headers; exact for params and cookies."""
     prefix: str = ""
+    key: tuple[str, str, str] = field(init=False, compare=False, repr=False)
+    """The same three as plain strings: a memo key of a token's outcome that holds no
+    tracked object, so the cycle collector drops it from view (``authz/memo.py``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (str(self.kind.value), self.name, self.prefix))
 
     def __str__(self) -> str:
         if self.kind is LocationKind.HEADER and self.prefix:

@@ -105,6 +105,7 @@ class Jwt(NamedTuple):
     alg: str
     kid: str | None
     payload: Mapping[str, Any]
+    """The decoded claims, JSON arrays as tuples (``_untracked``); read-only by type."""
     payload_segment: str
     """The base64url payload exactly as sent (``outputPayloadToHeader``)."""
     iss: str = ""
@@ -158,6 +159,27 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _untracked(value: Any) -> Any:
+    """JSON arrays as tuples, all the way down. A cached token's claims then hold no
+    list, so once the cycle collector has looked at them they leave its view: a tuple
+    or dict holding only strings, numbers and such tuples is untracked, a list never
+    is (a full collection walks every tracked object with the event loop stopped).
+    A nested JSON object keeps its parent dict tracked; tokens seldom carry one."""
+    cls = value.__class__
+    if cls is list:
+        return tuple([_untracked(v) for v in value])
+    if cls is dict:
+        return {k: _untracked(v) for k, v in value.items()}
+    return value
+
+
+def _claims(payload: dict[str, Any]) -> dict[str, Any]:
+    for value in payload.values():
+        if value.__class__ is list or value.__class__ is dict:
+            return _untracked(payload)  # type: ignore[no-any-return]
+    return payload  # flat (the common case): as decoded
+
+
 def _opt_string(payload: Mapping[str, Any], name: str, status: Status) -> str:
     value = payload.get(name, "")
     if value.__class__ is not str:
@@ -203,9 +225,10 @@ def parse_token(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Signed:
         payload_raw = b64url_decode(payload_b64)
     except ValueError as exc:
         raise JwtError(Status.JWT_PAYLOAD_BAD_BASE64) from exc
-    payload = _json_object(payload_raw)
-    if payload is None:
+    decoded = _json_object(payload_raw)
+    if decoded is None:
         raise JwtError(Status.JWT_PAYLOAD_BAD_JSON)
+    payload = _claims(decoded)
     iss = _opt_string(payload, "iss", Status.JWT_PAYLOAD_ISS_NOT_STRING)
     sub = _opt_string(payload, "sub", Status.JWT_PAYLOAD_SUB_NOT_STRING)
     iat = _opt_uint64(payload, "iat", Status.JWT_PAYLOAD_IAT_NOT_INTEGER,
@@ -220,8 +243,8 @@ def parse_token(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> Signed:
         aud = payload["aud"]
         if isinstance(aud, str):
             audiences = (aud,)
-        elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
-            audiences = tuple(aud)
+        elif isinstance(aud, tuple) and all(isinstance(a, str) for a in aud):
+            audiences = aud
         else:
             raise JwtError(Status.JWT_PAYLOAD_AUD_NOT_STRING_OR_LIST)
     try:

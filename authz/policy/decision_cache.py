@@ -17,7 +17,8 @@ authentication and RBAC entirely.
 Time and keys are validity, not key: an entry serves only from the moment it
 was made until the first moment a token it read can expire or become valid
 (``time_horizon``), at most ``max_age`` seconds, and only while the key sets
-are the ones it was made with (any JWKS change replaces their ``generation``).
+are the ones it was made with (any JWKS change replaces their ``generation``,
+and the cache starts over when it sees a new one).
 A clock that steps back makes entries miss, never serve.
 
 The query and the headers enter the key as one SHA-256 digest, so like the
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 
 from authz.decision import Decision
 from authz.envoy.request_view import RequestView
-from authz.memo import ValueMemo
 
 Key = tuple[object, ...]
 
@@ -72,19 +72,28 @@ def request_key(view: RequestView, inputs: Inputs) -> Key:
 class DecisionCache:
     """``Key -> Decision`` while the time and the key sets allow (module docstring)."""
 
-    __slots__ = ("_entries", "hits", "max_age", "misses")
+    __slots__ = ("_decisions", "_generation", "_validity", "hits", "max_age", "misses",
+                 "size")
 
     def __init__(self, size: int, max_age: float) -> None:
+        self.size = size
         self.max_age = max_age
-        self._entries: ValueMemo[Key, tuple[Decision, float, float, object]] = ValueMemo(size)
+        self._decisions: dict[Key, Decision] = {}
+        self._validity: dict[Key, tuple[float, float]] = {}
+        """(since, until) beside each decision rather than in one tuple with it: numbers
+        only, untracked by the cycle collector (``memo.py``)."""
+        self._generation: object = None
+        """The key sets every entry was made with: another generation starts over."""
         self.hits = 0
         self.misses = 0
 
     def get(self, key: Key, now: float, generation: object) -> Decision | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            decision, since, until, made_with = entry
-            if made_with is generation and since <= now < until:
+        if generation is not self._generation:
+            self._start_over(generation)
+        decision = self._decisions.get(key)
+        if decision is not None:
+            since, until = self._validity[key]
+            if since <= now < until:
                 self.hits += 1
                 return decision
         self.misses += 1
@@ -92,11 +101,20 @@ class DecisionCache:
 
     def put(self, key: Key, decision: Decision, now: float, until: float,
             generation: object) -> Decision:
-        """Remember ``decision`` from ``now`` until ``until`` (capped at ``max_age``)."""
-        if self._entries.size <= 0:
+        """Remember ``decision``, made with the key sets ``generation``, from ``now``
+        until ``until`` (capped at ``max_age``)."""
+        if self.size <= 0:
             return decision
-        self._entries.put(key, (decision, now, min(until, now + self.max_age), generation))
+        if generation is not self._generation or len(self._decisions) >= self.size:
+            self._start_over(generation)  # full, or new keys: start over (``memo.py``)
+        self._decisions[key] = decision
+        self._validity[key] = (now, min(until, now + self.max_age))
         return decision
 
+    def _start_over(self, generation: object) -> None:
+        self._decisions.clear()
+        self._validity.clear()
+        self._generation = generation
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._decisions)

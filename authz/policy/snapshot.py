@@ -127,9 +127,9 @@ class Snapshot:
         result = self.authorization.evaluate(ctx)
         # The Decision is a function of the authn outcome and the RBAC result. Both
         # repeat (authn outcomes are memoized per token), so it is built once each.
-        decision = self.decisions.get(authn, result)
+        decision = self.decisions.get(authn, result.key)
         if decision is None:
-            decision = self.decisions.put(authn, self._build_decision(authn, result), result)
+            decision = self.decisions.put(authn, self._build_decision(authn, result), result.key)
         return decision, until
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:

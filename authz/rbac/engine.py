@@ -23,7 +23,7 @@ therefore the lexicographically smallest matching rule name, as Envoy logs it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from authz.memo import ValueMemo
@@ -60,6 +60,14 @@ class AuthzResult:
     """What dry-run policies would have done, e.g. ``deny ns[foo]-policy[bar]-rule[0]``."""
     audit: tuple[str, ...] = ()
     """The first matching rule of each AUDIT policy that matched."""
+    key: tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]] = field(
+        init=False, compare=False, repr=False)
+    """The fields as a plain tuple: what memos key a result by, untracked by the cycle
+    collector where the result itself is not (``authz/memo.py``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.allowed, self.policy, self.reason,
+                                         self.dry_run, self.audit))
 
 
 RESULT_MEMO_SIZE = 4096

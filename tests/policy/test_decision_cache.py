@@ -210,7 +210,7 @@ def test_no_usable_token_nor_any_header_value_is_kept() -> None:
     for v in requests:
         snap.evaluate(v, NOW)
     snap.evaluate(view(headers={"x-blocked": "api-key-123"}), NOW)
-    kept = repr(snap.recent._entries._entries)
+    kept = repr((snap.recent._decisions, snap.recent._validity))
     assert len(snap.recent) == 4
     assert token not in kept and token.split(".")[2] not in kept
     assert "api-key-123" not in kept  # nor any other header value
@@ -262,3 +262,24 @@ def test_requests_without_query_or_headers_read_share_no_digest_and_keep_apart()
               view(headers={"x-a": "1"}), view(headers={"x-a": "1", "cookie": "1"})]
     keys = {request_key(v, inputs) for v in others}
     assert len(keys) == len(others) and bare not in keys
+
+
+def test_entries_serve_only_the_key_sets_they_were_made_with() -> None:
+    cache = DecisionCache(2, 600.0)
+    old_keys, new_keys = object(), object()
+    decision = Decision.allow()
+    cache.put(("k",), decision, NOW, NOW + 60, old_keys)
+    assert cache.get(("k",), NOW + 1, old_keys) is decision
+    assert cache.get(("k",), NOW + 1, new_keys) is None  # new keys: everything starts over
+    assert cache.get(("k",), NOW + 1, old_keys) is None and len(cache) == 0
+    # Made with keys that changed between deciding and storing: never served with others.
+    cache.put(("k",), decision, NOW, NOW + 60, new_keys)
+    assert cache.get(("k",), NOW + 1, old_keys) is None
+
+
+def test_a_full_decision_cache_starts_over() -> None:
+    cache = DecisionCache(2, 600.0)
+    keys = object()
+    for name in ("a", "b", "c"):
+        cache.put((name,), Decision.allow(), NOW, NOW + 60, keys)
+    assert len(cache) == 1 and cache.get(("c",), NOW, keys) is not None
