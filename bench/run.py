@@ -40,6 +40,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
@@ -1082,10 +1083,17 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
     rps_target("w1", 0.85, "bare")
     ours, bare = get("ours", "w1"), get("bare", "w1")
     if ours and bare:
-        r = ours["p99_ms"] / bare["p99_ms"]
+        # Each server's p99 is the median of its rounds' p99s, not the p99 of its run
+        # of median RPS: a disturbed 5 s window lowers RPS and raises p99 at once, so
+        # the median-RPS run is often the disturbed one (docs/benchmarks.md, Method).
+        rounds = per_round(ours, bare, "p99_runs")
+        ours_p99, bare_p99 = ((median(ours["p99_runs"]), median(bare["p99_runs"])) if rounds
+                              else (ours["p99_ms"], bare["p99_ms"]))
+        r = ours_p99 / bare_p99
         add("w1 p99 ≤ 1.2 x bare p99", r <= 1.2,
-            f"{ours['p99_ms']:.2f} vs {bare['p99_ms']:.2f} ms = {r:.2f}x",
-            per_round(ours, bare, "p99_runs"))
+            f"{ours_p99:.2f} vs {bare_p99:.2f} ms"
+            + (f" (medians of {len(rounds)} rounds)" if rounds else "") + f" = {r:.2f}x",
+            rounds)
     else:
         add("w1 p99 ≤ 1.2 x bare p99", None, "not measured")
     rps_target("w2", 0.65, "bare")
@@ -1175,7 +1183,8 @@ def render(report: Mapping[str, Any]) -> str:
            + ", ".join(f"{kind} `{value}`" for kind, value in experiments.items()) + ".  "]
           if (experiments := meta.get("grpc_experiments")) else []),
         *([f"Repeats: the server-only matrix ran {meta['repeat']} times; each row is its run "
-           "of median RPS (every run's RPS and p99 in the JSON as `rps_runs`, `p99_runs`).  "]
+           "of median RPS (every run's RPS and p99 in the JSON as `rps_runs`, `p99_runs`); "
+           "the w1 p99 target compares each server's median p99 over the runs.  "]
           if meta.get("repeat", 1) > 1 else []),
         f"Load average before the run: {meta['loadavg_before'][0]:.2f}.  ",
         "CPU s/1k req: utime+stime of the server's processes during the measured window per "

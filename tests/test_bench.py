@@ -181,6 +181,10 @@ def test_a_repeated_run_shows_each_targets_ratio_round_by_round() -> None:
     assert w1["detail"].endswith("; per round 0.98, 0.82, 0.75"), w1
     assert [round(v, 2) for v in w1["per_round"]] == [0.98, 0.82, 0.75]
     p99 = got["w1 p99 ≤ 1.2 x bare p99"]
+    # Each server's p99 is the median of its rounds (25 vs 20 ms), not its median-RPS
+    # run's (40 vs 25 ms: the round that was slow in both respects).
+    assert p99["result"] == "FAIL", p99
+    assert p99["detail"].startswith("25.00 vs 20.00 ms (medians of 3 rounds) = 1.25x"), p99
     assert p99["detail"].endswith("; per round 1.10, 1.60, 1.25"), p99
     # A single run, or rows measured a different number of times, have no rounds.
     rows = [server("bare", "w1", [2200]), server("ours", "w1", [2159, 1728, 1677])]
