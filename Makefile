@@ -61,8 +61,8 @@ test: $(VENV)/.installed-dev $(BUF)
 # VENV=.venv-3.13.
 COMPAT_VENV ?= .venv-compat
 COMPAT_TESTS := tests/authn tests/envoy tests/policy tests/rbac tests/server tests/test_decision.py \
-	tests/test_decision_log.py tests/test_eventloop.py tests/test_heap.py tests/test_memo.py \
-	tests/test_observe.py tests/test_scope.py
+	tests/test_decision_log.py tests/test_eventloop.py tests/test_grpc_env.py tests/test_heap.py \
+	tests/test_memo.py tests/test_observe.py tests/test_scope.py
 compat:
 	rm -rf $(COMPAT_VENV)
 	$(PYTHON) -m venv $(COMPAT_VENV)
