@@ -47,7 +47,7 @@ class TokenLocation:
     tracked object, so the cycle collector drops it from view (``authz/memo.py``)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (str(self.kind.value), self.name, self.prefix))
+        object.__setattr__(self, "key", (self.kind.value, self.name, self.prefix))
 
     def __str__(self) -> str:
         if self.kind is LocationKind.HEADER and self.prefix:
