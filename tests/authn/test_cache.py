@@ -56,3 +56,33 @@ def test_a_cache_that_keeps_nothing_hands_back_what_it_was_given() -> None:
 def test_outcome_memos_hold_every_cached_token_and_more() -> None:
     assert outcome_memo_size(10_000) > 10_000
     assert outcome_memo_size(0) == 0
+
+
+def test_the_cache_keeps_the_most_recently_used_and_nothing_beside_what_it_evicts() -> None:
+    cache = TokenCache(max_entries=2)
+    fps = frozenset({"fp"})
+    jwts = {name: parse_token(KEY.sign(claims(sub=name))).jwt for name in "abc"}
+    for name in "ab":
+        cache.put(1, name.encode(), jwts[name], "fp", NOW)
+    assert cache.get(1, b"a", fps, NOW) is jwts["a"]  # a is now the most recent
+    cache.put(1, b"c", jwts["c"], "fp", NOW)
+    assert cache.get(1, b"b", fps, NOW) is None
+    assert cache.get(1, b"a", fps, NOW) is jwts["a"] and cache.get(1, b"c", fps, NOW) is jwts["c"]
+    # Each entry's (fingerprint, expiry) is kept beside it and must go with it.
+    assert len(cache) == 2 and len(cache._lapse) == 2
+
+
+def test_an_entry_lapses_at_expiry_at_max_ttl_and_when_its_key_leaves() -> None:
+    cache = TokenCache(max_ttl=60, skew=0)
+    fps = frozenset({"fp"})
+    jwt = parse_token(KEY.sign(claims(exp=int(NOW) + 30))).jwt
+    forever = parse_token(KEY.sign(claims(exp=None))).jwt
+    cache.put(1, b"exp", jwt, "fp", NOW)
+    cache.put(1, b"ttl", forever, "fp", NOW)
+    cache.put(1, b"key", forever, "fp", NOW)
+    assert cache.get(1, b"exp", fps, NOW + 30) is jwt
+    assert cache.get(1, b"exp", fps, NOW + 31) is None  # the token expired
+    assert cache.get(1, b"ttl", fps, NOW + 60) is forever
+    assert cache.get(1, b"ttl", fps, NOW + 61) is None  # no exp: max_ttl
+    assert cache.get(1, b"key", frozenset({"other"}), NOW) is None  # its key was rotated out
+    assert len(cache) == 0 and len(cache._lapse) == 0
