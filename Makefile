@@ -16,7 +16,7 @@ help:
 	@echo "make run    - run authz serve on examples/policies (gRPC $(GRPC_ADDRESS), admin $(HTTP_ADDRESS))"
 	@echo "make test   - install test dependencies (Envoy included) and run the whole suite"
 	@echo "make compat - the request path's tests on another Python (PYTHON=python3.13), minimal install"
-	@echo "make lint   - ruff and mypy --strict on authz/"
+	@echo "make lint   - ruff, mypy --strict on authz/, and the layering contracts (lint-imports)"
 	@echo "make proto  - regenerate authz/_proto from proto/"
 	@echo "make bench  - RPS, latency, CPU and memory vs. a bare gRPC ceiling, naive PyJWT and Envoy jwt_authn (docs/benchmarks.md)"
 
@@ -60,9 +60,9 @@ test: $(VENV)/.installed-dev $(BUF)
 # CPython the machine has. The whole suite on that interpreter: make test PYTHON=...
 # VENV=.venv-3.13.
 COMPAT_VENV ?= .venv-compat
-COMPAT_TESTS := tests/authn tests/envoy tests/policy tests/rbac tests/server tests/test_decision.py \
+COMPAT_TESTS := tests/authn tests/envoy tests/request tests/pipeline tests/policy tests/rbac tests/server tests/test_decision.py \
 	tests/test_decision_log.py tests/test_eventloop.py tests/test_grpc_env.py tests/test_heap.py \
-	tests/test_memo.py tests/test_observe.py tests/test_scope.py
+	tests/test_memo.py tests/test_observe.py
 compat:
 	rm -rf $(COMPAT_VENV)
 	$(PYTHON) -m venv $(COMPAT_VENV)
@@ -72,6 +72,7 @@ compat:
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check authz tests proto bench examples docs
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # wrk (end to end) and h2load (load-generator cross-check) come from Debian;
 # without them those rows say "skipped". Envoy comes with the test extra.

@@ -16,7 +16,6 @@ from typing import Any
 from authz import __version__, eventloop
 from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
 from authz.observe import LOG_LEVELS, configure_logging
-from authz.policy.errors import PolicyErrors
 from authz.tools import check, commands, envoy_config, validate
 
 
@@ -187,8 +186,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve_command(settings: Settings) -> int:
-    from authz.server import AuthzServer
-
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers > 1:
         from authz.workers import Supervisor
@@ -197,15 +194,9 @@ def serve_command(settings: Settings) -> int:
         # The workers run on the chosen loop; the supervisor carries no Check and
         # reads their abstract-namespace admin sockets, which uvloop cannot connect to.
         return eventloop.run(Supervisor(settings).serve, "asyncio")
-    try:
-        eventloop.run(AuthzServer(settings).serve, settings.event_loop)
-    except PolicyErrors as exc:
-        print(f"authz: policies rejected:\n{exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"authz: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    from authz.server import run_server
+
+    return run_server(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import structlog
 
 from authz.decision import Decision
-from authz.envoy.request_view import RequestView
+from authz.request.view import RequestView
 
 MODES = ("all", "deny", "sample", "none")
 REDACTED = "[redacted]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -19,29 +20,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 
-from authz import __version__, heap
+from authz import __version__, eventloop, heap
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.admin import AdminServer
 from authz.authn.jwks import JwksManager, JwksSettings, describe
 from authz.config import Settings, parse_address
 from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog, JsonLineBatcher
-from authz.envoy.request_view import RequestView, view_from_check_request
+from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
 from authz.observe import Metrics, resolved_format
-from authz.policy.errors import PolicyError, PolicyErrors
-from authz.policy.load import iter_paths
-from authz.policy.snapshot import (
+from authz.pipeline.snapshot import (
     PolicyOptions,
     Snapshot,
     SnapshotStore,
     compile_snapshot,
     empty_snapshot,
 )
+from authz.policy.errors import PolicyError, PolicyErrors
+from authz.policy.load import iter_paths
 from authz.policy.watch import PolicyWatcher
-from authz.scope import ScopeError
+from authz.request.scope import ScopeError
+from authz.request.view import RequestView
 from authz.tracing import Tracing
 
 log = structlog.get_logger("authz.server")
@@ -413,3 +415,17 @@ class AuthzServer:
             self.request_stop()
 
         return handler
+
+
+def run_server(settings: Settings) -> int:
+    """One server process until it stops: the exit code ``authz serve`` returns (a
+    worker of ``--workers N`` runs exactly this)."""
+    try:
+        eventloop.run(AuthzServer(settings).serve, settings.event_loop)
+    except PolicyErrors as exc:
+        print(f"authz: policies rejected:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"authz: {exc}", file=sys.stderr)
+        return 1
+    return 0

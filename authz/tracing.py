@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from authz.decision import Decision
-from authz.envoy.request_view import RequestView
+from authz.request.view import RequestView
 
 
 class Tracing:
@@ -63,7 +63,7 @@ class Tracing:
         if decision.policy:
             span.set_attribute("authz.policy", decision.policy)
         if view is not None:
-            span.set_attribute("authz.scope", str(view.scope))
+            span.set_attribute("authz.request.scope", str(view.scope))
             span.set_attribute("http.request.method", view.method)
             span.set_attribute("url.path", view.path)
         span.end(end_time=end_ns)

@@ -337,13 +337,15 @@ def settings_from_env(text: str) -> Settings:
 
 
 def worker_main() -> int:
-    from authz.cli import serve_command
+    from authz.observe import configure_logging
+    from authz.server import run_server
 
     _die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())))
     settings = settings_from_env(os.environ[SETTINGS_ENV])
     index = int(os.environ.get(INDEX_ENV, "0"))
     structlog.contextvars.bind_contextvars(worker=index)
-    return serve_command(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    return run_server(settings)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.config import Settings
 from authz.envoy.response import response_bytes
 from authz.observe import Metrics
+from authz.pipeline.snapshot import SnapshotStore, compile_snapshot
 from authz.policy.load import parse_text
-from authz.policy.snapshot import SnapshotStore, compile_snapshot
 from authz.server import AuthorizationService
 
 POLICY = """\

@@ -10,8 +10,8 @@ import pytest
 import structlog
 
 from authz.decision import Decision
-from authz.envoy.request_view import RequestView
-from authz.policy.snapshot import Snapshot
+from authz.pipeline.snapshot import Snapshot
+from authz.request.view import RequestView
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,8 @@ import structlog
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
 from authz.decision_log import REDACTED, DecisionLog, trace_context
-from authz.envoy.request_view import RequestView, view_from_check_request
+from authz.envoy.request_view import view_from_check_request
+from authz.request.view import RequestView
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJl"
 

@@ -69,8 +69,8 @@ def test_every_documented_authz_command_parses() -> None:
 def test_every_documented_yaml_block_parses_and_policies_validate() -> None:
     import yaml
 
+    from authz.pipeline.snapshot import compile_snapshot
     from authz.policy.load import parse_text
-    from authz.policy.snapshot import compile_snapshot
 
     for doc, block in _blocks("yaml"):
         docs = [d for d in yaml.safe_load_all(block) if d is not None]

@@ -8,8 +8,8 @@ import pytest
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.envoy.request_view import view_from_check_request
+from authz.pipeline.snapshot import compile_snapshot
 from authz.policy.load import load_paths
-from authz.policy.snapshot import compile_snapshot
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"
 

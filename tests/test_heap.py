@@ -6,10 +6,10 @@ import gc
 
 from authz import heap
 from authz.envoy.response import response_bytes
+from authz.pipeline.snapshot import compile_snapshot
 from authz.policy.load import parse_text
-from authz.policy.snapshot import compile_snapshot
 from tests.authn.helpers import NOW, claims, hmac_key
-from tests.policy.test_snapshot import POLICIES, view, with_jwt_rule
+from tests.pipeline.test_snapshot import POLICIES, view, with_jwt_rule
 
 
 def in_collector(obj: object) -> bool:

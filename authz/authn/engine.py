@@ -31,8 +31,15 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
-from authz.authn.extract import ExtractedToken, Extractor, LocationKind, RequestParts, TokenLocation
+from authz.authn.extract import (
+    ExtractedToken,
+    Extractor,
+    LocationKind,
+    RequestParts,
+    TokenLocation,
+)
 from authz.authn.keys import KeySet, parse_jwks
+from authz.authn.selection import RequestAuthnPolicies
 from authz.authn.verify import (
     CLOCK_SKEW_SECONDS,
     MAX_TOKEN_BYTES,
@@ -47,10 +54,10 @@ from authz.authn.verify import (
     verify_signature,
 )
 from authz.decision import Header, Reason
-from authz.envoy.request_view import RequestView
 from authz.memo import IdentityMemo
-from authz.policy.request_authentication import JwtRule, Presence, RequestAuthnPolicies
-from authz.scope import Scope
+from authz.policy.request_authentication import JwtRule, Presence
+from authz.request.scope import Scope
+from authz.request.view import RequestView
 
 METADATA_PAYLOAD_KEY = "payload"
 """Istio sets ``payload_in_metadata: payload`` (reference A.2)."""

@@ -1,1 +1,3 @@
-"""Protobuf in and out: the only place that reads CheckRequest or builds CheckResponse."""
+"""The gRPC adapter: Envoy's ``CheckRequest`` in (to a ``RequestView``) and a
+``Decision`` out (to a ``CheckResponse``). The only place that touches the
+ext_authz protobuf messages."""

@@ -1,1 +1,2 @@
-"""Policies: files -> resources -> compiled, immutable snapshots."""
+"""Policies as data: files -> resources -> validated, immutable models (with the
+file and line of every field). Loads, validates and models; imports no engine."""

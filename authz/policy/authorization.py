@@ -27,10 +27,10 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from authz.policy import grammar
 from authz.policy.errors import Location, PolicyErrors
 from authz.policy.fields import FieldParser, TargetRef, type_name
 from authz.policy.load import Resource
-from authz.rbac import match
 
 KIND = "AuthorizationPolicy"
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -267,26 +267,26 @@ def parse_bool(text: str) -> bool:
 
 def check_path(value: str) -> str | None:
     """Istio ``CheckValidPathTemplate`` (+ Envoy needs templates to start with ``/``)."""
-    template = match.is_path_template(value)
+    template = grammar.is_path_template(value)
     if template and not value.startswith("/"):
         return f"path template {value!r} must start with '/'"
     any_seen = False
     for segment in value.strip("/").split("/"):
-        if segment in (match.MATCH_ONE_TEMPLATE, match.MATCH_ANY_TEMPLATE):
+        if segment in (grammar.MATCH_ONE_TEMPLATE, grammar.MATCH_ANY_TEMPLATE):
             if any_seen:
                 return f"invalid path {value!r}: {{**}} is not the last operator"
-            any_seen = segment == match.MATCH_ANY_TEMPLATE
+            any_seen = segment == grammar.MATCH_ANY_TEMPLATE
             continue
         if "{" in segment or "}" in segment:
             return f"invalid path {value!r}: '{{' or '}}' outside a supported template"
-        if template and not match.TEMPLATE_LITERAL.fullmatch(segment):
+        if template and not grammar.TEMPLATE_LITERAL.fullmatch(segment):
             return f"invalid path {value!r}: segment {segment!r} is not a valid literal"
     return None
 
 
 def check_cidr(value: str) -> str | None:
     try:
-        match.parse_cidr(value)
+        grammar.parse_cidr(value)
     except ValueError:
         return f"invalid IP address or CIDR range {value!r}"
     return None
@@ -294,7 +294,7 @@ def check_cidr(value: str) -> str | None:
 
 def check_port(value: str) -> str | None:
     try:
-        match.parse_port(value)
+        grammar.parse_port(value)
     except ValueError as exc:
         return str(exc)
     return None
@@ -574,6 +574,18 @@ class _Parser(FieldParser):
             self.error(path, f"at least one of values or notValues must be set for key {key}")
         return Condition(key=key, attribute=attribute, names=names, values=values,
                          not_values=not_values)
+
+
+
+CUSTOM_EXPLANATION = (
+    "this server is the CUSTOM provider; CUSTOM policies configure Envoy (when to call "
+    "this server), not this server"
+)
+TARGET_REF_EXPLANATION = (
+    "targetRef/targetRefs policies attach only to a Gateway-API gateway scope: routes whose "
+    "labels include gateway.networking.k8s.io/gateway-name=<Gateway name>, in the policy's "
+    "namespace; sidecar-style scopes never get them"
+)
 
 
 

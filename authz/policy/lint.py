@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 
-from authz.policy.authorization import Action, Attribute, AuthorizationPolicy, Operation, Source
+from authz.policy.authorization import (
+    CUSTOM_EXPLANATION,
+    TARGET_REF_EXPLANATION,
+    Action,
+    Attribute,
+    AuthorizationPolicy,
+    Operation,
+    Source,
+)
 from authz.policy.errors import Location
-from authz.rbac.engine import CUSTOM_EXPLANATION, TARGET_REF_EXPLANATION
 
 _JWT_ATTRIBUTES = frozenset({
     Attribute.REQUEST_PRINCIPAL, Attribute.REQUEST_AUDIENCES,

@@ -1,6 +1,3 @@
-"""Istio AuthorizationPolicy evaluation: matchers, compiled rules and the engine.
-
-Import from the submodules (``authz.rbac.engine``, ``authz.rbac.context``);
-this package imports nothing itself so ``authz.policy.authorization`` can use
-the matchers without an import cycle.
-"""
+"""The AuthorizationPolicy engine: compiled matchers and rules, and the
+DENY -> ALLOW -> AUDIT evaluation Istio's RBAC filters perform. Reads the policy
+models and the request view; knows nothing of tokens (it gets verified claims)."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from authz.envoy.request_view import IPAddress, RequestView, parse_ip
+from authz.request.address import IPAddress, parse_ip
+from authz.request.view import RequestView
 
 
 @dataclass(frozen=True, slots=True)

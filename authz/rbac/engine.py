@@ -27,27 +27,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from authz.memo import ValueMemo
-from authz.policy.authorization import Action, AuthorizationPolicy
+from authz.policy.authorization import (
+    Action,
+    AuthorizationPolicy,
+)
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.rbac.context import AuthzContext
 from authz.rbac.rules import CompiledPolicy, CompiledRule, compile_policy
-from authz.scope import Scope
+from authz.request.scope import Scope
 
 NO_POLICY = "no_policy"
 ALLOWED = "allowed"
 DENIED_BY_DENY_POLICY = "denied_by_deny_policy"
 NO_ALLOW_POLICY_MATCHED = "no_allow_policy_matched"
-
-CUSTOM_EXPLANATION = (
-    "this server is the CUSTOM provider; CUSTOM policies configure Envoy (when to call "
-    "this server), not this server"
-)
-TARGET_REF_EXPLANATION = (
-    "targetRef/targetRefs policies attach only to a Gateway-API gateway scope: routes whose "
-    "labels include gateway.networking.k8s.io/gateway-name=<Gateway name>, in the policy's "
-    "namespace; sidecar-style scopes never get them"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class AuthzResult:

@@ -12,26 +12,28 @@ is a full match (RE2), and ``.`` does not match a newline in either engine.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from authz.envoy.request_view import IPAddress
+from authz.policy.grammar import (
+    MATCH_ANY_TEMPLATE,
+    MATCH_ONE_TEMPLATE,
+    Network,
+    is_path_template,
+    parse_cidr,
+)
+from authz.request.address import IPAddress
 
 SPIFFE = "spiffe://"
 LOCAL_TRUST_DOMAIN = "cluster.local"
 """Istio treats this literal as "the local trust domain" when aliases are set (B.9)."""
 
-MATCH_ONE_TEMPLATE = "{*}"
-MATCH_ANY_TEMPLATE = "{**}"
 # Envoy uri_template character classes (reference B.7, envoy-uritpl).
 _TEMPLATE_ONE = r"[a-zA-Z0-9\-._~%!$&'()+,;:@]+"
 _TEMPLATE_ANY = r"[a-zA-Z0-9\-._~%!$&'()+,;:@/]*"
-TEMPLATE_LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")
-"""A literal segment allowed next to a template operator (Istio ``IsValidLiteral``)."""
 
 
 class Kind(Enum):
@@ -136,10 +138,6 @@ def host(value: str) -> StringMatcher:
 def method(value: str) -> StringMatcher:
     """``methods``: a header matcher on ``:method`` (case-sensitive)."""
     return header_value(value)
-
-
-def is_path_template(value: str) -> bool:
-    return MATCH_ONE_TEMPLATE in value or MATCH_ANY_TEMPLATE in value
 
 
 def path_template_regex(template: str) -> str:
@@ -320,25 +318,6 @@ class ClaimMatcher:
         return f"claims{''.join(f'[{k}]' for k in self.path)} in {[str(v) for v in self.values]}"
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_cidr(value: str) -> Network:
-    """An IP (as /32 or /128) or a CIDR. Host bits are masked, as Envoy's CidrRange does.
-
-    Raises ValueError for anything else.
-    """
-    address, slash, bits = value.partition("/")
-    if "%" in address:
-        raise ValueError(f"{value!r}: scoped IPv6 addresses are not allowed")
-    ip = ipaddress.ip_address(address)  # no blanks, no leading zeros, as Go's parser
-    if not slash:
-        return ipaddress.ip_network(ip)
-    if not PORT_TEXT.fullmatch(bits) or int(bits) > ip.max_prefixlen:
-        raise ValueError(f"{value!r}: invalid prefix length {bits!r}")
-    return ipaddress.ip_network(f"{ip}/{int(bits)}", strict=False)
-
-
 @dataclass(frozen=True, slots=True)
 class CidrMatcher:
     """Any of a set of ranges; an address of the other IP version never matches."""
@@ -354,16 +333,3 @@ class CidrMatcher:
 
 def cidrs(values: Sequence[str]) -> CidrMatcher:
     return CidrMatcher(tuple(parse_cidr(v) for v in values))
-
-
-PORT_TEXT = re.compile(r"[0-9]+")
-
-
-def parse_port(value: str) -> int:
-    """A decimal port in [0, 65535] (Istio ``ValidatePorts``). Raises ValueError."""
-    if not PORT_TEXT.fullmatch(value):
-        raise ValueError(f"port {value!r} is not a decimal number")
-    port = int(value)
-    if port > 65535:
-        raise ValueError(f"port {value!r} is out of range [0, 65535]")
-    return port

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from authz.envoy.request_view import IPAddress
 from authz.policy.authorization import (
     Action,
     Attribute,
@@ -30,9 +29,11 @@ from authz.policy.authorization import (
     Source,
 )
 from authz.policy.fields import attaches
+from authz.policy.grammar import parse_port
 from authz.rbac import match
 from authz.rbac.context import AuthzContext
-from authz.scope import Scope
+from authz.request.address import IPAddress
+from authz.request.scope import Scope
 
 
 class Check(Protocol):
@@ -276,7 +277,7 @@ def _ips(
 
 
 def _ports(label: str, values: tuple[str, ...], negate: bool) -> Check:
-    return PortCheck(label, frozenset(match.parse_port(v) for v in values), negate)
+    return PortCheck(label, frozenset(parse_port(v) for v in values), negate)
 
 
 def _request_principals(label: str, values: tuple[str, ...], negate: bool) -> Check:

@@ -24,11 +24,11 @@ from authz.authn.keys import KeySet, parse_jwks
 from authz.decision import Decision
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
+from authz.pipeline.snapshot import PolicyOptions, Snapshot, compile_snapshot
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
-from authz.policy.snapshot import PolicyOptions, Snapshot, compile_snapshot
-from authz.scope import LABELS_KEY, NAMESPACE_KEY
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY
 
 
 class CheckError(ValueError):

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from authz.config import ConfigError, parse_address
-from authz.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from authz.pipeline.snapshot import PolicyOptions, compile_snapshot
 from authz.policy.errors import PolicyErrors
 from authz.policy.lint import lint_authorization
 from authz.policy.load import load_paths
-from authz.policy.snapshot import PolicyOptions, compile_snapshot
 
 
 def run(paths: list[str], root_namespace: str, default_namespace: str, strict: bool) -> int:

@@ -13,8 +13,8 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from authz.envoy.request_view import Peer, RequestView
-from authz.scope import Scope
+from authz.request.scope import Scope
+from authz.request.view import Peer, RequestView
 
 SAMPLES = Path("/work/shared/conformance/istio-jwt-samples")
 COMMON = SAMPLES / "tests-common-jwt"

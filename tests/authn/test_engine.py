@@ -18,15 +18,10 @@ from authz.authn.engine import (
     normalize_claims,
 )
 from authz.authn.keys import KeySet, parse_jwks
+from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Header
 from authz.policy.load import parse_text
-from authz.policy.request_authentication import (
-    ClaimToHeader,
-    HeaderLocation,
-    JwtRule,
-    Presence,
-    RequestAuthnPolicies,
-)
+from authz.policy.request_authentication import ClaimToHeader, HeaderLocation, JwtRule, Presence
 from tests.authn.helpers import (
     COMMON,
     NOW,

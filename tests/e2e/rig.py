@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from authz.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
 from authz.tools import envoy_config
 from authz.tools.envoy_config import RouteScope
 from tests.ports import free_port

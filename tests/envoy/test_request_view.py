@@ -4,8 +4,9 @@ import pytest
 
 from authz._proto.envoy.config.core.v3 import base_pb2
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz.envoy.request_view import split_path, view_from_check_request
-from authz.scope import Scope
+from authz.envoy.request_view import view_from_check_request
+from authz.request.scope import Scope
+from authz.request.view import split_path
 
 
 def _request() -> external_auth_pb2.CheckRequest:
@@ -160,7 +161,7 @@ def test_mixed_case_header_names_are_lowercased_all_lowercase_kept() -> None:
 
 
 def test_one_parser_for_every_address_text() -> None:
-    from authz.envoy.request_view import normalize_ip, parse_ip
+    from authz.request.address import normalize_ip, parse_ip
 
     assert str(parse_ip("0:0::1")) == "::1" and normalize_ip("0:0::1") == "::1"
     assert parse_ip("/var/run/envoy.sock") is None

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+from authz.pipeline.snapshot import compile_snapshot
 from authz.policy.lint import lint_authorization
 from authz.policy.load import parse_text
-from authz.policy.snapshot import compile_snapshot
 
 
 def warnings_for(spec: str, namespace: str = "shop") -> list[str]:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from authz.authn.selection import RequestAuthnPolicies, select_rules
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
 from authz.policy.request_authentication import (
@@ -13,12 +14,10 @@ from authz.policy.request_authentication import (
     HeaderLocation,
     Presence,
     RequestAuthentication,
-    RequestAuthnPolicies,
     parse_duration,
     parse_request_authentication,
-    select_rules,
 )
-from authz.scope import Scope
+from authz.request.scope import Scope
 
 VALIDATION = Path("/work/shared/conformance/istio-authn/validation")
 REQUESTAUTHN = Path("/work/shared/conformance/istio-authn/integration-requestauthn")

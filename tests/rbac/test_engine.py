@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from authz.envoy.request_view import Peer, RequestView, split_path
 from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
@@ -19,7 +18,8 @@ from authz.rbac.engine import (
     AuthzResult,
     PolicySet,
 )
-from authz.scope import Scope
+from authz.request.scope import Scope
+from authz.request.view import Peer, RequestView, split_path
 
 ROOT = "istio-system"
 PEER = "spiffe://cluster.local/ns/client/sa/caller"

@@ -4,6 +4,7 @@ import ipaddress
 
 import pytest
 
+from authz.policy import grammar
 from authz.rbac import match
 from authz.rbac.match import Kind
 
@@ -228,12 +229,12 @@ def test_cidr() -> None:
                                  "10.0.0.1/x", "010.0.0.1", "10.0.0.0/255.0.0.0", ""])
 def test_cidr_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
-        match.parse_cidr(bad)
+        grammar.parse_cidr(bad)
 
 
 def test_ports() -> None:
-    assert match.parse_port("0") == 0
-    assert match.parse_port("65535") == 65535
+    assert grammar.parse_port("0") == 0
+    assert grammar.parse_port("65535") == 65535
     for bad in ("65536", "-1", "+80", " 80", "8_0", "http", ""):
         with pytest.raises(ValueError):
-            match.parse_port(bad)
+            grammar.parse_port(bad)

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from authz.scope import Scope, ScopeError, namespace_from_spiffe, parse_labels, resolve_scope
+from authz.request.scope import (
+    Scope,
+    ScopeError,
+    namespace_from_spiffe,
+    parse_labels,
+    resolve_scope,
+)
 
 
 @pytest.mark.parametrize(

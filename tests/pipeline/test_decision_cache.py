@@ -7,11 +7,11 @@ from types import MappingProxyType
 from authz.authn.engine import StaticKeys
 from authz.authn.keys import KeySet, parse_jwks
 from authz.decision import Decision, Reason
-from authz.envoy.request_view import Peer, RequestView
-from authz.policy.decision_cache import DecisionCache, Inputs, request_key
+from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
+from authz.pipeline.snapshot import Snapshot, compile_snapshot
 from authz.policy.load import parse_text
 from authz.policy.request_authentication import JwtRule
-from authz.policy.snapshot import Snapshot, compile_snapshot
+from authz.request.view import Peer, RequestView
 from tests.authn.helpers import NOW, Key, claims, hmac_key, jwks, rsa_key, view
 
 KEY = rsa_key()

@@ -1,4 +1,5 @@
-"""The original client address, derived the way Envoy's HCM derives it.
+"""Addresses: parsing peers' IPs, and the original client address the way Envoy's
+HCM derives it.
 
 Envoy gives an ext_authz server only the direct peer (``attributes.source``).
 Istio's ``remoteIpBlocks`` and ``remote.ip`` match what Envoy RBAC calls
@@ -13,7 +14,33 @@ entries, or that entry is not an IP, use the direct peer.
 
 from __future__ import annotations
 
-from authz.envoy.request_view import RequestView, normalize_ip, parse_ip
+import functools
+import ipaddress
+
+from authz.request.view import RequestView
+
+__all__ = ["XFF", "IPAddress", "normalize_ip", "original_client_ip", "parse_ip"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> IPAddress | None:
+    """The address ``text`` names, None if it is not one (a pipe path, a name).
+    Peers and forwarded-for entries repeat, so each distinct text is parsed once."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_ip(text: str) -> str:
+    """Canonical text of an address (``::FFFF:1.2.3.4`` and ``0:0::1`` forms differ
+    from what CIDR matching prints); anything else is kept as sent."""
+    ip = parse_ip(text)
+    return text if ip is None else str(ip)
+
 
 XFF = "x-forwarded-for"
 """The one header the original client IP is derived from."""

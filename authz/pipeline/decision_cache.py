@@ -33,7 +33,7 @@ import hashlib
 from dataclasses import dataclass
 
 from authz.decision import Decision
-from authz.envoy.request_view import RequestView
+from authz.request.view import RequestView
 
 Key = tuple[object, ...]
 

@@ -8,17 +8,18 @@ import pytest
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
-from authz.envoy.request_view import RequestView, view_from_check_request
+from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
-from authz.policy.errors import PolicyErrors
-from authz.policy.load import parse_text
-from authz.policy.snapshot import (
+from authz.pipeline.snapshot import (
     PolicyOptions,
     Snapshot,
     SnapshotStore,
     compile_snapshot,
     empty_snapshot,
 )
+from authz.policy.errors import PolicyErrors
+from authz.policy.load import parse_text
+from authz.request.view import RequestView
 from tests.authn.helpers import NOW, Key, claims, hmac_key, jwks
 
 POLICIES = """\

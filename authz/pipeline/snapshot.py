@@ -21,17 +21,23 @@ from authz.authn.engine import (
     AuthnSuccess,
     KeyProvider,
 )
+from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
-from authz.envoy.remote_ip import XFF, original_client_ip
-from authz.envoy.request_view import RequestView
 from authz.memo import IdentityMemo, ValueMemo
-from authz.policy.authorization import AuthorizationPolicy, parse_authorization_policy
-from authz.policy.decision_cache import DecisionCache, Inputs, request_key
+from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
+from authz.policy.authorization import (
+    CUSTOM_EXPLANATION,
+    TARGET_REF_EXPLANATION,
+    AuthorizationPolicy,
+    parse_authorization_policy,
+)
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import Resource
-from authz.policy.request_authentication import JwtRule, RequestAuthnPolicies
+from authz.policy.request_authentication import JwtRule
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
+from authz.request.address import XFF, original_client_ip
+from authz.request.view import RequestView
 
 log = structlog.get_logger("authz.policy")
 
@@ -236,9 +242,9 @@ def compile_snapshot(
     if errors:
         raise PolicyErrors(errors)
     for policy in policy_set.custom:
-        log.info("custom_policy_not_evaluated", policy=policy.ref, why=rbac.CUSTOM_EXPLANATION)
+        log.info("custom_policy_not_evaluated", policy=policy.ref, why=CUSTOM_EXPLANATION)
     for policy in policy_set.not_attached:
-        log.info("policy_for_gateway_scopes", policy=policy.ref, why=rbac.TARGET_REF_EXPLANATION)
+        log.info("policy_for_gateway_scopes", policy=policy.ref, why=TARGET_REF_EXPLANATION)
     return Snapshot(
         version, MappingProxyType(counts), policy_set, options, authentication,
         Authenticator(authentication, keys),

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz.envoy.remote_ip import original_client_ip
 from authz.envoy.request_view import view_from_check_request
+from authz.request.address import original_client_ip
 
 
 def _view(xff: str | None, peer: str = "10.0.0.1") -> object:
