@@ -50,7 +50,7 @@ class Decision(NamedTuple):
 
     A named tuple, not a frozen dataclass: a token seen for the first time gets a
     new one, and a frozen dataclass of fifteen fields took ~5 µs to build against
-    ~1 µs for a tuple (docs/performance.md, "Tokens seen for the first time").
+    ~1 µs for a tuple (docs/design/performance.md, "Tokens seen for the first time").
     """
 
     allowed: bool

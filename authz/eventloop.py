@@ -2,7 +2,7 @@
 
 grpc.aio hands every call's completion to the event loop, so the loop is part
 of each ``Check``'s fixed cost: under load uvloop cuts ~10% of our CPU per
-request (docs/performance.md, "The event loop"). ``--event-loop asyncio`` is
+request (docs/design/performance.md, "The event loop"). ``--event-loop asyncio`` is
 there to rule the loop out when something misbehaves. The ``--workers``
 supervisor always runs asyncio's loop: it answers no ``Check``, and it talks to
 its workers over Linux abstract-namespace Unix sockets, to which uvloop (libuv)

@@ -9,7 +9,7 @@ supervisor's environment.
 connections are read and written on gRPC's poller instead of being handed
 between EventEngine's own threads and grpc.aio's: 3.5 fewer context switches
 per ``Check`` and ~10% less CPU per call on one core, the same for a bare
-servicer (docs/performance.md, "gRPC core settings"). The listener it falls
+servicer (docs/design/performance.md, "gRPC core settings"). The listener it falls
 back to is the one gRPC used before EventEngine; an experiment name a later
 gRPC no longer knows is ignored, so the setting can only stop helping, not
 break a start.

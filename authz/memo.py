@@ -19,7 +19,7 @@ memo is a dict or two however many entries it holds, and a key made of numbers
 and strings is untracked after the first collection. A tuple per entry holding
 an owner would stay tracked, and a full collection walks every tracked object
 with the event loop stopped: with 10,000 cached tokens, what each token adds
-to that walk is the pause (``docs/performance.md``, garbage collector).
+to that walk is the pause (``docs/design/performance.md``, garbage collector).
 """
 
 from __future__ import annotations

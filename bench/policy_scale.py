@@ -1,5 +1,5 @@
 """Check cost vs. policies elsewhere: 10 policies in scope, with and without 10,000
-policies in other namespaces (issue: compiled snapshots indexed by namespace).
+policies in other namespaces (compiled snapshots are indexed by namespace).
 
 Measures the server's whole request path minus the gRPC transport: parse the
 serialized CheckRequest, build the view, evaluate the snapshot, get the serialized

@@ -14,7 +14,7 @@ One run measures, with the same load tool for every server:
 for workloads w1-w5 and w2f (bench/workloads.py) at concurrency 1 and 32, with the
 server (and Envoy) pinned to one CPU and the load generator to another. It
 prints a markdown table, writes it to bench/results/latest.md and everything
-to bench/results/latest.json, and prints PASS/FAIL for the issue's targets
+to bench/results/latest.json, and prints PASS/FAIL for the targets of docs/benchmarks.md
 (the exit status does not depend on them).
 
 Run: python bench/run.py [--quick] [--workers-compare] [--skip-e2e]
@@ -1085,7 +1085,7 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
     if ours and bare:
         # Each server's p99 is the median of its rounds' p99s, not the p99 of its run
         # of median RPS: a disturbed 5 s window lowers RPS and raises p99 at once, so
-        # the median-RPS run is often the disturbed one (docs/benchmarks.md, Method).
+        # the median-RPS run is often the disturbed one (docs/benchmarks.md, Targets).
         rounds = per_round(ours, bare, "p99_runs")
         ours_p99, bare_p99 = ((median(ours["p99_runs"]), median(bare["p99_runs"])) if rounds
                               else (ours["p99_ms"], bare["p99_ms"]))
@@ -1178,7 +1178,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"after a {meta['e2e_warmup_s']:.0f} s wrk warm-up; our server runs "
         f"{'--workers 1' if meta['workers_flag'] else 'without --workers (flag absent)'}, "
         "--decision-log none.  ",
-        *([f"Event loops: bare {loops['bare']} (the issue's ceiling), bare-tuned "
+        *([f"Event loops: bare {loops['bare']} (the ceiling), bare-tuned "
            f"{loops['bare-tuned']}, naive {loops['naive']}, ours {loops['ours']}.  "]
           if (loops := meta.get("event_loops")) else []),
         *(["gRPC core (GRPC_EXPERIMENTS, as each server read it; empty: gRPC's defaults): "
@@ -1209,7 +1209,7 @@ def render(report: Mapping[str, Any]) -> str:
     lines += [f"- {t['result']}: {t['target']}: {t['detail']}" for t in report["targets"]]
     if report.get("runtime_reference"):
         lines += ["", "## Against the ceiling on our runtime (a reference, not a target)", "",
-                  "The issue's ceiling is a bare grpc.aio servicer on asyncio's loop and "
+                  "The ceiling is a bare grpc.aio servicer on asyncio's loop and "
                   "gRPC's defaults; our server runs on uvloop, with gRPC core settings of its "
                   "own (authz/grpc_env.py). The same bare servicer on both (bare-tuned) shows "
                   "how much of the ratios above the runtime gives (concurrency 32):", ""]

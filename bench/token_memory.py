@@ -7,7 +7,7 @@ per token: Python objects (``tracemalloc``) and the process's resident memory
 (protobuf keeps messages in its own arenas, which ``tracemalloc`` does not see).
 A token's memory is its token-cache entry, its authn outcome, its Decision, its
 serialized CheckResponse (claims metadata included) and its decision-cache entry.
-docs/performance.md quotes it.
+docs/operations.md (Sizing) quotes it.
 
 Run: python bench/token_memory.py [--tokens 5000]
 """

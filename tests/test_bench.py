@@ -97,7 +97,7 @@ def test_quick_run_writes_well_formed_markdown(quick_run: tuple[str, str, Path])
     servers = {r[1] for r in server[2:]}
     assert {"ours", "bare", "bare-tuned", "naive", "ours-10"} <= servers
     # Ours runs on uvloop with gRPC core settings of its own: the bare servicer on that
-    # runtime is measured beside the issue's ceiling, and ours is compared with both.
+    # runtime is measured beside the ceiling, and ours is compared with both.
     column = server[0].index("vs bare-tuned")
     ours_w1 = next(r for r in server[2:] if r[0].startswith("w1 ") and r[1] == "ours")
     assert float(ours_w1[column]) > 0, ours_w1
@@ -123,7 +123,7 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
     assert meta["pinning"] and all(p["affinity"] for p in meta["pinning"])
     assert meta["event_loops"] == {"bare": "asyncio", "bare-tuned": "uvloop",
                                    "naive": "asyncio", "ours": "uvloop"}
-    # bare-tuned runs on what ours runs on; the issue's ceiling on gRPC's defaults.
+    # bare-tuned runs on what ours runs on; the ceiling on gRPC's defaults.
     tuned = grpc_env.apply(dict(os.environ))["GRPC_EXPERIMENTS"]
     assert meta["grpc_experiments"] == {"bare": os.environ.get("GRPC_EXPERIMENTS", ""),
                                         "bare-tuned": tuned,
@@ -207,7 +207,7 @@ def test_the_workers_target_is_judged_only_with_a_cpu_for_the_load_generator() -
 
     assert verdict(1700.0, shared=False)["result"] == "PASS"
     assert verdict(1300.0, shared=False)["result"] == "FAIL"
-    # On a 2-CPU machine the load generator shares the second worker's CPU: the issue's
+    # On a 2-CPU machine the load generator shares the second worker's CPU: the target's
     # condition does not hold, so the figure is reported, not judged.
     for rps in (1300.0, 1700.0):
         t = verdict(rps, shared=True)
@@ -239,7 +239,7 @@ def test_loadgen_continues_a_message_cycle_where_told() -> None:
 
 
 def test_ab_compares_each_server_on_both_event_loops() -> None:
-    """bench/ab.py --loops: the measurement behind "The event loop" in performance.md
+    """bench/ab.py --loops: the measurement behind "The event loop" in docs/design/performance.md
     (with every other kind of server it can start; this checkout as its own baseline)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ab.py"), "--workloads", "w1", "--rounds", "1",

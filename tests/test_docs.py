@@ -78,3 +78,69 @@ def test_every_documented_yaml_block_parses_and_policies_validate() -> None:
         if any(isinstance(d, dict) and str(d.get("apiVersion", "")).startswith(
                 "security.istio.io/") for d in docs):
             compile_snapshot(parse_text(block, doc), 1)  # raises with file:line on error
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower-cased, punctuation dropped, spaces to '-'."""
+    import re
+
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def _links(doc: Path) -> list[str]:
+    """Targets of inline Markdown links outside code blocks and code spans."""
+    import re
+
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def test_every_doc_is_linked_from_the_readme() -> None:
+    """A doc nobody can reach from the README is a doc nobody reads."""
+    linked = {(ROOT / target.split("#")[0]).resolve() for target in _links(ROOT / "README.md")}
+    docs = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "docs" / "design").glob("*.md"))
+    assert len(docs) >= 15
+    missing = [d.relative_to(ROOT).as_posix() for d in docs if d.resolve() not in linked]
+    assert not missing, f"README.md links none of: {missing}"
+
+
+def test_relative_links_and_anchors_resolve() -> None:
+    """Moving or renaming a doc or a heading must not leave dead links behind."""
+    import re
+
+    anchors: dict[Path, set[str]] = {}
+    for doc in _markdown_files():
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        anchors[doc.resolve()] = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+    broken = []
+    checked = 0
+    for doc in _markdown_files():
+        for target in _links(doc):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (doc.parent / path).resolve() if path else doc.resolve()
+            checked += 1
+            if not resolved.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors.get(resolved, ()):
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert checked >= 50
+    assert not broken, "\n".join(broken)
+
+
+def test_docs_name_no_issue_numbers() -> None:
+    """Docs describe the product; tracker references belong in commits, not here."""
+    import re
+
+    hits = [f"{doc.relative_to(ROOT)}:{n}: {line.strip()}"
+            for doc in _markdown_files()
+            for n, line in enumerate(doc.read_text().splitlines(), 1)
+            if re.search(r"\b[Ii]ssue #?[0-9]+\b", line)]
+    assert not hits, "\n".join(hits)

@@ -5,7 +5,7 @@
   each command's output compared with the output the guide shows.
 - The migration guides' "Try it" commands (`authz check` included) run the
   same way, and each maps every setting of Kong's jwt plugin / ingress-nginx's
-  `auth-*` annotations that the issue lists.
+  `auth-*` annotations.
 - Every YAML policy in the new guides passes `authz validate`; other YAML
   blocks are the "before" side of a migration (Kong, ingress-nginx) or an
   excerpt of a generated file (checked against it by the run).

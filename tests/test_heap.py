@@ -50,7 +50,7 @@ def test_a_cached_token_adds_few_objects_to_the_collectors_walk() -> None:
     """What a token leaves in the caches and memos (parsed claims, authn outcome,
     Decision, response, decision-cache entry) is what every full collection walks, with
     the event loop stopped: at 10,000 cached tokens, ~55 ms at 18 tracked objects per
-    token, ~8 ms at 4 (docs/performance.md, garbage collector)."""
+    token, ~8 ms at 4 (docs/design/performance.md, garbage collector)."""
     key = hmac_key()
     snap = with_jwt_rule(key, POLICIES)
     tokens = [key.sign(claims(sub=f"u{i}", groups=["g1", "g2"], scope="a b"))

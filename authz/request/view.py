@@ -33,7 +33,7 @@ class RequestView(NamedTuple):
 
     A named tuple rather than a frozen dataclass: one is built per ``Check``, and a
     frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) took
-    2.2 µs of it against 0.7 µs for a tuple built in C (docs/performance.md).
+    2.2 µs of it against 0.7 µs for a tuple built in C (docs/design/performance.md).
     """
 
     method: str

@@ -4,7 +4,7 @@ It does what any Python gRPC server must (HTTP/2, parse the CheckRequest,
 serialize a CheckResponse) and nothing else, so our server's numbers divided
 by these show what policy work costs on top of the transport.
 
-It runs on asyncio's own event loop, as the issue defines the ceiling;
+It runs on asyncio's own event loop and gRPC's defaults, as the ceiling is defined;
 ``--event-loop uvloop`` gives the ceiling on the loop our server runs on by
 default, which `make bench` measures beside it.
 
@@ -40,7 +40,7 @@ class Bare(external_auth_pb2_grpc.AuthorizationServicer):
 
 class Spinning(Bare):
     """Bare plus ``seconds`` of busy Python per call: what handler time alone costs
-    through the transport (docs/performance.md, "Tight loop vs inside the server")."""
+    through the transport (docs/design/performance.md, "Where the time goes")."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

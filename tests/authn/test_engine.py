@@ -272,7 +272,7 @@ def test_an_authn_outcome_is_immutable() -> None:
 def test_an_outcomes_claims_leave_the_cycle_collectors_view() -> None:
     """Claims are a plain dict, JSON arrays as tuples (read-only by type, not by a
     ``MappingProxyType`` the collector would track per cached token): flat claims are
-    untracked after a collection (docs/performance.md, garbage collector)."""
+    untracked after a collection (docs/design/performance.md, garbage collector)."""
     r = rule(space_delimited_claims=("scope",))
     token = KEY.sign(claims(scope="a b", groups=["g1", ["g2"]], nested={"k": [1, {"x": "y"}]}))
     res = ok(auth(r).authenticate(view(headers=bearer(token)), NOW))
