@@ -13,6 +13,7 @@ import structlog
 import structlog.contextvars
 
 from authz.decision import Decision
+from authz.pipeline.decision_cache import KEYED_FIELDS
 from authz.pipeline.snapshot import Snapshot
 from authz.request.view import RequestView
 
@@ -75,15 +76,14 @@ def environment_as_it_was() -> Iterator[None]:
         os.environ.update(saved)
 
 
-# What ``request_key`` puts in a decision-cache key, besides the headers its ``Inputs``
-# name. A decision that reads anything else could be served to a request that differs
-# in it: the fixture below fails any test whose decisions do.
-KEYED_VIEW_FIELDS = frozenset({
-    "method", "host", "path", "query", "original_path", "scheme", "sni", "scope", "headers",
+# What ``request_key`` puts in a decision-cache key (``KEYED_FIELDS``, whose guard and
+# tests are in tests/pipeline/test_decision_cache_key.py), besides the headers its
+# ``Inputs`` name. A decision that reads anything else could be served to a request that
+# differs in it: the fixture below fails any test whose decisions do.
+KEYED_VIEW_FIELDS = KEYED_FIELDS | {
+    "original_path",  # path and query, both keyed
     "source", "destination",  # the peers themselves: their fields are watched one by one
-    "source.ip", "source.principal", "destination.ip", "destination.port",
-    "destination.principal",
-})
+}
 
 
 class _ReadHeaders(dict[str, str]):
@@ -143,7 +143,7 @@ def decisions_read_only_what_their_cache_key_holds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     """Every decision any test makes through a snapshot reads only what its
-    decision-cache key holds (``authz/policy/decision_cache.py``)."""
+    decision-cache key holds (``authz/pipeline/decision_cache.py``)."""
     original = Snapshot.decide
     problems: list[str] = []
 
