@@ -16,6 +16,7 @@ from authz.decision import Decision
 from authz.pipeline.decision_cache import KEYED_FIELDS
 from authz.pipeline.snapshot import Snapshot
 from authz.request.view import RequestView
+from tests.shared_data import REPOSITORY
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +29,17 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", scratch)
         patch.setattr(tempfile, "tempdir", scratch)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_on_pythonpath() -> Iterator[None]:
+    """Processes tests start (``python -m authz``, bench scripts, ``python -c`` probes)
+    import this checkout's ``authz`` and ``tests``, whatever their working directory and
+    whichever checkout the virtual environment's editable install points at."""
+    paths = [str(REPOSITORY), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
         yield
 
 

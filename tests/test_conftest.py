@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,15 @@ def test_temporary_files_land_under_pytests_directory(
     made = Path(tempfile.mkdtemp(prefix="envoy-"))
     assert made.is_relative_to(base)
     assert Path(os.environ["TMPDIR"]).is_relative_to(base)
+
+
+def test_a_process_started_elsewhere_imports_this_checkout(tmp_path: Path) -> None:
+    probe = "import authz, tests.shared_data; print(authz.__file__, tests.shared_data.__file__)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    repository = Path(__file__).resolve().parents[1]
+    assert [Path(p).resolve() for p in out] == [repository / "authz" / "__init__.py",
+                                                repository / "tests" / "shared_data.py"]
 
 
 def test_a_command_run_in_process_configures_logging_for_the_whole_process() -> None:
