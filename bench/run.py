@@ -15,7 +15,8 @@ for workloads w1-w5 and w2f (bench/workloads.py) at concurrency 1 and 32, with t
 server (and Envoy) pinned to one CPU and the load generator to another. It
 prints a markdown table, writes it to bench/results/latest.md and everything
 to bench/results/latest.json, and prints PASS/FAIL for the targets of docs/benchmarks.md
-(the exit status does not depend on them).
+(the exit status does not depend on them; it is 1 when any part of the run failed: the
+report's Failures, or the end-to-end section).
 
 Run: python bench/run.py [--quick] [--workers-compare] [--skip-e2e]
 """
@@ -1401,7 +1402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {t['result']}: {t['target']} ({t['detail']})")
     log(f"done in {report['meta']['elapsed_s']:.0f} s; wrote {args.out / 'latest.md'} and "
         f"{args.out / 'latest.json'}")
-    return 0
+    return 1 if report["failures"] or str(report["e2e_status"]).startswith("failed") else 0
 
 
 if __name__ == "__main__":

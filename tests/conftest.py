@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 import structlog
+import structlog.contextvars
 
 from authz.decision import Decision
+from authz.pipeline.decision_cache import KEYED_FIELDS
 from authz.pipeline.snapshot import Snapshot
 from authz.request.view import RequestView
+from tests.shared_data import REPOSITORY
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,28 +32,70 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_on_pythonpath() -> Iterator[None]:
+    """Processes tests start (``python -m authz``, bench scripts, ``python -c`` probes)
+    import this checkout's ``authz`` and ``tests``, whatever their working directory and
+    whichever checkout the virtual environment's editable install points at."""
+    paths = [str(REPOSITORY), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def logging_configuration_as_it_was() -> Iterator[None]:
     """A test that runs a command in process (``serve_command``, ``main``) configures
-    structlog for the whole process: a level filter and cached loggers. Put the
-    configuration back, so that a later test's ``capture_logs`` still sees info lines
-    whatever order the tests run in."""
+    structlog for the whole process: a level filter and cached loggers; a worker binds
+    context variables (``worker=N``) that every later log line would carry. Put both
+    back, so that a later test's ``capture_logs`` still sees info lines, and only its
+    own context, whatever order the tests run in."""
     saved = structlog.get_config()
+    context = structlog.contextvars.get_contextvars()
     yield
     if structlog.get_config() != saved:
         structlog.reset_defaults()
         structlog.configure(**saved)
+    if structlog.contextvars.get_contextvars() != context:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**context)
 
 
-# What ``request_key`` puts in a decision-cache key, besides the headers its ``Inputs``
-# name. A decision that reads anything else could be served to a request that differs
-# in it: the fixture below fails any test whose decisions do.
-KEYED_VIEW_FIELDS = frozenset({
-    "method", "host", "path", "query", "original_path", "scheme", "sni", "scope", "headers",
+@pytest.fixture(autouse=True)
+def heap_unfrozen_as_it_was() -> Iterator[None]:
+    """Serving in process freezes the heap (``authz.heap.settle``, ``gc.freeze``): every
+    object alive then, the test's included, would stay out of the cycle collector for
+    the rest of the session and skew later tests that count collections or memory.
+    Unfreeze what the test froze (``gc.unfreeze`` moves everything back; what was
+    frozen before the test is frozen again)."""
+    before = gc.get_freeze_count()
+    yield
+    if gc.get_freeze_count() != before:
+        gc.unfreeze()
+        if before:
+            gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def environment_as_it_was() -> Iterator[None]:
+    """``os.environ`` after the test as before it: a test (or code it runs in process,
+    such as a worker reading ``AUTHZ_*``) that sets a variable without ``monkeypatch``
+    would otherwise change what every later test and the processes they start see."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# What ``request_key`` puts in a decision-cache key (``KEYED_FIELDS``, whose guard and
+# tests are in tests/pipeline/test_decision_cache_key.py), besides the headers its
+# ``Inputs`` name. A decision that reads anything else could be served to a request that
+# differs in it: the fixture below fails any test whose decisions do.
+KEYED_VIEW_FIELDS = KEYED_FIELDS | {
+    "original_path",  # path and query, both keyed
     "source", "destination",  # the peers themselves: their fields are watched one by one
-    "source.ip", "source.principal", "destination.ip", "destination.port",
-    "destination.principal",
-})
+}
 
 
 class _ReadHeaders(dict[str, str]):
@@ -108,7 +155,7 @@ def decisions_read_only_what_their_cache_key_holds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     """Every decision any test makes through a snapshot reads only what its
-    decision-cache key holds (``authz/policy/decision_cache.py``)."""
+    decision-cache key holds (``authz/pipeline/decision_cache.py``)."""
     original = Snapshot.decide
     problems: list[str] = []
 

@@ -26,16 +26,10 @@ from authz.cli import build_parser, settings_from_args
 from authz.config import ConfigError, Settings, available_cpus, parse_workers
 from authz.observe import Metrics
 from authz.workers import merge_metrics, settings_from_env
+from tests.policies import deny_path
 from tests.ports import free_port
 
-DENY_ADMIN = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-path, namespace: default}
-spec:
-  action: DENY
-  rules: [{to: [{operation: {paths: ["%s"]}}]}]
-"""
+DENY_ADMIN = deny_path("%s", name="deny-path")
 
 
 class Supervised:

@@ -29,11 +29,15 @@ starts over when full (``memo.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import get_type_hints
 
 from authz.decision import Decision
-from authz.request.view import RequestView
+from authz.request.view import Peer, RequestView
 
 Key = tuple[object, ...]
 
@@ -118,3 +122,60 @@ class DecisionCache:
 
     def __len__(self) -> int:
         return len(self._decisions)
+
+
+# -- What the key holds, field by field ------------------------------------------------
+# Every field of ``RequestView`` (a peer's fields one by one) is either in the key or
+# deliberately out of it, with the reason. A field added to the view is neither until
+# someone decides: importing this module then fails (``check_key_covers``), rather than
+# the cache serving one request's decision to another that differs in the new field.
+
+KEYED_FIELDS: frozenset[str] = frozenset({
+    "method", "host", "path", "scheme", "sni", "scope",
+    "query", "headers",  # through the digest; the headers ``Inputs`` names, no others
+    "source.ip", "source.principal",
+    "destination.ip", "destination.port", "destination.principal",
+})
+"""The view's fields ``request_key`` holds (``scope`` by its key)."""
+
+UNKEYED_FIELDS: Mapping[str, str] = MappingProxyType({
+    "context_extensions": "read only to build ``scope``, which is keyed",
+    "protocol": "the HTTP version: no policy attribute reads it",
+    "request_id": "unique per request: keying it would make every request miss",
+    "source.port": "the client's ephemeral port: no policy attribute reads it",
+})
+"""The view's fields deliberately left out of the key, each with why no decision reads it."""
+
+
+class KeyCoverageError(Exception):
+    """A view field is neither keyed nor deliberately unkeyed (or the lists are stale)."""
+
+
+def view_fields(view: type[tuple[object, ...]] = RequestView) -> frozenset[str]:
+    """Every field of ``view``; a ``Peer`` as its own fields, ``source.ip`` and so on
+    (the key takes a peer apart; the scope it takes whole, by its ``key``)."""
+    out: set[str] = set()
+    for name, kind in get_type_hints(view).items():
+        if kind is Peer:
+            out.update(f"{name}.{f.name}" for f in dataclasses.fields(Peer))
+        else:
+            out.add(name)
+    return frozenset(out)
+
+
+def check_key_covers(fields: Iterable[str], keyed: frozenset[str] = KEYED_FIELDS,
+                     unkeyed: Mapping[str, str] = UNKEYED_FIELDS) -> None:
+    """Raise ``KeyCoverageError`` unless ``fields`` are exactly ``keyed`` plus ``unkeyed``,
+    with no field in both."""
+    fields = frozenset(fields)
+    listed = keyed | unkeyed.keys()
+    problems = [f"{name}: neither in the decision-cache key (KEYED_FIELDS) nor deliberately "
+                "left out of it (UNKEYED_FIELDS)" for name in sorted(fields - listed)]
+    problems += [f"{name}: both keyed and unkeyed" for name in sorted(keyed & unkeyed.keys())]
+    problems += [f"{name}: listed, but the request view has no such field"
+                 for name in sorted(listed - fields)]
+    if problems:
+        raise KeyCoverageError("decision-cache key coverage: " + "; ".join(problems))
+
+
+check_key_covers(view_fields())

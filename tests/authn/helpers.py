@@ -6,7 +6,6 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -15,9 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.request.scope import Scope
 from authz.request.view import Peer, RequestView
+from tests.shared_data import require_shared, shared_path
 
-SAMPLES = Path("/work/shared/conformance/istio-jwt-samples")
-COMMON = SAMPLES / "tests-common-jwt"
+SAMPLES_DIR = "conformance/istio-jwt-samples"
+COMMON_DIR = f"{SAMPLES_DIR}/tests-common-jwt"
+SAMPLES = shared_path(SAMPLES_DIR)
+COMMON = shared_path(COMMON_DIR)
 NOW = 1_700_000_000.0
 
 
@@ -127,5 +129,7 @@ def sample(name: str) -> str:
     return (COMMON / f"{name}.jwt").read_text().strip()
 
 
-def have_samples() -> bool:
-    return (COMMON / "jwks.json").is_file() and (COMMON / "TokenIssuer1.jwt").is_file()
+def require_samples() -> None:
+    """Skip (fail under CI) unless Istio's test tokens are in the shared corpus."""
+    require_shared(f"{COMMON_DIR}/jwks.json")
+    require_shared(f"{COMMON_DIR}/TokenIssuer1.jwt")

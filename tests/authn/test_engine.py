@@ -28,8 +28,8 @@ from tests.authn.helpers import (
     claims,
     ec_key,
     ed_key,
-    have_samples,
     jwks,
+    require_samples,
     rsa_key,
     sample,
     view,
@@ -396,8 +396,12 @@ def test_a_verified_token_builds_its_result_once() -> None:
 
 # -- Istio integration scenarios (reference E) with Istio's own tokens ---------------
 
-needs_samples = pytest.mark.skipif(
-    not have_samples(), reason=f"Istio JWT samples not found under {COMMON}")
+@pytest.fixture
+def istio_samples() -> None:
+    require_samples()
+
+
+needs_samples = pytest.mark.usefixtures("istio_samples")
 ISTIO_URI = "https://jwt.example/jwks"
 
 

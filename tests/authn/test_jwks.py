@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,14 +63,48 @@ async def issuer() -> AsyncIterator[Issuer]:
     await runner.cleanup()
 
 
+@dataclass
+class FakeClock:
+    """The manager's clock (its refetch rate limit and timestamps): moves only when told."""
+
+    now: float = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-async def manager() -> AsyncIterator[JwksManager]:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def manager(clock: FakeClock) -> AsyncIterator[JwksManager]:
     m = JwksManager(JwksSettings(refresh_interval=3600, min_refresh_interval=0.05,
                                  refetch_min_interval=0.3, backoff_initial=0.05,
-                                 backoff_max=0.1, max_body_bytes=64 * 1024))
+                                 backoff_max=0.1, max_body_bytes=64 * 1024), clock=clock)
     await m.start()
     yield m
     await m.stop()
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Wait for something the fetch loop does on its own schedule (an HTTP round trip,
+    a refresh the loop's timer starts): as long as it takes, failing after ``within``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"{what}: not within {within} s")
+        await asyncio.sleep(0.01)
+
+
+def refetch_pending(manager: JwksManager) -> bool:
+    """Whether a refetch was let through: a fetcher woken or fetching."""
+    return any(f.wake.is_set() or f.in_flight for f in manager._fetchers.values())
 
 
 def rule(issuer: Issuer, **kw: Any) -> JwtRule:
@@ -126,17 +160,16 @@ async def test_server_error_keeps_last_good_and_backs_off(
     await manager.wait_ready(5)
     good = manager.keys_for(r)
     issuer.status = 500
-    await asyncio.sleep(0.5)
+    await until(lambda: manager.status()[0].consecutive_failures >= 2, "two failed refreshes")
     assert manager.keys_for(r) is good
-    (status,) = manager.status()
-    assert status.consecutive_failures >= 2 and "HTTP 500" in (status.last_error or "")
+    assert "HTTP 500" in (manager.status()[0].last_error or "")
     failures_before = len(issuer.hits)
     await asyncio.sleep(0.3)
     # Backoff capped at 100 ms with jitter: a handful of retries, not a hot loop.
     assert len(issuer.hits) - failures_before < 10
     issuer.status = 200
-    await asyncio.sleep(0.4)
-    assert manager.status()[0].consecutive_failures == 0
+    await until(lambda: manager.status()[0].consecutive_failures == 0, "a good refresh")
+    assert manager.keys_for(r) is not good  # the refreshed set, published anew
 
 
 async def test_first_fetch_failure_is_ready_without_keys(
@@ -173,42 +206,45 @@ async def test_etag_conditional_refresh(issuer: Issuer, manager: JwksManager) ->
     manager.set_rules([r])
     await manager.wait_ready(5)
     first = manager.keys_for(r)
-    await asyncio.sleep(0.3)
-    assert len(issuer.hits) >= 2
+    await until(lambda: len(issuer.hits) >= 2 and not refetch_pending(manager), "a refresh")
     assert issuer.hits[1].get("If-None-Match") == '"v1"'
     assert manager.keys_for(r) is first  # 304: the same published object
     assert manager.status()[0].consecutive_failures == 0
 
 
 async def test_unknown_kid_refetch_is_single_flight_and_rate_limited(
-        issuer: Issuer, manager: JwksManager) -> None:
+        issuer: Issuer, manager: JwksManager, clock: FakeClock) -> None:
     r = rule(issuer)
     manager.set_rules([r])
     await manager.wait_ready(5)
-    await asyncio.sleep(0.35)  # past the rate-limit window of the initial fetch
+    manager.request_refetch(r)
+    assert not refetch_pending(manager)  # inside the initial fetch's window: ignored
+    clock.advance(0.35)  # past it
     issuer.body = jwks(rsa_key("k1").jwk(), rsa_key("k2", seed=1).jwk())
     a = Authenticator([r], manager)
     token = rsa_key("k2", seed=1).sign(claims())
     req = view(headers={"authorization": f"Bearer {token}"})
     for _ in range(20):
         assert isinstance(a.authenticate(req, NOW), AuthnFailure)  # answered from current keys
-    await asyncio.sleep(0.1)
-    assert len(issuer.hits) == 2
+    await until(lambda: len(issuer.hits) == 2 and not refetch_pending(manager), "one refetch")
     assert isinstance(a.authenticate(req, NOW), AuthnSuccess)
     for _ in range(5):
         manager.request_refetch(r)
-    await asyncio.sleep(0.1)
-    assert len(issuer.hits) == 2  # inside the window: ignored
+    assert not refetch_pending(manager) and len(issuer.hits) == 2  # inside the window
+    clock.advance(0.35)
+    manager.request_refetch(r)
+    assert refetch_pending(manager)  # the window, not anything else, held them back
+    await until(lambda: len(issuer.hits) == 3, "the refetch after the window")
 
 
-async def test_refetch_from_another_thread(issuer: Issuer, manager: JwksManager) -> None:
+async def test_refetch_from_another_thread(issuer: Issuer, manager: JwksManager,
+                                          clock: FakeClock) -> None:
     r = rule(issuer)
     manager.set_rules([r])
     await manager.wait_ready(5)
-    await asyncio.sleep(0.35)
+    clock.advance(0.35)
     await asyncio.to_thread(manager.request_refetch, r)
-    await asyncio.sleep(0.1)
-    assert len(issuer.hits) == 2
+    await until(lambda: len(issuer.hits) == 2, "the refetch asked from another thread")
 
 
 async def test_oidc_discovery(issuer: Issuer, manager: JwksManager) -> None:

@@ -21,7 +21,8 @@ from authz.authn.keys import (
     b64url_decode,
     parse_jwks,
 )
-from tests.authn.helpers import SAMPLES, ec_key, ed_key, hmac_key, jwks, rsa_key
+from tests.authn.helpers import SAMPLES_DIR, ec_key, ed_key, hmac_key, jwks, rsa_key
+from tests.shared_data import require_shared
 
 
 def test_every_supported_kty_parses() -> None:
@@ -147,8 +148,6 @@ def test_b64url_agrees_with_the_rfc_on_any_text() -> None:
 
 
 def test_istio_sample_jwks() -> None:
-    path = SAMPLES / "jwks.json"
-    if not path.is_file():
-        pytest.skip(f"Istio samples not found at {SAMPLES}")
+    path = require_shared(f"{SAMPLES_DIR}/jwks.json")
     keys = parse_jwks(path.read_text())
     assert keys.kids == {"DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ"}

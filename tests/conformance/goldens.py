@@ -22,8 +22,11 @@ from typing import Any
 
 import yaml
 
-CONFORMANCE_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-BUILDER_DIR = CONFORMANCE_ROOT / "istio-authz-builder"
+from tests.shared_data import missing_message, shared_path
+
+BUILDER = "conformance/istio-authz-builder"
+"""Where the goldens are in the shared corpus (``tests/shared_data.py``)."""
+BUILDER_DIR = shared_path(BUILDER)
 
 #: The workload builder_test.go lists policies for (``node()``): every golden is for it.
 NAMESPACE = "foo"
@@ -82,11 +85,8 @@ class Case:
 
 def missing_reason() -> str | None:
     """Why the goldens cannot be used, or None when they are there."""
-    if not BUILDER_DIR.is_dir():
-        return (f"Istio golden files not found at {BUILDER_DIR}: the conformance suite needs "
-                "../shared/conformance/istio-authz-builder beside the repository")
     if not (BUILDER_DIR / "http").is_dir():
-        return f"Istio golden files not found at {BUILDER_DIR}: no http/ directory"
+        return missing_message(f"{BUILDER}/http")
     return None
 
 

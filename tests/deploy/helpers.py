@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.shared_data import require_shared
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-# shared/ sits beside the repository (CI clones main with shared/ next to it).
-ISTIO_CRDS = ROOT.parent / "shared" / "conformance" / "istio-crds" / "crd-all.gen.yaml"
+ISTIO_CRDS = "conformance/istio-crds/crd-all.gen.yaml"
+"""In the shared corpus beside the repository (``tests/shared_data.py``)."""
 
 KUSTOMIZATIONS = {
     "base": MANIFESTS / "base",
@@ -110,10 +112,9 @@ def env(container: dict[str, Any]) -> dict[str, str]:
 @cache
 def istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> openAPIV3Schema, from Istio's crd-all.gen.yaml."""
-    if not ISTIO_CRDS.exists():
-        pytest.skip(f"Istio CRDs not found at {ISTIO_CRDS} (shared/conformance/istio-crds)")
+    crds = require_shared(ISTIO_CRDS)
     out = {}
-    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+    for crd in yaml.safe_load_all(crds.read_text()):
         if not crd or crd.get("kind") != "CustomResourceDefinition":
             continue
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]

@@ -22,18 +22,12 @@ import pytest
 import yaml
 
 from tests.deploy.helpers import KUSTOMIZATIONS, tool
+from tests.policies import deny_path
 from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: default}
-spec:
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
-"""
+POLICY = deny_path("/admin")
 
 
 def get(port: int, path: str) -> tuple[int, str]:

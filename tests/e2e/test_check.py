@@ -8,28 +8,14 @@ import pytest
 
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.rig import EchoUpstream, Route, wait_until
+from tests.policies import deny_path, require_jwt
 from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
-POLICIES = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: block-admin, namespace: istio-system}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["/admin"]}
+POLICIES = deny_path("/admin", name="block-admin", namespace="istio-system") + """\
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: require-jwt, namespace: shop}
-spec:
-  action: DENY
-  rules:
-  - from:
-    - source: {notRequestPrincipals: ["*"]}
+""" + require_jwt(namespace="shop") + """\
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -29,10 +29,10 @@ from tests.e2e.jwt_rig import (
 )
 from tests.e2e.rig import EchoUpstream, Envoy, Reply
 from tests.ports import free_port
+from tests.shared_data import require_shared
 
 pytestmark = pytest.mark.e2e
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "istio-jwt-samples"
 ISS_A, ISS_B = "https://issuer-a.example", "issuer-b@example"
 
 
@@ -158,9 +158,8 @@ async def test_headline_istio_samples_401_200_403_and_claims(
     start_authz: StartAuthz, start_envoy: StartEnvoy, echo_upstream: EchoUpstream,
     tmp_path: Path,
 ) -> None:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"Istio JWT samples not found at {SAMPLES}")
-    jwks = JwksServer(json.loads((SAMPLES / "jwks.json").read_text()))
+    samples = require_shared("conformance/istio-jwt-samples")
+    jwks = JwksServer(json.loads((samples / "jwks.json").read_text()))
     await jwks.start()
     try:
         (tmp_path / "p.yaml").write_text(f"""\
@@ -198,8 +197,8 @@ spec:
             Route("/headers", {"namespace": "foo"}),
             Route("/httpbin/", {"namespace": "foo", "labels": "app=httpbin"}),
         ])
-        demo = (SAMPLES / "demo.jwt").read_text().strip()
-        groups = (SAMPLES / "groups-scope.jwt").read_text().strip()
+        demo = (samples / "demo.jwt").read_text().strip()
+        groups = (samples / "groups-scope.jwt").read_text().strip()
         bad = await envoy.send("GET", "/headers", {"authorization": "Bearer deadbeef"})
         assert bad.status == 401
         assert bad.headers["www-authenticate"].endswith('error="invalid_token"')

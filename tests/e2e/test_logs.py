@@ -8,21 +8,13 @@ import pytest
 
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.rig import EchoUpstream
+from tests.policies import deny_path
 
 pytestmark = pytest.mark.e2e
 
 SECRET_TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.eyJzdWIiOiJtZSJ9.U0VDUkVUU0lHTkFUVVJF"
 SECRET_COOKIE = "sess-0f9e8d7c6b5a4"
-POLICY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: default}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["/admin"]}
-"""
+POLICY = deny_path("/admin")
 
 
 async def test_decision_lines_have_fields_and_no_secrets(

@@ -11,19 +11,11 @@ import pytest
 
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.rig import EchoUpstream, Envoy
+from tests.policies import deny_path
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: gate, namespace: default}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["%s"]}
-"""
+POLICY = deny_path("%s", name="gate")
 
 
 async def stream(envoy: Envoy, stop: asyncio.Event, log: list[tuple[float, str, int]]) -> None:

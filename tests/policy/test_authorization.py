@@ -19,8 +19,10 @@ from authz.policy.authorization import (
 )
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import parse_text
+from tests.shared_data import require_shared, shared_path
 
-CONFORMANCE = Path("/work/shared/conformance/istio-authz-builder")
+BUILDER = "conformance/istio-authz-builder"
+CONFORMANCE = shared_path(BUILDER)
 
 
 def parse(spec: str, *, annotations: str = "", api: str = "security.istio.io/v1") -> (
@@ -296,7 +298,8 @@ def _conformance_inputs() -> list[Path]:
 @pytest.mark.parametrize("path", _conformance_inputs() or [None], ids=lambda p: str(p)[-50:])
 def test_istio_builder_inputs_parse(path: Path | None) -> None:
     if path is None:
-        pytest.skip(f"{CONFORMANCE} is not present")
+        require_shared(BUILDER)
+        pytest.fail(f"{CONFORMANCE} is there but holds no */*-in.yaml")
     resources = parse_text(path.read_text(encoding="utf-8"), str(path))
     assert resources
     for res in resources:
@@ -307,9 +310,7 @@ def test_istio_builder_inputs_parse(path: Path | None) -> None:
 
 
 def test_full_rule_example_compiles_to_istio_shape() -> None:
-    path = CONFORMANCE / "http" / "allow-full-rule-in.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
+    path = require_shared(f"{BUILDER}/http/allow-full-rule-in.yaml")
     (res,) = parse_text(path.read_text(encoding="utf-8"), str(path))
     p = parse_authorization_policy(res)
     assert len(p.rules) == 2

@@ -18,9 +18,10 @@ from authz.policy.request_authentication import (
     parse_request_authentication,
 )
 from authz.request.scope import Scope
+from tests.shared_data import require_shared
 
-VALIDATION = Path("/work/shared/conformance/istio-authn/validation")
-REQUESTAUTHN = Path("/work/shared/conformance/istio-authn/integration-requestauthn")
+VALIDATION = "conformance/istio-authn/validation"
+REQUESTAUTHN = "conformance/istio-authn/integration-requestauthn"
 
 
 def parse(spec: str, *, ns: str = "foo", name: str = "ra",
@@ -130,11 +131,10 @@ def _conformance(path: Path) -> list[tuple[str | None, str]]:
 
 
 def test_istio_validation_dataset() -> None:
-    if not VALIDATION.is_dir():
-        pytest.skip(f"Istio validation data not found at {VALIDATION}")
+    validation = require_shared(VALIDATION)
     for name in ("reqauth-invalid.yaml", "reqauth-valid.yaml",
                  "security-v1-RequestAuthentication.yaml"):
-        for expected, got in _conformance(VALIDATION / name):
+        for expected, got in _conformance(validation / name):
             if expected is None:
                 assert got == "", got
             else:
@@ -143,15 +143,16 @@ def test_istio_validation_dataset() -> None:
 
 
 def test_istio_integration_templates_parse() -> None:
-    if not REQUESTAUTHN.is_dir():
-        pytest.skip(f"Istio integration policies not found at {REQUESTAUTHN}")
-    for path in sorted(REQUESTAUTHN.glob("*.yaml.tmpl")):
+    parsed = 0
+    for path in sorted(require_shared(REQUESTAUTHN).glob("*.yaml.tmpl")):
         text = (path.read_text().replace("{{ .To.ServiceName }}", "b")
                 .replace("{{ .JWTServer.JwksURI }}", "http://jwt.example/jwks")
                 .replace("{{ .JWTServer.JwksURI }}?delay=500ms", "http://jwt.example/jwks"))
         if "{{" in text:
             continue
         RequestAuthnPolicies.from_resources(parse_text(text, str(path), "foo"))
+        parsed += 1
+    assert parsed, "no template without Go template syntax left to parse"
 
 
 MERGE = """

@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from authz.server import AUTHORIZATION_SERVICE, AuthzServer
 
-BUF = shutil.which("buf")
+# make test installs buf into .tools/ and puts it on PATH; a plain pytest run finds it
+# there too rather than skipping with buf installed.
+BUF = shutil.which("buf") or next(
+    (str(p) for p in [Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / ".bin"
+                      / "buf"] if p.is_file()), None)
 pytestmark = pytest.mark.skipif(
     BUF is None, reason="buf not found (make test installs it with npm when npm exists)"
 )

@@ -12,17 +12,9 @@ import grpc
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.server import AuthzServer
+from tests.policies import deny_path
 
-DENY_ADMIN = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: p, namespace: default}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["%s"]}
-"""
+DENY_ADMIN = deny_path("%s", name="p")
 
 
 def request(path: str) -> external_auth_pb2.CheckRequest:

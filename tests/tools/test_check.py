@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from authz.tools.check import CheckError, build_request, read_token
+from tests.policies import require_jwt
 
 POLICY = """\
 apiVersion: security.istio.io/v1
@@ -119,15 +120,7 @@ spec:
   - issuer: https://idp.example
     jwksUri: https://idp.invalid/jwks.json
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: need-jwt, namespace: default}
-spec:
-  action: DENY
-  rules:
-  - from:
-    - source: {notRequestPrincipals: ["*"]}
-"""
+""" + require_jwt(name="need-jwt")
 
 
 def authz(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "istio-authz-builder"
+from tests.shared_data import require_shared
+
 GOOD = """\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -65,9 +66,7 @@ def test_strict_fails_on_warnings(tmp_path: Path) -> None:
 
 
 def test_every_istio_builder_input_is_accepted() -> None:
-    if not SHARED.is_dir():
-        pytest.skip(f"Istio builder golden files not found at {SHARED}")
-    inputs = sorted(SHARED.glob("*/*-in.yaml"))
+    inputs = sorted(require_shared("conformance/istio-authz-builder").glob("*/*-in.yaml"))
     assert inputs
     proc = subprocess.run(
         [sys.executable, "-c",
