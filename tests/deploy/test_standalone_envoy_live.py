@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from authz.testing.ports import free_port
 from tests.deploy.helpers import KUSTOMIZATIONS, tool
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.rig import EchoUpstream, Route, wait_until
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
