@@ -136,26 +136,38 @@ def h2load_run(ctx: Context, server: Server, body: Path, concurrency: int, durat
     cpu0 = server.proc.cpu_seconds()
     text = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     cpu1 = server.proc.cpu_seconds()
+    result = parse_h2load(text)
+    rate = result["rps"]
+    # CPU is sampled around the whole h2load run (warm-up included), so it is divided by
+    # the requests of warm-up + measurement at the measured rate.
+    result["cpu_s_per_1k"] = (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None
+    return result
+
+
+def parse_h2load(text: str) -> dict[str, Any]:
+    """RPS, request counts and latency (in ms, whatever unit h2load chose) of h2load's
+    summary; a summary that does not parse is an error, not a row of blanks."""
     rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, "
                      r"(\d+) failed, (\d+) errored", text)
+    # Columns: min, max, mean, sd, +/- sd.
     lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text)
-    if not (rps and done and lat):
-        return {"error": "unparsed h2load output", "tail": text.strip().splitlines()[-10:]}
-    rate = float(rps.group(1))
-    return {"rps": rate, "succeeded": int(done.group(2)), "failed": int(done.group(3)),
-            "errored": int(done.group(4)), "mean_ms": duration_ms(lat.group(3)),
-            "max_ms": duration_ms(lat.group(2)),
-            # CPU is sampled around the whole h2load run (warm-up included), so it is
-            # divided by the requests of warm-up + measurement at the measured rate.
-            "cpu_s_per_1k": (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None}
+    mean_ms, max_ms = (duration_ms(lat.group(3)), duration_ms(lat.group(2))) if lat else (
+        math.nan, math.nan)
+    if not (rps and done) or math.isnan(mean_ms) or math.isnan(max_ms):
+        tail = "\n".join(text.strip().splitlines()[-10:])
+        raise RuntimeError(f"h2load output did not parse:\n{tail}")
+    return {"rps": float(rps.group(1)), "succeeded": int(done.group(2)),
+            "failed": int(done.group(3)), "errored": int(done.group(4)),
+            "mean_ms": mean_ms, "max_ms": max_ms}
 
 
 def duration_ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    """h2load's duration (``265us``, ``7.53ms``, ``1.02s``) in milliseconds; NaN if not one."""
+    m = re.fullmatch(r"([\d.]+)(us|µs|ms|s)", text)
     if not m:
         return math.nan
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return float(m.group(1)) * {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
 def mean_of(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:

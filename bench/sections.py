@@ -37,13 +37,15 @@ def expect_for(kind: str, workload: str) -> str | None:
 
 
 def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
-    """The server's answer to one request of the workload, and a note if it is wrong."""
+    """The server's answer to one request of the workload, and a note if it is wrong (a
+    wrong answer is also a failure of the run: its rows measure something else)."""
     message = loadgen.read_messages(ctx.messages[name])[0]
     got = check_once(server.port, message)
     expected = expect_for(server.kind, name) if name != "w5" else None
     if expected is not None and got != expected:
         note = f"answered {got}, expected {expected}"
         log(f"warning: {server.label} {name}: {note}")
+        ctx.failures.append(f"server-only {server.label} {name}: {note}")
         return got, note
     return got, ""
 
@@ -143,8 +145,9 @@ def workers_compare(ctx: Context) -> dict[str, Any]:
                                 workers=n, cpus=cpus)
         except Exception as exc:
             reason = str(exc).strip().splitlines()
-            out["runs"].append({"label": label, "workers": n, "cpus": cpus,
-                                "skipped": f"did not start: {reason[-1] if reason else exc}"})
+            why = f"did not start: {reason[-1] if reason else type(exc).__name__}"
+            out["runs"].append({"label": label, "workers": n, "cpus": cpus, "skipped": why})
+            ctx.failures.append(f"workers {label} on CPUs {cpulist(cpus)}: {why}")
             log(f"workers: {label} on CPUs {cpus} did not start")
             continue
         try:
@@ -177,6 +180,7 @@ def e2e_measure(ctx: Context, label: str, kind: str, envoy: Proc, listener: int,
         note = "" if got == expected else f"answered {got}, expected {expected}"
         if note:
             log(f"warning: e2e {label} {name}: {note}")
+            ctx.failures.append(f"end-to-end {label} {name}: {note}")
         for c in concurrencies:
             if ctx.args.e2e_warmup > 0:
                 wrk_run(ctx, listener, tokens, c, ctx.args.e2e_warmup)
