@@ -41,7 +41,10 @@ from pathlib import Path
 
 import loadgen
 import workloads
-from run import cpu_seconds, free_port, reference_argv
+from authorizers import reference_argv
+from procs import cpu_seconds
+
+from authz.testing.ports import free_port
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable

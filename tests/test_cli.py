@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz import __version__, grpc_env
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.cli import build_parser, main, settings_from_args
-from tests.ports import free_port
+from authz.testing.ports import free_port
 
 
 def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from authz.testing.ports import free_port
 from tests import guides
-from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

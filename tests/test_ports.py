@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests import ports
+from authz.testing import ports
 
 
 class _Probe:

@@ -25,9 +25,9 @@ from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_
 from authz.cli import build_parser, settings_from_args
 from authz.config import ConfigError, Settings, available_cpus, parse_workers
 from authz.observe import Metrics
+from authz.testing.ports import free_port
 from authz.workers import merge_metrics, settings_from_env
 from tests.policies import deny_path
-from tests.ports import free_port
 
 DENY_ADMIN = deny_path("%s", name="deny-path")
 

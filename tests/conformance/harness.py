@@ -7,7 +7,7 @@ both). Routes answer with a direct 200: whatever else comes back was decided by
 the filters in front of the router. One server process per case gets the case's
 input policies plus a RequestAuthentication with the issuers the requests use;
 the golden side gets the same issuers as Envoy's jwt_authn, translated as Istio
-translates RequestAuthentication (tests/e2e/jwt_rig.py). mTLS cases have TLS
+translates RequestAuthentication (authz/testing/jwt_authn.py). mTLS cases have TLS
 listeners that ask for (but do not require) a client certificate signed by a
 local CA; each request presents a certificate whose URI SAN is the peer
 identity it wants.
@@ -40,11 +40,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from authz.testing.ports import free_port
 from tests.conformance.generate import GARBAGE_TOKEN, CaseRequests, Request
 from tests.conformance.goldens import LABELS, NAMESPACE, Case
 from tests.e2e.jwt_rig import Rule, SigningKey, envoy_jwt_filter, jwks_of, rsa_key
 from tests.e2e.rig import Process, Route, bootstrap, envoy_binary
-from tests.ports import free_port
 
 STARTUP_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 10.0

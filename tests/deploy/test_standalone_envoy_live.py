@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from authz.testing.ports import free_port
 from tests.deploy.helpers import KUSTOMIZATIONS, tool
 from tests.policies import deny_path
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,18 +1,15 @@
-"""Keys, tokens, a JWKS server, and Envoy's own jwt_authn configured as Istio does.
+"""Keys, tokens and a JWKS server, for Envoy's own jwt_authn configured as Istio does.
 
-``envoy_jwt_filter`` translates RequestAuthentication rules the way Istio's
-policy applier does (providers ``origins-<i>`` sorted by issuer, ``requires_any``
-with ``allow_missing``, ``bypass_cors_preflight``, inline JWKS as istiod
-inlines them), so the same requests can go through Envoy's jwt_authn and
-through our server and be compared.
+The Istio translation itself (``Rule``, ``envoy_jwt_filter``, ``request_authentication``)
+lives in authz/testing/jwt_authn.py, shared with the benchmark; it is re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -20,9 +17,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tests.ports import free_port
+from authz.testing.jwt_authn import JWT_AUTHN, Rule, envoy_jwt_filter, request_authentication
+from authz.testing.ports import free_port
 
-JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+__all__ = [
+    "JWT_AUTHN", "JwksServer", "Rule", "SigningKey", "ec_key", "ed_key", "envoy_jwt_filter",
+    "jwks_of", "request_authentication", "rsa_key",
+]
 
 
 @dataclass
@@ -97,92 +98,3 @@ class JwksServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-@dataclass
-class Rule:
-    """The jwtRules fields the comparison exercises, rendered both ways."""
-
-    issuer: str
-    audiences: Sequence[str] = ()
-    from_headers: Sequence[tuple[str, str]] = ()
-    from_params: Sequence[str] = ()
-    forward: bool = False
-    payload_header: str | None = None
-    claim_headers: Sequence[tuple[str, str]] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def istio(self, jwks_uri: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"issuer": self.issuer, "jwksUri": jwks_uri}
-        if self.audiences:
-            out["audiences"] = list(self.audiences)
-        if self.from_headers:
-            out["fromHeaders"] = [{"name": n, "prefix": p} for n, p in self.from_headers]
-        if self.from_params:
-            out["fromParams"] = list(self.from_params)
-        if self.forward:
-            out["forwardOriginalToken"] = True
-        if self.payload_header:
-            out["outputPayloadToHeader"] = self.payload_header
-        if self.claim_headers:
-            out["outputClaimToHeaders"] = [{"header": h, "claim": c}
-                                           for h, c in self.claim_headers]
-        return {**out, **self.extra}
-
-    def envoy(self, jwks: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "issuer": self.issuer,
-            "local_jwks": {"inline_string": json.dumps(jwks)},
-            "forward": self.forward,
-            "payload_in_metadata": "payload",
-        }
-        if self.audiences:
-            out["audiences"] = list(self.audiences)
-        if self.from_headers:
-            out["from_headers"] = [{"name": n, "value_prefix": p} for n, p in self.from_headers]
-        if self.from_params:
-            out["from_params"] = list(self.from_params)
-        if self.payload_header:
-            out["forward_payload_header"] = self.payload_header
-        if self.claim_headers:
-            out["claim_to_headers"] = [{"header_name": h, "claim_name": c}
-                                       for h, c in self.claim_headers]
-        return out
-
-
-def request_authentication(rules: Sequence[Rule], jwks_uri: str, name: str = "jwt",
-                           namespace: str = "default") -> str:
-    doc = {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "RequestAuthentication",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"jwtRules": [r.istio(jwks_uri) for r in rules]},
-    }
-    return json.dumps(doc)
-
-
-def envoy_jwt_filter(rules: Sequence[Rule], jwks: Mapping[str, Any]) -> dict[str, Any]:
-    """Istio's translation (reference A.6) of the merged rules."""
-    ordered = sorted(rules, key=lambda r: r.issuer)
-    providers = {f"origins-{i}": r.envoy(jwks) for i, r in enumerate(ordered)}
-    names = list(providers)
-    if len(names) == 1:
-        requires: dict[str, Any] = {"requires_any": {"requirements": [
-            {"provider_name": names[0]}, {"allow_missing": {}}]}}
-    else:
-        requires = {"requires_any": {"requirements": [
-            *({"provider_name": n} for n in names),
-            {"requires_all": {"requirements": [
-                {"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}}
-                for n in names
-            ]}},
-        ]}}
-    return {
-        "name": "envoy.filters.http.jwt_authn",
-        "typed_config": {
-            "@type": JWT_AUTHN,
-            "providers": providers,
-            "rules": [{"match": {"prefix": "/"}, "requires": requires}],
-            "bypass_cors_preflight": True,
-        },
-    }

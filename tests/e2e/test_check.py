@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.rig import EchoUpstream, Route, wait_until
 from tests.policies import deny_path, require_jwt
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

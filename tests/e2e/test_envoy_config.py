@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from authz.testing.ports import free_port
 from authz.tools.envoy_config import RouteScope, bootstrap
 from tests.e2e.conftest import StartAuthz
 from tests.e2e.rig import EchoUpstream, Envoy, Process, envoy_binary, wait_until
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

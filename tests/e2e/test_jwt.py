@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import (
     JwksServer,
@@ -28,7 +29,6 @@ from tests.e2e.jwt_rig import (
     rsa_key,
 )
 from tests.e2e.rig import EchoUpstream, Envoy, Reply
-from tests.ports import free_port
 from tests.shared_data import require_shared
 
 pytestmark = pytest.mark.e2e

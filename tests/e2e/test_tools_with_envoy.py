@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from authz.testing.ports import free_port
 from tests.e2e.conftest import StartEnvoy
 from tests.e2e.jwt_rig import Rule, envoy_jwt_filter
 from tests.e2e.rig import EchoUpstream
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 ISSUER = "https://tools.example"

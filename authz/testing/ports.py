@@ -1,4 +1,4 @@
-"""Loopback ports for the processes a test starts."""
+"""Loopback ports for the processes a test or a benchmark starts."""
 
 from __future__ import annotations
 

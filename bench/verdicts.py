@@ -1,0 +1,139 @@
+"""The targets of docs/benchmarks.md judged on a run's rows (PASS, FAIL or n/a), and
+ours against the ceiling on our own runtime (a reference, not a target)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from statistics import median
+from typing import Any
+
+from context import TARGET_CONCURRENCY
+from procs import cpulist
+
+
+def find(rows: Sequence[Mapping[str, Any]], section: str, server: str, workload: str,
+         concurrency: int) -> Mapping[str, Any] | None:
+    for r in rows:
+        if (r["section"], r["server"], r["workload"], r["concurrency"]) == (
+                section, server, workload, concurrency):
+            return r
+    return None
+
+
+def ratio(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+          key: str = "rps") -> float | None:
+    if a is None or b is None or not b.get(key) or a.get(key) is None:
+        return None
+    return float(a[key]) / float(b[key])
+
+
+def per_round(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+              runs: str = "rps_runs") -> list[float]:
+    """``a``'s RPS (or, with ``runs="p99_runs"``, p99) over ``b``'s round by round
+    (``--repeat``): a target is the ratio of two median rows, and beside it these show
+    how far one round moves it."""
+    runs_a, runs_b = (a or {}).get(runs), (b or {}).get(runs)
+    if not runs_a or not runs_b or len(runs_a) != len(runs_b):
+        return []
+    return [float(x) / float(y) for x, y in zip(runs_a, runs_b, strict=True) if y]
+
+
+def runtime_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Ours against bare on our runtime, per workload measured with both, at
+    concurrency 32."""
+    out = []
+    for name in ("w1", "w2", "w3", "w4"):
+        ours = find(rows, "server", "ours", name, TARGET_CONCURRENCY)
+        bare = find(rows, "server", "bare", name, TARGET_CONCURRENCY)
+        bare_uv = find(rows, "server", "bare-tuned", name, TARGET_CONCURRENCY)
+        r, loop_gain = ratio(ours, bare_uv), ratio(bare_uv, bare)
+        if r is None or ours is None or bare_uv is None:
+            continue
+        detail = f"ours {ours['rps']:.0f} vs bare-tuned {bare_uv['rps']:.0f} rps = {r:.2f}x"
+        if loop_gain is not None:
+            detail += f" (bare-tuned / bare = {loop_gain:.2f}x)"
+        out.append({"workload": name, "ratio": r, "bare_tuned_vs_bare": loop_gain,
+                    "detail": detail})
+    return out
+
+
+def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None,
+            elsewhere: int) -> list[dict[str, Any]]:
+    c = TARGET_CONCURRENCY
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, ok: bool | None, detail: str, rounds: Sequence[float] = ()) -> None:
+        if rounds:
+            detail += "; per round " + ", ".join(f"{v:.2f}" for v in rounds)
+        out.append({"target": name, "result": "n/a" if ok is None else
+                    ("PASS" if ok else "FAIL"), "detail": detail,
+                    **({"per_round": list(rounds)} if rounds else {})})
+
+    def get(server: str, wl: str) -> Mapping[str, Any] | None:
+        return find(rows, "server", server, wl, c)
+
+    def rps_target(wl: str, factor: float, ref: str) -> None:
+        ours, other = get("ours", wl), get(ref, wl)
+        r = ratio(ours, other)
+        name = f"{wl} RPS ≥ {factor} x {ref}"
+        if r is None or ours is None or other is None:
+            add(name, None, "not measured")
+            return
+        add(name, r >= factor, f"{ours['rps']:.0f} vs {other['rps']:.0f} rps = {r:.2f}x",
+            per_round(ours, other))
+
+    rps_target("w1", 0.85, "bare")
+    ours, bare = get("ours", "w1"), get("bare", "w1")
+    if ours and bare:
+        # Each server's p99 is the median of its rounds' p99s, not the p99 of its run
+        # of median RPS: a disturbed 5 s window lowers RPS and raises p99 at once, so
+        # the median-RPS run is often the disturbed one (docs/benchmarks.md, Targets).
+        rounds = per_round(ours, bare, "p99_runs")
+        ours_p99, bare_p99 = ((median(ours["p99_runs"]), median(bare["p99_runs"])) if rounds
+                              else (ours["p99_ms"], bare["p99_ms"]))
+        r = ours_p99 / bare_p99
+        add("w1 p99 ≤ 1.2 x bare p99", r <= 1.2,
+            f"{ours_p99:.2f} vs {bare_p99:.2f} ms"
+            + (f" (medians of {len(rounds)} rounds)" if rounds else "") + f" = {r:.2f}x",
+            rounds)
+    else:
+        add("w1 p99 ≤ 1.2 x bare p99", None, "not measured")
+    rps_target("w2", 0.65, "bare")
+    rps_target("w2", 1.3, "naive")
+    rps_target("w3", 0.65, "bare")
+    rps_target("w4", 0.85, "bare")
+    small, big = get("ours-10", "w5"), get(f"ours-10+{elsewhere}", "w5")
+    name = f"w5 RPS with {elsewhere:,} elsewhere ≥ 0.85 x 10 policies"
+    r = ratio(big, small)
+    if r is None or big is None or small is None:
+        add(name, None, "not measured")
+    else:
+        add(name, r >= 0.85, f"{big['rps']:.0f} vs {small['rps']:.0f} rps = {r:.2f}x",
+            per_round(big, small))
+    name = f"w5 peak RSS with {10 + elsewhere:,} policies ≤ 150 MiB"
+    if big is None:
+        add(name, None, "not measured")
+    else:
+        add(name, big["peak_rss_mib"] <= 150, f"{big['peak_rss_mib']:.0f} MiB (VmHWM)")
+    name = "2 workers ≥ 1.6 x 1 worker"
+    runs = [r for r in (workers or {}).get("runs", []) if "rps" in r]
+    one = next((r for r in runs if r["workers"] == 1), None)
+    twos = [r for r in runs if r["workers"] == 2]
+    if workers is None:
+        add(name, None, "not measured (run with --workers-compare)")
+    elif "skipped" in workers:
+        add(name, None, f"skipped: {workers['skipped']}")
+    elif one is None or not twos:
+        add(name, None, "a run did not start")
+    else:
+        best = max(twos, key=lambda r: r["rps"])
+        r2 = best["rps"] / one["rps"]
+        detail = (f"{best['rps']:.0f} (CPUs {cpulist(best['cpus'])}) vs {one['rps']:.0f} rps "
+                  f"= {r2:.2f}x")
+        shared = bool(workers.get("shared_with_load"))
+        if shared:
+            # The target holds "with the load generator on its own core": not here.
+            detail += ("; not judged: on this machine the second CPU also runs the load "
+                       "generator, so the target cannot be shown here")
+        add(name, None if shared else r2 >= 1.6, detail)
+    return out
