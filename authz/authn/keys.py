@@ -22,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.errors import AuthzError
+
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | bytes
 """``bytes`` is an ``oct`` (HMAC) secret."""
 
@@ -40,8 +42,9 @@ ALG_TO_CURVE = {alg: crv for crv, (_, alg, _) in EC_CURVES.items()}
 HMAC_ALGS = ("HS256", "HS384", "HS512")
 
 
-class JwkError(ValueError):
-    """One JWK cannot be used; the message is jwt_verify_lib's reason."""
+class JwkError(AuthzError, ValueError):
+    """One JWK cannot be used; the message is jwt_verify_lib's reason. Fix or remove
+    that key in the JWKS; the set's other keys still verify tokens."""
 
 
 @dataclass(frozen=True, slots=True)

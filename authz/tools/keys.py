@@ -17,6 +17,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.errors import AuthzError
+
 KeyType = Literal["rsa", "ec", "ed25519"]
 Curve = Literal["P-256", "P-384", "P-521"]
 
@@ -42,8 +44,9 @@ _NAME_BY_OPENSSL: dict[str, str] = {
 }
 
 
-class ToolError(Exception):
-    """A problem the user can fix (bad file, bad flag); the CLI prints it and exits 1."""
+class ToolError(AuthzError):
+    """A problem the user can fix (bad file, bad flag): the message names the file or
+    flag; the CLI prints it and exits 1."""
 
 
 def curve_name(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> str:
