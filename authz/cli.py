@@ -19,6 +19,10 @@ from authz.errors import AuthzError
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.tools import check, commands, envoy_config, validate
 
+__all__ = [
+    "EXIT_BROKEN_PIPE", "Option", "build_parser", "main", "serve_command", "settings_from_args",
+]
+
 
 @dataclass(frozen=True)
 class Option:

@@ -10,6 +10,17 @@ from pathlib import Path
 
 from authz.errors import UsageError
 
+__all__ = [
+    "EVENT_LOOPS",
+    "ConfigError",
+    "Settings",
+    "available_cpus",
+    "check_event_loop",
+    "format_address",
+    "parse_address",
+    "parse_workers",
+]
+
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 

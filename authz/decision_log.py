@@ -23,6 +23,8 @@ import structlog
 from authz.decision import Decision
 from authz.request.view import RequestView
 
+__all__ = ["REDACTED", "DecisionLog", "JsonLineBatcher", "trace_context"]
+
 MODES = ("all", "deny", "sample", "none")
 REDACTED = "[redacted]"
 SENSITIVE_HEADERS = frozenset({

@@ -21,6 +21,18 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from authz.authn.jwks import JwksManager
 
+__all__ = [
+    "LOG_LEVELS",
+    "CacheCollector",
+    "JwksCollector",
+    "LocalCounter",
+    "LocalHistogram",
+    "Lookups",
+    "Metrics",
+    "configure_logging",
+    "resolved_format",
+]
+
 # The *_created series double every family for no alerting value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 

@@ -48,6 +48,11 @@ from authz.request.scope import ScopeError
 from authz.request.view import RequestView
 from authz.tracing import Tracing
 
+__all__ = [
+    "AUTHORIZATION_SERVICE", "AuthorizationService", "AuthzServer", "add_authorization_service",
+    "probe_bind", "run_server",
+]
+
 log = structlog.get_logger("authz.server")
 
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name

@@ -15,6 +15,8 @@ from authz.decision import Decision
 from authz.errors import MissingExtraError
 from authz.request.view import RequestView
 
+__all__ = ["Tracing"]
+
 
 class Tracing:
     """Records one span per decision; a no-op unless configured."""

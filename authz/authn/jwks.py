@@ -47,6 +47,8 @@ from authz.errors import AuthzError
 from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, check_jwks_uri
 
+__all__ = ["FetchError", "JwksManager", "JwksSettings", "JwksSource", "SourceStatus", "describe"]
+
 log = structlog.get_logger("authz.authn.jwks")
 
 DEFAULT_REFRESH_INTERVAL = 20 * 60.0

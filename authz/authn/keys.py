@@ -24,6 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.errors import AuthzError
 
+__all__ = [
+    "EC_CURVES", "JWKS_BAD_KEYS", "JWKS_NO_KEYS", "JWKS_NO_VALID_KEYS", "JWKS_PARSE_ERROR", "Jwk",
+    "JwkError", "KeySet", "b64url_decode", "parse_jwk", "parse_jwks",
+]
+
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | bytes
 """``bytes`` is an ``oct`` (HMAC) secret."""
 

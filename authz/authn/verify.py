@@ -24,6 +24,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from authz.authn.keys import EC_CURVES, Jwk, KeySet, b64url_decode
 from authz.errors import AuthzError
 
+__all__ = [
+    "CLOCK_SKEW_SECONDS",
+    "MAX_TOKEN_BYTES",
+    "Jwt",
+    "JwtError",
+    "Signed",
+    "Status",
+    "audience_allowed",
+    "check_time",
+    "parse_token",
+    "sanitize_audience",
+    "time_horizon",
+    "verify_signature",
+]
+
 CLOCK_SKEW_SECONDS = 60
 """Envoy's default ``clock_skew_seconds``; Istio never sets it (reference A.2)."""
 MAX_TOKEN_BYTES = 60 * 1024

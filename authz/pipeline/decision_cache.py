@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from authz.decision import Decision
 from authz.request.view import RequestView
 
+__all__ = ["DecisionCache", "Inputs", "request_key"]
+
 Key = tuple[object, ...]
 
 

@@ -7,6 +7,8 @@ from typing import ClassVar
 
 from authz.errors import AuthzError
 
+__all__ = ["Location", "PolicyError", "PolicyErrors"]
+
 
 @dataclass(frozen=True, slots=True)
 class Location:

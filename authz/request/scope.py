@@ -21,6 +21,11 @@ from types import MappingProxyType
 
 from authz.errors import UsageError
 
+__all__ = [
+    "LABELS_KEY", "NAMESPACE_KEY", "Scope", "ScopeError", "namespace_from_spiffe", "parse_labels",
+    "resolve_scope",
+]
+
 NAMESPACE_KEY = "namespace"
 LABELS_KEY = "labels"
 

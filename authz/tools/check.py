@@ -31,6 +31,11 @@ from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
 
+__all__ = [
+    "CheckError", "FileKeys", "build_request", "load_snapshot", "read_token", "register",
+    "report", "run", "verdict_for_token",
+]
+
 
 class CheckError(UsageError, ValueError):
     """A request description (``--url``, ``--header``, ``--labels``, ``--jwks``) that

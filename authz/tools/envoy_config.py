@@ -22,6 +22,8 @@ from authz.config import ConfigError, parse_address
 from authz.errors import MissingExtraError
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
 
+__all__ = ["RouteScope", "bootstrap", "register", "run"]
+
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 
 

@@ -19,6 +19,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.errors import AuthzError
 
+__all__ = [
+    "CURVES",
+    "KEY_TYPES",
+    "MAX_KEY_FILE_BYTES",
+    "PrivateKey",
+    "PublicKey",
+    "ToolError",
+    "curve_name",
+    "generate_private_key",
+    "load_private_key",
+    "load_public_key",
+    "narrow_private",
+    "narrow_public",
+    "private_key_pem",
+    "read_key_file",
+    "refuse_existing",
+    "write_new_file",
+]
+
 KeyType = Literal["rsa", "ec", "ed25519"]
 Curve = Literal["P-256", "P-384", "P-521"]
 
