@@ -20,7 +20,13 @@ from authz.observe import LOG_LEVELS, configure_logging
 from authz.tools import check, commands, envoy_config, validate
 
 __all__ = [
-    "EXIT_BROKEN_PIPE", "Option", "build_parser", "main", "serve_command", "settings_from_args",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_INTERRUPTED",
+    "Option",
+    "build_parser",
+    "main",
+    "serve_command",
+    "settings_from_args",
 ]
 
 
@@ -136,6 +142,9 @@ EXIT_BROKEN_PIPE = 141
 (``yes | head -1``), so ``set -o pipefail`` scripts see what they see for any tool."""
 
 
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: a tool stopped by Ctrl-C, as the shell reports it."""
+
 EPILOG = f"""\
 Run 'authz serve --help' for the server's options.
 
@@ -147,6 +156,7 @@ exit status:
   2    a bad argument or environment variable; 'serve', 'check': policies rejected
   {EXIT_BROKEN_PIPE}  stdout closed by its reader ('authz check ... | head -0'): nothing more
        is printed, and the status is what a shell reports for a command SIGPIPE ended
+  {EXIT_INTERRUPTED}  a tool stopped by Ctrl-C (SIGINT); 'serve' drains and exits 0 instead
 Errors are one line on stderr ('authz: error: ...'), never a traceback."""
 
 
@@ -227,7 +237,7 @@ def serve_command(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and map every outcome to the exit status (docs/cli.md):
     0 success (allow), 1 a problem the user can fix (deny, a file, a port), 2 a bad
-    argument or policy, 141 stdout closed by its reader. Errors are one
+    argument or policy, 130 Ctrl-C, 141 stdout closed by its reader. Errors are one
     ``authz: error: ...`` line on stderr, never a traceback."""
     try:
         return _run(argv)
@@ -237,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C in a tool (serve handles SIGINT itself: drains, 0)
+        return EXIT_INTERRUPTED
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -122,6 +122,29 @@ def test_the_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for code in (0, 1, 2, EXIT_BROKEN_PIPE):
+    for code in (0, 1, 2, 130, EXIT_BROKEN_PIPE):
         assert f"\n  {code} " in text
     assert "authz: error: " in text
+
+
+def test_ctrl_c_in_a_tool_is_a_quiet_130() -> None:
+    import signal
+    import time
+
+    from authz.cli import EXIT_INTERRUPTED
+
+    # "ready" once authz is imported, so the signal lands in main(), which then
+    # blocks reading the token from stdin.
+    script = ("import sys; from authz.__main__ import main; print('ready', file=sys.stderr, "
+              "flush=True); sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", script, "token", "inspect", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline() == "ready\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", "")
