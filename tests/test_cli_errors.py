@@ -133,10 +133,11 @@ def test_ctrl_c_in_a_tool_is_a_quiet_130() -> None:
 
     from authz.cli import EXIT_INTERRUPTED
 
-    # "ready" once authz is imported, so the signal lands in main(), which then
-    # blocks reading the token from stdin.
-    script = ("import sys; from authz.__main__ import main; print('ready', file=sys.stderr, "
-              "flush=True); sys.exit(main())")
+    # "ready" once authz.cli is imported (as the authz command imports it), so the
+    # signal lands in main(), which then blocks reading the token from stdin.
+    script = ("import sys; from authz import grpc_env; grpc_env.apply(); "
+              "from authz.cli import main; print('ready', file=sys.stderr, flush=True); "
+              "sys.exit(main())")
     proc = subprocess.Popen([sys.executable, "-c", script, "token", "inspect", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
