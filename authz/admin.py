@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from authz import __version__
 from authz.config import parse_address
 
+__all__ = ["UNIX_PREFIX", "AdminServer", "AdminSource", "unix_path"]
+
 UNIX_PREFIX = "unix:"
 
 

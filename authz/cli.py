@@ -15,8 +15,19 @@ from typing import Any
 
 from authz import __version__, eventloop
 from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
+from authz.errors import AuthzError
 from authz.observe import LOG_LEVELS, configure_logging
 from authz.tools import check, commands, envoy_config, validate
+
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_INTERRUPTED",
+    "Option",
+    "build_parser",
+    "main",
+    "serve_command",
+    "settings_from_args",
+]
 
 
 @dataclass(frozen=True)
@@ -126,12 +137,36 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
                             choices=opt.choices, metavar=opt.metavar, help=help_text + "]")
 
 
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose reader went away
+(``yes | head -1``), so ``set -o pipefail`` scripts see what they see for any tool."""
+
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: a tool stopped by Ctrl-C, as the shell reports it."""
+
+EPILOG = f"""\
+Run 'authz serve --help' for the server's options.
+
+exit status:
+  0    success; 'check': allowed; 'token inspect --policy': accepted
+  1    a problem the message names (a file, a key, a port in use, a missing extra);
+       'check': denied; 'token inspect --policy': rejected; 'validate': policy
+       errors (or warnings with --strict)
+  2    a bad argument or environment variable; 'serve', 'check': policies rejected
+  {EXIT_BROKEN_PIPE}  stdout closed by its reader ('authz check ... | head -0'): nothing more
+       is printed, and the status is what a shell reports for a command SIGPIPE ended
+  {EXIT_INTERRUPTED}  a tool stopped by Ctrl-C (SIGINT); 'serve' drains and exits 0 instead
+Errors are one line on stderr ('authz: error: ...'), never a traceback."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="authz",
-        description="Envoy ext_authz v3 server that enforces Istio RequestAuthentication and "
+        description="Envoy ext_authz v3 server that enforces Istio RequestAuthentication and\n"
         "AuthorizationPolicy resources, per route.",
-        epilog="Run 'authz serve --help' for the server's options.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -200,15 +235,39 @@ def serve_command(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and map every outcome to the exit status (docs/cli.md):
+    0 success (allow), 1 a problem the user can fix (deny, a file, a port), 2 a bad
+    argument or policy, 130 Ctrl-C, 141 stdout closed by its reader. Errors are one
+    ``authz: error: ...`` line on stderr, never a traceback."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # Python's advice (library/signal.html, "Note on SIGPIPE"): point stdout at
+        # devnull so the interpreter's last flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C in a tool (serve handles SIGINT itself: drains, 0)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help into a closed pipe fails here, inside main
+        raise
     if args.command is None:
         parser.print_help()
-        return 2
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
+        code = 2
+    else:
+        try:
+            code = args.func(args)
+        except AuthzError as exc:
+            print(f"authz: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+    sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
     return code
 
 

@@ -8,11 +8,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz.errors import UsageError
+
+__all__ = [
+    "EVENT_LOOPS",
+    "ConfigError",
+    "Settings",
+    "available_cpus",
+    "check_event_loop",
+    "format_address",
+    "parse_address",
+    "parse_workers",
+]
+
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
-class ConfigError(ValueError):
-    """A setting that cannot work; the message says which and why."""
+class ConfigError(UsageError, ValueError):
+    """A setting that cannot work; the message names the flag (and its ``AUTHZ_*``
+    twin) and why: fix that value. Exit code 2."""
 
 
 def check_event_loop(choice: str) -> str:

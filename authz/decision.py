@@ -12,6 +12,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+__all__ = ["Decision", "Header", "Reason"]
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 

@@ -10,18 +10,20 @@ always replaced by ``[redacted]``.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import random
+import select
 import sys
-import time
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import structlog
 
 from authz.decision import Decision
+from authz.observe import JSON_PROCESSORS
 from authz.request.view import RequestView
+
+__all__ = ["PIPE_BUF", "REDACTED", "DecisionLog", "JsonLineBatcher", "pipe_chunks", "trace_context"]
 
 MODES = ("all", "deny", "sample", "none")
 REDACTED = "[redacted]"
@@ -30,7 +32,12 @@ SENSITIVE_HEADERS = frozenset({
     "x-auth-token", "x-forwarded-client-cert", "x-jwt-assertion",
 })
 
+PIPE_BUF = select.PIPE_BUF
+"""Bytes a pipe takes in one piece (POSIX: at least 512; Linux: 4096)."""
+
 log = structlog.get_logger("authz.decision")
+_ALL_LEVELS = structlog.make_filtering_bound_logger(logging.DEBUG)
+"""Decision lines are info lines; a quieter --log-level turns the log off instead."""
 
 
 def trace_context(headers: Mapping[str, str]) -> dict[str, str]:
@@ -53,13 +60,24 @@ def trace_context(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 class JsonLineBatcher:
-    """Decision lines in the JSON format of every other line, written in batches.
+    """Decision lines rendered by the JSON pipeline every other line goes through,
+    written in batches.
 
-    Through structlog's pipeline a decision line cost about as much as a quarter
-    of a whole Check (processors, a timestamp, a write and flush per line). Here a
-    Check only appends its fields; rendering and one write per batch happen in a
-    callback at most ``interval`` seconds later (or at ``max_lines``), outside the
-    request's latency. ``flush`` runs at shutdown, so no line is lost on SIGTERM.
+    This is the logger at the end of structlog's processor chain
+    (``observe.JSON_PROCESSORS``): a Check renders its line there, appends it here
+    and returns; the lines are written at most ``interval`` seconds later (or at
+    ``max_lines``) by a callback, outside the request's latency, so a line costs no
+    write and flush of its own. Each write holds whole lines and at most
+    ``PIPE_BUF`` bytes, which POSIX writes to a pipe in one piece: the lines of
+    ``--workers`` sharing one stderr never interleave mid-line. ``flush`` runs at
+    shutdown, so no line is lost on SIGTERM.
+
+    Measured with bench/decision_log.py (20000 decisions in a tight loop, JSON to
+    a pipe drained by ``cat``, 2 shared cores, median of 7 runs, two runs): a line
+    per write through structlog's ``WriteLogger`` 20.6 and 20.4 us per decision,
+    through this batcher 13.9 and 13.9 us: 32-33 % less, so batching stays. (The
+    hand-written renderer this replaced, which also deferred rendering, took 9.8 us
+    in the same loop: one shape for every line costs about 4 us a logged decision.)
     """
 
     def __init__(self, stream: TextIO | None = None, interval: float = 0.05,
@@ -67,11 +85,12 @@ class JsonLineBatcher:
         self._stream = stream
         self.interval = interval
         self.max_lines = max_lines
-        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, fields: dict[str, Any]) -> None:
-        self._pending.append((time.time(), fields))
+    def msg(self, line: str) -> None:
+        """Take one rendered line (what structlog calls for ``info`` and the rest)."""
+        self._pending.append(line)
         if len(self._pending) >= self.max_lines:
             self.flush()
         elif self._timer is None:
@@ -82,6 +101,8 @@ class JsonLineBatcher:
                 return
             self._timer = loop.call_later(self.interval, self.flush)
 
+    debug = info = warning = error = critical = exception = msg
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -89,18 +110,29 @@ class JsonLineBatcher:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        context = structlog.contextvars.get_contextvars()  # e.g. the worker index
-        lines = []
-        for at, fields in pending:
-            stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-            lines.append(json.dumps({**fields, "event": "decision", **context,
-                                     "level": "info", "timestamp": stamp}, default=str))
         stream = self._stream or sys.stderr
         try:
-            stream.write("\n".join(lines) + "\n")
-            stream.flush()
+            for chunk in pipe_chunks(pending):
+                stream.write(chunk)
+                stream.flush()
         except (OSError, ValueError):  # a closed or broken stderr must not fail Checks
             pass
+
+
+def pipe_chunks(lines: list[str], limit: int = PIPE_BUF) -> Iterator[str]:
+    """Whole lines, newline-terminated, joined into pieces of at most ``limit`` bytes
+    (a longer line is a piece of its own)."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode()) + 1
+        if chunk and size + length > limit:
+            yield "\n".join(chunk) + "\n"
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "\n".join(chunk) + "\n"
 
 
 class DecisionLog:
@@ -120,6 +152,9 @@ class DecisionLog:
         self.redact = SENSITIVE_HEADERS | {h.lower() for h in redact}
         self._random = random.Random()  # noqa: S311 - sampling, not security
         self._batcher = batcher
+        self._log: Any = (
+            log if batcher is None else structlog.wrap_logger(
+                batcher, processors=JSON_PROCESSORS, wrapper_class=_ALL_LEVELS).bind())
 
     def wanted(self, decision: Decision) -> bool:
         if self.mode == "all":
@@ -169,10 +204,7 @@ class DecisionLog:
     def emit(self, view: RequestView | None, decision: Decision, latency: float) -> None:
         if not self.wanted(decision):
             return
-        if self._batcher is not None:
-            self._batcher.add(self.fields(view, decision, latency))
-        else:
-            log.info("decision", **self.fields(view, decision, latency))
+        self._log.info("decision", **self.fields(view, decision, latency))
 
     def flush(self) -> None:
         if self._batcher is not None:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from authz.config import ConfigError, check_event_loop
 
+__all__ = ["current_loop_name", "loop_factory", "run"]
+
 T = TypeVar("T")
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, MutableMapping
 
+__all__ = ["apply"]
+
 DEFAULTS: Mapping[str, str] = {"GRPC_EXPERIMENTS": "-event_engine_listener"}
 
 

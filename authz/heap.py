@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gc
 
+__all__ = ["settle"]
+
 
 def settle() -> None:
     """Freeze everything alive now out of future collections (``gc.freeze``)."""

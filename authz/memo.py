@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+__all__ = ["IdentityMemo", "ValueMemo"]
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 

@@ -6,7 +6,7 @@ import bisect
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
@@ -17,14 +17,42 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from structlog.typing import Processor
 
 if TYPE_CHECKING:
     from authz.authn.jwks import JwksManager
+
+__all__ = [
+    "JSON_PROCESSORS",
+    "LOG_LEVELS",
+    "SHARED_PROCESSORS",
+    "CacheCollector",
+    "JwksCollector",
+    "LocalCounter",
+    "LocalHistogram",
+    "Lookups",
+    "Metrics",
+    "configure_logging",
+    "resolved_format",
+]
 
 # The *_created series double every family for no alerting value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+SHARED_PROCESSORS: tuple[Processor, ...] = (
+    structlog.contextvars.merge_contextvars,  # e.g. the worker index
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.format_exc_info,
+)
+"""What every line carries, before a renderer turns it into text."""
+
+JSON_PROCESSORS: list[Processor] = [*SHARED_PROCESSORS, structlog.processors.JSONRenderer()]
+"""The one JSON pipeline: ``--log-format json`` lines and the batched decision lines
+(``decision_log.JsonLineBatcher``) both go through it, so every line has one shape."""
 
 
 def resolved_format(fmt: str) -> str:
@@ -43,19 +71,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     fmt = resolved_format(fmt)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=JSON_PROCESSORS if fmt == "json" else [
+            *SHARED_PROCESSORS, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # One write per line (print() makes two): --workers share stderr, and a line
         # written in two parts can interleave with another worker's into bad JSON.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -24,11 +25,12 @@ from authz import __version__, eventloop, heap
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.admin import AdminServer
 from authz.authn.jwks import JwksManager, JwksSettings, describe
-from authz.config import Settings, parse_address
+from authz.config import Settings, format_address, parse_address
 from authz.decision import Decision, Reason
 from authz.decision_log import DecisionLog, JsonLineBatcher
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
+from authz.errors import ListenError
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
 from authz.observe import Metrics, resolved_format
@@ -45,6 +47,11 @@ from authz.policy.watch import PolicyWatcher
 from authz.request.scope import ScopeError
 from authz.request.view import RequestView
 from authz.tracing import Tracing
+
+__all__ = [
+    "AUTHORIZATION_SERVICE", "AuthorizationService", "AuthzServer", "add_authorization_service",
+    "probe_bind", "run_server",
+]
 
 log = structlog.get_logger("authz.server")
 
@@ -337,9 +344,14 @@ class AuthzServer:
             server,
         )
         host, port = parse_address(self.settings.grpc_address, "--grpc-address")
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        probe_bind(host, port, self.settings.reuse_port, "gRPC")
+        try:  # grpc says only RuntimeError("Failed to bind ...")
+            bound = server.add_insecure_port(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot bind gRPC address {self.settings.grpc_address}")
+            raise ListenError(f"cannot bind gRPC address {self.settings.grpc_address}")
         self.grpc_port = bound
         await server.start()
         self._grpc = server
@@ -415,6 +427,19 @@ class AuthzServer:
             self.request_stop()
 
         return handler
+
+
+def probe_bind(host: str, port: int, reuse_port: bool, what: str) -> None:
+    """Bind and let go, so a port in use fails with the system's reason in one line
+    (grpc would log its own error lines and raise a bare RuntimeError)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if reuse_port:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ListenError(f"cannot bind {what} address {format_address(host, port)}: "
+                              f"{exc.strerror or exc}") from None
 
 
 def run_server(settings: Settings) -> int:

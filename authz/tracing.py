@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from authz.decision import Decision
+from authz.errors import MissingExtraError
 from authz.request.view import RequestView
+
+__all__ = ["Tracing"]
 
 
 class Tracing:
@@ -22,11 +25,16 @@ class Tracing:
         self.enabled = bool(endpoint or exporter)
         if not self.enabled:
             return
-        from opentelemetry.propagators.composite import CompositePropagator
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        try:
+            from opentelemetry.propagators.composite import CompositePropagator
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError as exc:
+            raise MissingExtraError("otel", "--otel-endpoint", exc.name) from exc
 
         from authz import __version__
 
@@ -43,7 +51,12 @@ class Tracing:
         if exporter is not None:
             self._provider.add_span_processor(SimpleSpanProcessor(exporter))
         else:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            try:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            except ImportError as exc:
+                raise MissingExtraError("otel", "--otel-endpoint", exc.name) from exc
 
             self._provider.add_span_processor(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))

@@ -39,6 +39,10 @@ from prometheus_client.registry import Collector
 from authz.admin import UNIX_PREFIX, AdminServer, unix_path
 from authz.config import Settings, format_address, parse_address
 
+__all__ = [
+    "Supervisor", "Worker", "merge_metrics", "reserve_port", "settings_from_env", "worker_main",
+]
+
 log = structlog.get_logger("authz.workers")
 
 SETTINGS_ENV = "AUTHZ_WORKER_SETTINGS"

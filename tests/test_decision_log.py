@@ -126,3 +126,66 @@ def test_batched_lines_flush_when_full_and_on_demand() -> None:
     assert sink.getvalue().count("\n") == 1
     dl.flush()
     assert sink.getvalue().count("\n") == 1
+
+
+def test_batched_writes_hold_whole_lines_within_pipe_buf() -> None:
+    from authz.decision_log import PIPE_BUF, JsonLineBatcher
+
+    class Writes:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    sink = Writes()
+    batcher = JsonLineBatcher(sink, max_lines=1000)  # type: ignore[arg-type]
+    dl = DecisionLog("all", batcher=batcher)
+
+    async def emit_many() -> None:
+        for _ in range(200):  # ~300 bytes a line: several PIPE_BUF pieces
+            dl.emit(view(), Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED), 0.001)
+        dl.flush()
+
+    import asyncio
+    import json
+
+    asyncio.run(emit_many())
+    assert len(sink.writes) > 10
+    for piece in sink.writes:
+        assert len(piece.encode()) <= PIPE_BUF and piece.endswith("\n")
+        assert all(json.loads(line)["event"] == "decision" for line in piece.splitlines())
+    assert sum(piece.count("\n") for piece in sink.writes) == 200
+
+
+def test_a_line_longer_than_pipe_buf_is_written_alone() -> None:
+    from authz.decision_log import pipe_chunks
+
+    assert list(pipe_chunks(["a" * 10, "b" * 20, "c" * 5], limit=16)) == [
+        "a" * 10 + "\n", "b" * 20 + "\n", "c" * 5 + "\n"]
+    assert list(pipe_chunks(["a", "b", "c"], limit=4)) == ["a\nb\n", "c\n"]
+
+
+def test_decision_lines_and_other_lines_come_from_one_renderer(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import json
+
+    from authz.decision_log import JsonLineBatcher
+    from authz.observe import configure_logging
+
+    saved = structlog.get_config()
+    configure_logging("json", "info")
+    try:
+        structlog.get_logger("authz").info("server_ready", version="x")
+        sink = io.StringIO()
+        DecisionLog("all", batcher=JsonLineBatcher(sink)).emit(view(), Decision.allow(), 0.001)
+    finally:
+        structlog.configure(**saved)
+    other = json.loads(capsys.readouterr().err.splitlines()[-1])
+    decision = json.loads(sink.getvalue())
+    # The same processors add the same keys after the event's own, in the same order.
+    assert list(other)[-3:] == list(decision)[-3:] == ["event", "level", "timestamp"]

@@ -33,6 +33,8 @@ from collections import OrderedDict
 
 from authz.authn.verify import Jwt
 
+__all__ = ["DEFAULT_MAX_ENTRIES", "TokenCache", "outcome_memo_size", "token_digest"]
+
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_TTL = 600.0
 DEFAULT_MAX_REJECTED = 1_000

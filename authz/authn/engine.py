@@ -59,6 +59,12 @@ from authz.policy.request_authentication import JwtRule, Presence
 from authz.request.scope import Scope
 from authz.request.view import RequestView
 
+__all__ = [
+    "AUTHN_HEADERS", "Authenticator", "AuthnFailure", "AuthnSuccess", "KeyProvider", "StaticKeys",
+    "aggregate", "all_of", "any_of", "claim_value", "is_cors_preflight", "normalize_claims",
+    "realm", "www_authenticate",
+]
+
 METADATA_PAYLOAD_KEY = "payload"
 """Istio sets ``payload_in_metadata: payload`` (reference A.2)."""
 MAX_REALM_PATH = 256

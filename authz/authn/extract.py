@@ -27,6 +27,11 @@ from urllib.parse import unquote
 
 from authz.policy.request_authentication import JwtRule
 
+__all__ = [
+    "ExtractedToken", "Extractor", "LocationKind", "RequestParts", "TokenLocation",
+    "split_cookies", "split_query", "token_after_prefix",
+]
+
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 

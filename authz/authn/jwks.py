@@ -43,8 +43,11 @@ import aiohttp
 import structlog
 
 from authz.authn.keys import KeySet, parse_jwks
+from authz.errors import AuthzError
 from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, check_jwks_uri
+
+__all__ = ["FetchError", "JwksManager", "JwksSettings", "JwksSource", "SourceStatus", "describe"]
 
 log = structlog.get_logger("authz.authn.jwks")
 
@@ -108,8 +111,9 @@ class SourceStatus:
     """Clock time the key set in use was published (its age is now minus this)."""
 
 
-class FetchError(Exception):
-    """A fetch failed; the message is safe to log."""
+class FetchError(AuthzError):
+    """A JWKS or OIDC discovery fetch failed; the message is safe to log. Check the
+    URL, the network path and ``--jwks-ca-file``; the last good keys stay in use."""
 
 
 @dataclass(frozen=True, slots=True)

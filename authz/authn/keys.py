@@ -22,6 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.errors import AuthzError
+
+__all__ = [
+    "EC_CURVES", "JWKS_BAD_KEYS", "JWKS_NO_KEYS", "JWKS_NO_VALID_KEYS", "JWKS_PARSE_ERROR", "Jwk",
+    "JwkError", "KeySet", "b64url_decode", "parse_jwk", "parse_jwks",
+]
+
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | bytes
 """``bytes`` is an ``oct`` (HMAC) secret."""
 
@@ -40,8 +47,9 @@ ALG_TO_CURVE = {alg: crv for crv, (_, alg, _) in EC_CURVES.items()}
 HMAC_ALGS = ("HS256", "HS384", "HS512")
 
 
-class JwkError(ValueError):
-    """One JWK cannot be used; the message is jwt_verify_lib's reason."""
+class JwkError(AuthzError, ValueError):
+    """One JWK cannot be used; the message is jwt_verify_lib's reason. Fix or remove
+    that key in the JWKS; the set's other keys still verify tokens."""
 
 
 @dataclass(frozen=True, slots=True)

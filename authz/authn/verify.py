@@ -22,6 +22,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from authz.authn.keys import EC_CURVES, Jwk, KeySet, b64url_decode
+from authz.errors import AuthzError
+
+__all__ = [
+    "CLOCK_SKEW_SECONDS",
+    "MAX_TOKEN_BYTES",
+    "Jwt",
+    "JwtError",
+    "Signed",
+    "Status",
+    "audience_allowed",
+    "check_time",
+    "parse_token",
+    "sanitize_audience",
+    "time_horizon",
+    "verify_signature",
+]
 
 CLOCK_SKEW_SECONDS = 60
 """Envoy's default ``clock_skew_seconds``; Istio never sets it (reference A.2)."""
@@ -88,7 +104,10 @@ _RSA: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
 """Padding and digest per RSA ``alg``: descriptions without state, built once."""
 
 
-class JwtError(ValueError):
+class JwtError(AuthzError, ValueError):
+    """A token Envoy's jwt_authn would reject; the message is jwt_verify_lib's reason.
+    The client needs a valid token (``authz token inspect`` shows why not)."""
+
     def __init__(self, status: Status) -> None:
         self.status = status
         super().__init__(status.message)

@@ -20,6 +20,8 @@ from authz.request.address import normalize_ip
 from authz.request.scope import resolve_scope
 from authz.request.view import Peer, RequestView, join_header, split_path
 
+__all__ = ["read_headers", "read_peer", "view_from_check_request"]
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 

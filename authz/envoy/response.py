@@ -15,6 +15,8 @@ from authz.authn.cache import outcome_memo_size
 from authz.decision import Decision, Header
 from authz.memo import IdentityMemo
 
+__all__ = ["check_response", "response_bytes"]
+
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 

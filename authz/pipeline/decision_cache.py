@@ -37,7 +37,10 @@ from types import MappingProxyType
 from typing import get_type_hints
 
 from authz.decision import Decision
+from authz.errors import AuthzError
 from authz.request.view import Peer, RequestView
+
+__all__ = ["DecisionCache", "Inputs", "request_key"]
 
 Key = tuple[object, ...]
 
@@ -147,8 +150,11 @@ UNKEYED_FIELDS: Mapping[str, str] = MappingProxyType({
 """The view's fields deliberately left out of the key, each with why no decision reads it."""
 
 
-class KeyCoverageError(Exception):
-    """A view field is neither keyed nor deliberately unkeyed (or the lists are stale)."""
+class KeyCoverageError(AuthzError):
+    """A view field is neither keyed nor deliberately unkeyed (or the lists are stale).
+
+    A maintainer's error, raised at import: add the new ``RequestView`` field to
+    ``KEYED_FIELDS`` if a decision can read it, else to ``UNKEYED_FIELDS`` with the reason."""
 
 
 def view_fields(view: type[tuple[object, ...]] = RequestView) -> frozenset[str]:

@@ -39,6 +39,8 @@ from authz.rbac.context import AuthzContext, RequestAuth
 from authz.request.address import XFF, original_client_ip
 from authz.request.view import RequestView
 
+__all__ = ["PolicyOptions", "Snapshot", "SnapshotStore", "compile_snapshot", "empty_snapshot"]
+
 log = structlog.get_logger("authz.policy")
 
 ISTIO_SECURITY_GROUP = "security.istio.io/"

@@ -15,6 +15,21 @@ from types import MappingProxyType
 
 from authz.policy import grammar
 
+__all__ = [
+    "CONDITION_CHECKS",
+    "MAX_SERVICE_ACCOUNT_LENGTH",
+    "OPERATION_CHECKS",
+    "SOURCE_CHECKS",
+    "Attribute",
+    "bracket_names",
+    "check_cidr",
+    "check_path",
+    "check_port",
+    "check_service_account",
+    "check_trust_domain",
+    "parse_condition_key",
+]
+
 MAX_SERVICE_ACCOUNT_LENGTH = 320
 
 

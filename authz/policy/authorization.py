@@ -39,6 +39,23 @@ from authz.policy.errors import Location, PolicyErrors
 from authz.policy.fields import FieldParser, TargetRef, type_name
 from authz.policy.load import Resource
 
+__all__ = [
+    "CUSTOM_EXPLANATION",
+    "TARGET_REF_EXPLANATION",
+    "Action",
+    "Attribute",
+    "AuthorizationPolicy",
+    "Condition",
+    "Operation",
+    "Rule",
+    "Source",
+    "bracket_names",
+    "is_authorization_policy",
+    "parse_authorization_policy",
+    "parse_bool",
+    "parse_condition_key",
+]
+
 KIND = "AuthorizationPolicy"
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 DRY_RUN_ANNOTATION = "istio.io/dry-run"

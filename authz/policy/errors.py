@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from authz.errors import AuthzError
+
+__all__ = ["Location", "PolicyError", "PolicyErrors"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,8 +20,11 @@ class Location:
         return f"{self.file}:{self.line}"
 
 
-class PolicyError(ValueError):
-    """A policy problem: ``file:line: resource: field: message``."""
+class PolicyError(AuthzError, ValueError):
+    """A policy problem: ``file:line: resource: field: message``. Fix the field at
+    that line (``authz validate`` lists every problem). Exit code 2."""
+
+    exit_code: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -38,8 +46,12 @@ class PolicyError(ValueError):
         return ": ".join(parts)
 
 
-class PolicyErrors(ValueError):
-    """Every problem found in one load, so a user fixes them all in one pass."""
+class PolicyErrors(AuthzError, ValueError):
+    """Every problem found in one load, so a user fixes them all in one pass; each
+    line names a file, line and field to fix. Exit code 2; a running server keeps
+    its last good policies."""
+
+    exit_code: ClassVar[int] = 2
 
     def __init__(self, errors: list[PolicyError]) -> None:
         self.errors = errors

@@ -15,6 +15,8 @@ from typing import Any
 from authz.policy.errors import PolicyError
 from authz.policy.load import Resource
 
+__all__ = ["FieldParser", "TargetRef", "attaches", "type_name"]
+
 MAX_TARGET_REFS = 16
 _TARGET_KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _TARGET_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

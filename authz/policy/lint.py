@@ -16,6 +16,8 @@ from authz.policy.authorization import (
 )
 from authz.policy.errors import Location
 
+__all__ = ["PolicyWarning", "lint_authorization"]
+
 _JWT_ATTRIBUTES = frozenset({
     Attribute.REQUEST_PRINCIPAL, Attribute.REQUEST_AUDIENCES,
     Attribute.REQUEST_PRESENTER, Attribute.REQUEST_CLAIMS,

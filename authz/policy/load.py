@@ -18,6 +18,10 @@ import yaml
 
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 
+__all__ = [
+    "LineMap", "Resource", "iter_paths", "iter_text", "load_paths", "parse_text", "policy_files",
+]
+
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 log = structlog.get_logger("authz.policy")
 

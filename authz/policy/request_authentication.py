@@ -26,6 +26,12 @@ from authz.policy.fields import FieldParser, TargetRef, attaches, type_name
 from authz.policy.load import Resource
 from authz.request.scope import Scope
 
+__all__ = [
+    "ALWAYS_SPACE_DELIMITED", "ClaimToHeader", "HeaderLocation", "JwtRule", "Presence",
+    "RequestAuthentication", "check_inline_jwks", "check_jwks_uri", "is_request_authentication",
+    "parse_duration", "parse_request_authentication",
+]
+
 KIND = "RequestAuthentication"
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 MAX_JWT_RULES = 4096

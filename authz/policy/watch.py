@@ -20,6 +20,8 @@ import structlog
 from authz.policy.errors import PolicyError
 from authz.policy.load import policy_files
 
+__all__ = ["PolicyWatcher", "fingerprint"]
+
 log = structlog.get_logger("authz.policy")
 
 Fingerprint = frozenset[tuple[str, int, int, int]]

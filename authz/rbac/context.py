@@ -16,6 +16,8 @@ from typing import Any
 from authz.request.address import IPAddress, parse_ip
 from authz.request.view import RequestView
 
+__all__ = ["AuthzContext", "RequestAuth"]
+
 
 @dataclass(frozen=True, slots=True)
 class RequestAuth:

@@ -36,6 +36,8 @@ from authz.rbac.context import AuthzContext
 from authz.rbac.rules import CompiledPolicy, CompiledRule, compile_policy
 from authz.request.scope import Scope
 
+__all__ = ["NO_POLICY", "SCOPE_MEMO_SIZE", "AuthzResult", "PolicySet"]
+
 NO_POLICY = "no_policy"
 ALLOWED = "allowed"
 DENIED_BY_DENY_POLICY = "denied_by_deny_policy"

@@ -27,6 +27,32 @@ from authz.policy.grammar import (
 )
 from authz.request.address import IPAddress
 
+__all__ = [
+    "CidrMatcher",
+    "ClaimMatcher",
+    "Kind",
+    "RequestPrincipalMatcher",
+    "StringMatcher",
+    "cidrs",
+    "exact",
+    "header_value",
+    "host",
+    "istio_string",
+    "method",
+    "namespace",
+    "path",
+    "path_template_regex",
+    "prefix",
+    "principal",
+    "principals_with_aliases",
+    "regex",
+    "request_principal",
+    "service_account",
+    "suffix",
+    "trust_domain",
+    "trust_domains_with_aliases",
+]
+
 SPIFFE = "spiffe://"
 LOCAL_TRUST_DOMAIN = "cluster.local"
 """Istio treats this literal as "the local trust domain" when aliases are set (B.9)."""

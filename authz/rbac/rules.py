@@ -35,6 +35,12 @@ from authz.rbac.context import AuthzContext
 from authz.request.address import IPAddress
 from authz.request.scope import Scope
 
+__all__ = [
+    "AbsentCheck", "AllOf", "Check", "ClaimCheck", "CompiledPolicy", "CompiledRule", "Compiler",
+    "HeaderValue", "IpCheck", "PortCheck", "RequestPrincipalCheck", "StringCheck",
+    "compile_policy",
+]
+
 
 class Check(Protocol):
     """One compiled test; ``label`` says what it tests, for explanations."""

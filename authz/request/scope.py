@@ -19,12 +19,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from authz.errors import UsageError
+
+__all__ = [
+    "LABELS_KEY", "NAMESPACE_KEY", "Scope", "ScopeError", "namespace_from_spiffe", "parse_labels",
+    "resolve_scope",
+]
+
 NAMESPACE_KEY = "namespace"
 LABELS_KEY = "labels"
 
 
-class ScopeError(ValueError):
-    """A context extension Envoy sent cannot be read as a scope."""
+class ScopeError(UsageError, ValueError):
+    """A scope (namespace and ``k=v,k2=v2`` labels) that cannot be read. From a
+    route's context extensions the request is denied: fix the route's
+    ``context_extensions``. From ``--labels`` or ``--route`` it is a usage error
+    (exit 2): write the labels as ``k=v,k2=v2``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,22 @@ from authz.authn.keys import KeySet, parse_jwks
 from authz.decision import Decision
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
+from authz.errors import UsageError
 from authz.pipeline.snapshot import PolicyOptions, Snapshot, compile_snapshot
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
-from authz.request.scope import LABELS_KEY, NAMESPACE_KEY
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
+
+__all__ = [
+    "CheckError", "FileKeys", "build_request", "load_snapshot", "read_token", "register",
+    "report", "run", "verdict_for_token",
+]
 
 
-class CheckError(ValueError):
-    """A request description that cannot be turned into a CheckRequest."""
+class CheckError(UsageError, ValueError):
+    """A request description (``--url``, ``--header``, ``--labels``, ``--jwks``) that
+    cannot be turned into a CheckRequest: fix the flag the message names. Exit 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,10 @@ def build_request(
     if namespace:
         req.attributes.context_extensions[NAMESPACE_KEY] = namespace
     if labels:
+        try:
+            parse_labels(labels)  # what the server would deny, a flag here fails early
+        except ScopeError as exc:
+            raise CheckError(f"--labels: {exc}") from None
         req.attributes.context_extensions[LABELS_KEY] = labels
     return req
 
@@ -196,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     except PolicyErrors as exc:
         print(f"authz check: policies rejected:\n{exc}", file=sys.stderr)
         return 2
-    except (CheckError, OSError) as exc:
+    except OSError as exc:  # a CheckError reaches cli.main: exit 2, like any usage error
         print(f"authz check: {exc}", file=sys.stderr)
         return 2
     view = view_from_check_request(request, args.default_namespace)

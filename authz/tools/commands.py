@@ -15,6 +15,15 @@ from pathlib import Path
 
 from authz.tools import jwks, keys, token
 
+__all__ = [
+    "jwks_from_pem",
+    "keys_generate",
+    "read_token_argument",
+    "register",
+    "token_inspect",
+    "token_mint",
+]
+
 Handler = Callable[[argparse.Namespace], int]
 
 

@@ -19,7 +19,10 @@ from datetime import timedelta
 from typing import Any
 
 from authz.config import ConfigError, parse_address
-from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
+from authz.errors import MissingExtraError
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
+
+__all__ = ["RouteScope", "bootstrap", "register", "run"]
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 
@@ -39,7 +42,10 @@ class RouteScope:
         if not sep or not prefix.startswith("/") or not rest:
             raise ConfigError(f"--route: expected /PREFIX=NAMESPACE[:k=v,...], got {text!r}")
         namespace, _, labels = rest.partition(":")
-        return cls(prefix, namespace or None, dict(parse_labels(labels)))
+        try:
+            return cls(prefix, namespace or None, dict(parse_labels(labels)))
+        except ScopeError as exc:
+            raise ConfigError(f"--route {text!r}: {exc}") from None
 
     def context_extensions(self) -> dict[str, str]:
         out = {}
@@ -63,6 +69,10 @@ def bootstrap(
     xff_num_trusted_hops: int = 0,
     health_check_interval: float = 5.0,
 ) -> dict[str, Any]:
+    try:
+        import envoy_data_plane  # noqa: F401 - the extra, asked for by name
+    except ImportError as exc:
+        raise MissingExtraError("envoy-config", "authz envoy-config", "envoy_data_plane") from exc
     from envoy_data_plane.envoy.config.bootstrap.v3 import (
         Admin,
         Bootstrap,

@@ -17,6 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.tools.keys import PrivateKey, PublicKey, ToolError, curve_name
 
+__all__ = [
+    "allowed_algs", "b64url", "check_alg", "default_alg", "describe", "dumps", "jwk_entry",
+    "jwks_document", "key_thumbprint", "public_jwk", "public_of", "thumbprint",
+]
+
 # RFC 7638 section 3.2 (RSA, EC) and RFC 8037 section 2 (OKP): the members hashed.
 THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
     "RSA": ("e", "kty", "n"),

@@ -17,6 +17,27 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.errors import AuthzError
+
+__all__ = [
+    "CURVES",
+    "KEY_TYPES",
+    "MAX_KEY_FILE_BYTES",
+    "PrivateKey",
+    "PublicKey",
+    "ToolError",
+    "curve_name",
+    "generate_private_key",
+    "load_private_key",
+    "load_public_key",
+    "narrow_private",
+    "narrow_public",
+    "private_key_pem",
+    "read_key_file",
+    "refuse_existing",
+    "write_new_file",
+]
+
 KeyType = Literal["rsa", "ec", "ed25519"]
 Curve = Literal["P-256", "P-384", "P-521"]
 
@@ -42,8 +63,9 @@ _NAME_BY_OPENSSL: dict[str, str] = {
 }
 
 
-class ToolError(Exception):
-    """A problem the user can fix (bad file, bad flag); the CLI prints it and exits 1."""
+class ToolError(AuthzError):
+    """A problem the user can fix (bad file, bad flag): the message names the file or
+    flag; the CLI prints it and exits 1."""
 
 
 def curve_name(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> str:

@@ -21,6 +21,17 @@ import jwt
 from authz.tools.jwks import check_alg, default_alg, key_thumbprint
 from authz.tools.keys import PrivateKey, ToolError
 
+__all__ = [
+    "DecodedToken",
+    "build_claims",
+    "decode_unverified",
+    "inspect_report",
+    "mint",
+    "parse_claims",
+    "parse_duration",
+    "warnings_for",
+]
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECONDS = re.compile(r"[0-9]+")
 _DURATION = re.compile(r"(?:[0-9]+[smhd])+")

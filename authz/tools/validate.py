@@ -15,6 +15,8 @@ from authz.policy.errors import PolicyErrors
 from authz.policy.lint import lint_authorization
 from authz.policy.load import load_paths
 
+__all__ = ["register", "run"]
+
 
 def run(paths: list[str], root_namespace: str, default_namespace: str, strict: bool) -> int:
     try:
