@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -309,6 +310,27 @@ def claim_value(payload: Mapping[str, Any], claim: str) -> str | None:
     return None
 
 
+_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters other than HTAB: RFC 9110 5.5 field values exclude them, and a
+proxy must refuse CR, LF and NUL (Envoy answers such an upstream request with a 5xx)."""
+
+
+def header_value_ok(value: str) -> bool:
+    """Whether ``value`` can be sent as a header value as it is."""
+    return _UNSENDABLE.search(value) is None
+
+
+class UnsendableClaim(Exception):
+    """A claim an ``outputClaimToHeaders`` entry names holds a character no header
+    value may carry. The request is refused (401): never a header a proxy must
+    reject, and never the request without a header the policy promised."""
+
+    def __init__(self, good: _Good, header: str) -> None:
+        self.good = good
+        self.header = header
+        super().__init__(header)
+
+
 def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapping[str, Any]:
     """``normalize_payload_in_metadata``: split the named top-level string claims on spaces.
 
@@ -424,7 +446,10 @@ class Authenticator:
             status = self._check_all_tokens(plan, run)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until
-        return self._success(plan, run), run.until
+        try:
+            return self._success(plan, run), run.until
+        except UnsendableClaim as exc:
+            return self._unsendable(view, exc, run), run.until
 
     # -- compile ---------------------------------------------------------------
 
@@ -542,6 +567,13 @@ class Authenticator:
             detail=detail,
         )
 
+    def _unsendable(self, view: RequestView, exc: UnsendableClaim, run: _Run) -> AuthnFailure:
+        status = Status.JWT_CLAIM_BAD_HEADER_VALUE
+        failure = self._failure(view, status, run)
+        where = f"{exc.good.provider.rule.source}: token at {exc.good.token.location}"
+        return AuthnFailure(failure.status, failure.body, failure.www_authenticate,
+                            failure.reason, f"{where}: claim for header {exc.header}")
+
     def _success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         """What a verified request gets. With one token, a pure function of the plan,
         the token's place and the (cached, shared) parsed token: built once per
@@ -574,6 +606,8 @@ class Authenticator:
             for c in rule.output_claim_to_headers:
                 value = claim_value(jwt.payload, c.claim)
                 if value is not None:
+                    if not header_value_ok(value):
+                        raise UnsendableClaim(good, c.header)
                     set_headers[c.header] = value
             if not rule.forward_original_token:
                 loc = good.token.location
