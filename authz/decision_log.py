@@ -14,17 +14,18 @@ import json
 import random
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
 from authz.decision import Decision
+from authz.redact import REDACTED as REDACTED  # re-exported
+from authz.redact import header_values
 from authz.request.view import RequestView
 
 MODES = ("all", "deny", "sample", "none")
-REDACTED = "[redacted]"
 SENSITIVE_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
     "x-auth-token", "x-forwarded-client-cert", "x-jwt-assertion",
@@ -111,6 +112,7 @@ class DecisionLog:
         headers: Iterable[str] = (),
         redact: Iterable[str] = (),
         batcher: JsonLineBatcher | None = None,
+        token_headers: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"decision log mode must be one of {MODES}, got {mode!r}")
@@ -120,6 +122,8 @@ class DecisionLog:
         self.redact = SENSITIVE_HEADERS | {h.lower() for h in redact}
         self._random = random.Random()  # noqa: S311 - sampling, not security
         self._batcher = batcher
+        self.token_headers = token_headers
+        """Headers any loaded rule reads tokens from: always shown as a fingerprint."""
 
     def wanted(self, decision: Decision) -> bool:
         if self.mode == "all":
@@ -160,10 +164,8 @@ class DecisionLog:
             )
             out.update(trace_context(view.headers))
             if self.headers:
-                out["headers"] = {
-                    name: (REDACTED if name in self.redact else view.headers[name])
-                    for name in self.headers if name in view.headers
-                }
+                out["headers"] = header_values(
+                    view.headers, self.headers, self.redact, self.token_headers())
         return out
 
     def emit(self, view: RequestView | None, decision: Decision, latency: float) -> None:

@@ -348,6 +348,13 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
     return out if out is not None else payload
 
 
+def _header_names(extractor: Extractor) -> frozenset[str]:
+    names = {loc.name for loc, _ in extractor.headers}
+    if extractor.cookies:
+        names.add("cookie")
+    return frozenset(names)
+
+
 PLAN_MEMO_SIZE = 4096
 """Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
 _NO_TOKEN, _PREFLIGHT = "no token", "preflight"
@@ -371,9 +378,15 @@ class Authenticator:
     ) -> None:
         if isinstance(policies, RequestAuthnPolicies):
             self._rules_for: Callable[[Scope], tuple[JwtRule, ...]] = policies.rules_for
+            every_rule = policies.all_rules
         else:
             fixed = tuple(sorted(policies, key=lambda r: r.issuer))
             self._rules_for = lambda _scope: fixed
+            every_rule = fixed
+        self.all_token_headers = _header_names(Extractor(every_rule)) if every_rule else (
+            frozenset())
+        """Every header any rule, in any scope, reads tokens from: what logs must
+        never show (``authz.redact``)."""
         self.keys = keys
         self.cache = cache if cache is not None else TokenCache(skew=clock_skew)
         self.clock_skew = clock_skew
@@ -399,11 +412,7 @@ class Authenticator:
         rules = self._rules_for(scope)
         if not rules:
             return frozenset()
-        union = self._plan(rules).union
-        names = {loc.name for loc, _ in union.headers}
-        if union.cookies:
-            names.add("cookie")
-        return frozenset(names)
+        return _header_names(self._plan(rules).union)
 
     @property
     def key_generation(self) -> object:
