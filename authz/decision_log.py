@@ -14,19 +14,20 @@ import logging
 import random
 import select
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import structlog
 
 from authz.decision import Decision
 from authz.observe import JSON_PROCESSORS
+from authz.redact import REDACTED as REDACTED  # re-exported
+from authz.redact import header_values
 from authz.request.view import RequestView
 
 __all__ = ["PIPE_BUF", "REDACTED", "DecisionLog", "JsonLineBatcher", "pipe_chunks", "trace_context"]
 
 MODES = ("all", "deny", "sample", "none")
-REDACTED = "[redacted]"
 SENSITIVE_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
     "x-auth-token", "x-forwarded-client-cert", "x-jwt-assertion",
@@ -143,6 +144,7 @@ class DecisionLog:
         headers: Iterable[str] = (),
         redact: Iterable[str] = (),
         batcher: JsonLineBatcher | None = None,
+        token_headers: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"decision log mode must be one of {MODES}, got {mode!r}")
@@ -155,6 +157,8 @@ class DecisionLog:
         self._log: Any = (
             log if batcher is None else structlog.wrap_logger(
                 batcher, processors=JSON_PROCESSORS, wrapper_class=_ALL_LEVELS).bind())
+        self.token_headers = token_headers
+        """Headers any loaded rule reads tokens from: always shown as a fingerprint."""
 
     def wanted(self, decision: Decision) -> bool:
         if self.mode == "all":
@@ -195,10 +199,8 @@ class DecisionLog:
             )
             out.update(trace_context(view.headers))
             if self.headers:
-                out["headers"] = {
-                    name: (REDACTED if name in self.redact else view.headers[name])
-                    for name in self.headers if name in view.headers
-                }
+                out["headers"] = header_values(
+                    view.headers, self.headers, self.redact, self.token_headers())
         return out
 
     def emit(self, view: RequestView | None, decision: Decision, latency: float) -> None:

@@ -333,6 +333,7 @@ class AuthzServer:
                 # output stays line by line for the human watching it.
                 JsonLineBatcher() if resolved_format(self.settings.log_format) == "json"
                 else None,
+                token_headers=lambda: self.store.current.authenticator.all_token_headers,
             ),
             self.tracing,
         )

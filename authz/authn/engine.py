@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -54,6 +55,7 @@ from authz.authn.verify import (
     verify_signature,
 )
 from authz.decision import Header, Reason
+from authz.errors import AuthzError
 from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, Presence
 from authz.request.scope import Scope
@@ -315,6 +317,27 @@ def claim_value(payload: Mapping[str, Any], claim: str) -> str | None:
     return None
 
 
+_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters other than HTAB: RFC 9110 5.5 field values exclude them, and a
+proxy must refuse CR, LF and NUL (Envoy answers such an upstream request with a 5xx)."""
+
+
+def header_value_ok(value: str) -> bool:
+    """Whether ``value`` can be sent as a header value as it is."""
+    return _UNSENDABLE.search(value) is None
+
+
+class UnsendableClaim(AuthzError):
+    """A claim an ``outputClaimToHeaders`` entry names holds a character no header
+    value may carry. The request is refused (401): never a header a proxy must
+    reject, and never the request without a header the policy promised."""
+
+    def __init__(self, good: _Good, header: str) -> None:
+        self.good = good
+        self.header = header
+        super().__init__(header)
+
+
 def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapping[str, Any]:
     """``normalize_payload_in_metadata``: split the named top-level string claims on spaces.
 
@@ -330,6 +353,13 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
                 out = dict(payload)
             out[name] = tuple([v for v in value.split(" ") if v])
     return out if out is not None else payload
+
+
+def _header_names(extractor: Extractor) -> frozenset[str]:
+    names = {loc.name for loc, _ in extractor.headers}
+    if extractor.cookies:
+        names.add("cookie")
+    return frozenset(names)
 
 
 PLAN_MEMO_SIZE = 4096
@@ -355,9 +385,15 @@ class Authenticator:
     ) -> None:
         if isinstance(policies, RequestAuthnPolicies):
             self._rules_for: Callable[[Scope], tuple[JwtRule, ...]] = policies.rules_for
+            every_rule = policies.all_rules
         else:
             fixed = tuple(sorted(policies, key=lambda r: r.issuer))
             self._rules_for = lambda _scope: fixed
+            every_rule = fixed
+        self.all_token_headers = _header_names(Extractor(every_rule)) if every_rule else (
+            frozenset())
+        """Every header any rule, in any scope, reads tokens from: what logs must
+        never show (``authz.redact``)."""
         self.keys = keys
         self.cache = cache if cache is not None else TokenCache(skew=clock_skew)
         self.clock_skew = clock_skew
@@ -383,11 +419,7 @@ class Authenticator:
         rules = self._rules_for(scope)
         if not rules:
             return frozenset()
-        union = self._plan(rules).union
-        names = {loc.name for loc, _ in union.headers}
-        if union.cookies:
-            names.add("cookie")
-        return frozenset(names)
+        return _header_names(self._plan(rules).union)
 
     @property
     def key_generation(self) -> object:
@@ -430,7 +462,10 @@ class Authenticator:
             status = self._check_all_tokens(plan, run)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until
-        return self._success(plan, run), run.until
+        try:
+            return self._success(plan, run), run.until
+        except UnsendableClaim as exc:
+            return self._unsendable(view, exc, run), run.until
 
     # -- compile ---------------------------------------------------------------
 
@@ -548,6 +583,13 @@ class Authenticator:
             detail=detail,
         )
 
+    def _unsendable(self, view: RequestView, exc: UnsendableClaim, run: _Run) -> AuthnFailure:
+        status = Status.JWT_CLAIM_BAD_HEADER_VALUE
+        failure = self._failure(view, status, run)
+        where = f"{exc.good.provider.rule.source}: token at {exc.good.token.location}"
+        return AuthnFailure(failure.status, failure.body, failure.www_authenticate,
+                            failure.reason, f"{where}: claim for header {exc.header}")
+
     def _success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         """What a verified request gets. With one token, a pure function of the plan,
         the token's place and the (cached, shared) parsed token: built once per
@@ -580,6 +622,8 @@ class Authenticator:
             for c in rule.output_claim_to_headers:
                 value = claim_value(jwt.payload, c.claim)
                 if value is not None:
+                    if not header_value_ok(value):
+                        raise UnsendableClaim(good, c.header)
                     set_headers[c.header] = value
             if not rule.forward_original_token:
                 loc = good.token.location

@@ -238,7 +238,7 @@ def parse_jwks(text: str | bytes) -> KeySet:
     """Parse a key set; never raises. A ``KeySet`` with ``error`` set has no usable key."""
     try:
         data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: at most 1 MiB deep
         return KeySet.failed(JWKS_PARSE_ERROR)
     if not isinstance(data, dict):
         return KeySet.failed(JWKS_PARSE_ERROR)

@@ -139,6 +139,8 @@ def _documents(text: str, file: str) -> Iterator[tuple[yaml.Node, int]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise PolicyError(f"invalid YAML: {exc.problem or exc}", Location(file, line)) from exc
+    except yaml.YAMLError as exc:  # e.g. a control character (ReaderError): no mark
+        raise PolicyError(f"invalid YAML: {exc}", Location(file, 1)) from exc
     finally:
         loader.dispose()
 
@@ -193,7 +195,13 @@ def iter_text(text: str, file: str, default_namespace: str = "default") -> Itera
     and drop it: 10,000 policies in one file never sit in memory as specs at once."""
     for document, (node, line) in enumerate(_documents(text, file)):
         lines: dict[str, int] = {}
-        data = _document_data(node, lines)
+        try:
+            data = _document_data(node, lines)
+        except yaml.YAMLError as exc:  # an unknown tag such as ``!x``
+            raise PolicyError(f"invalid YAML: {exc}", Location(file, line)) from exc
+        except RecursionError as exc:  # ``&a [*a]``, or thousands of levels
+            raise PolicyError("invalid YAML: an alias refers to itself, or nesting is too "
+                              "deep", Location(file, line)) from exc
         if data is None:
             continue
         if not _is_object(data):

@@ -241,6 +241,29 @@ def test_output_headers_and_anti_spoofing() -> None:
         "x-test-payload", "x-jwt-iss", "x-jwt-nested", "x-jwt-list", "x-jwt-missing"}
 
 
+@pytest.mark.parametrize("value", [
+    "alice\r\nx-admin: true", "a\nb", "a\rb", "nul\x00", "bell\x07", "del\x7f",
+])
+def test_claim_that_is_no_header_value_is_refused_with_401(value: str) -> None:
+    """A CR, LF, NUL or other control character headed for ``outputClaimToHeaders``
+    is never emitted (Envoy would answer the upstream request with a 5xx): 401."""
+    r = rule(output_claim_to_headers=(ClaimToHeader("x-jwt-name", "name"),))
+    token = KEY.sign(claims(name=value))
+    res = fail(auth(r).authenticate(view(headers=bearer(token)), NOW))
+    assert (res.status, res.body) == (401, "Jwt claim is not a valid header value")
+    assert res.www_authenticate.endswith('error="invalid_token"')
+    assert "x-jwt-name" in res.detail and value not in res.detail
+    # The same token through a rule that copies nothing is fine.
+    ok(auth(rule()).authenticate(view(headers=bearer(token)), NOW))
+
+
+@pytest.mark.parametrize("value", ["tab\tinside", "utf-8 é ✓", "quote\"s"])
+def test_claim_with_tab_or_non_ascii_is_still_a_header(value: str) -> None:
+    r = rule(output_claim_to_headers=(ClaimToHeader("x-jwt-name", "name"),))
+    res = ok(auth(r).authenticate(view(headers=bearer(KEY.sign(claims(name=value)))), NOW))
+    assert Header("x-jwt-name", value) in res.upstream_headers
+
+
 def test_claim_value_formatting() -> None:
     payload = {"i": 1562182722, "f": 1.5, "w": 2.0, "b": False, "s": "", "o": {"x": "y"}}
     assert claim_value(payload, "i") == "1562182722"

@@ -9,11 +9,13 @@ from cryptography.hazmat.primitives import serialization
 
 from authz.authn.keys import parse_jwks
 from authz.authn.verify import (
+    MAX_JSON_DEPTH,
     MAX_TOKEN_BYTES,
     JwtError,
     Status,
     audience_allowed,
     check_time,
+    json_depth_ok,
     parse_token,
     sanitize_audience,
     time_horizon,
@@ -259,3 +261,122 @@ def test_a_parsed_token_is_immutable() -> None:
         signed.jwt.iss = "someone-else"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         signed.signature = b""  # type: ignore[misc]
+
+
+# -- JOSE edge cases: nesting, duplicate members, crit, base64url ------------------
+
+
+def rs256_raw(header: str, payload: str, key_seed: int = 0) -> str:
+    """A token signed over exactly these header and payload texts (no re-encoding)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signing_input = f"{b64(header.encode())}.{b64(payload.encode())}"
+    signature = rsa_key(seed=key_seed).private.sign(
+        signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+RSA_KEYS = parse_jwks(jwks(rsa_key().jwk()))
+
+
+def verified(token: str) -> Status:
+    try:
+        signed = parse_token(token)
+    except JwtError as exc:
+        return exc.status
+    return verify_signature(signed, RSA_KEYS)[0]
+
+
+@pytest.mark.parametrize("depth", [1_001, 5_000, MAX_JSON_DEPTH + 1])
+def test_deep_nesting_is_invalid_json_not_recursion(depth: int) -> None:
+    """The headline: ``[[[...]]]`` used to raise RecursionError (gRPC INTERNAL)."""
+    nested = "[" * depth + "]" * depth
+    assert status_of(f"{b64(nested.encode())}.e30.e30") is Status.JWT_HEADER_BAD_JSON
+    deep_header = b64(('{"alg":"RS256","x":' + nested + "}").encode())
+    assert status_of(f"{deep_header}.e30.e30") is Status.JWT_HEADER_BAD_JSON
+    deep_claims = '{"iss":"i","x":' + "{\"a\":" * depth + "1" + "}" * depth + "}"
+    assert status_of(unsigned({"alg": "RS256"}, deep_claims)) is Status.JWT_PAYLOAD_BAD_JSON
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    depth = MAX_JSON_DEPTH - 1  # the claims object itself is one level
+    payload = '{"x":' + "[" * depth + "]" * depth + "}"
+    assert status_of(unsigned({"alg": "RS256"}, payload)) is Status.OK
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":"' + b"[" * 500 + b'"}',                    # brackets inside a string
+    b'{"a":"\\"' + b"{" * 500 + b'"}',                 # after an escaped quote
+    b'{"a":[' + b"[]," * 500 + b"[]]}",                 # many, but shallow
+])
+def test_depth_scan_ignores_strings_and_counts_depth_not_brackets(raw: bytes) -> None:
+    assert json_depth_ok(raw)
+    assert json.loads(raw)
+
+
+def test_depth_scan_sees_depth_past_strings() -> None:
+    raw = b'{"s":"]]]]","x":' + b"[" * 70 + b"]" * 70 + b"}"
+    assert not json_depth_ok(raw)
+
+
+def test_recursion_in_the_decoder_is_a_bad_json_not_an_exception(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the depth scan misses, a RecursionError is still an invalid JSON."""
+    import authz.authn.verify as verify
+
+    monkeypatch.setattr(verify, "json_depth_ok", lambda raw, limit=0: True)
+    nested = "[" * 20_000 + "]" * 20_000
+    assert status_of(f"{b64(nested.encode())}.e30.e30") is Status.JWT_HEADER_BAD_JSON
+
+
+@pytest.mark.parametrize(("header", "payload", "status"), [
+    ('{"alg":"RS256","alg":"HS256"}', '{"iss":"i"}', Status.JWT_HEADER_BAD_JSON),
+    ('{"alg":"RS256","kid":"rsa-1","kid":"rsa-1"}', '{"iss":"i"}', Status.JWT_HEADER_BAD_JSON),
+    # first value wrong, last right: a reader keeping the last one would accept it
+    ('{"alg":"RS256"}', '{"iss":"evil","iss":"issuer-1"}', Status.JWT_PAYLOAD_BAD_JSON),
+    ('{"alg":"RS256"}', '{"iss":"i","o":{"a":1,"a":2}}', Status.JWT_PAYLOAD_BAD_JSON),
+    ('{"alg":"RS256"}', '{"iss":"i","l":[{"a":1,"a":1}]}', Status.JWT_PAYLOAD_BAD_JSON),
+    # the same name escaped differently is the same name
+    ('{"alg":"RS256"}', '{"iss":"a","\\u0069ss":"b"}', Status.JWT_PAYLOAD_BAD_JSON),
+    ('{"alg":"RS256"}', '{"iss":"i","o":{"a":1},"p":{"a":1}}', Status.OK),
+])
+def test_duplicate_member_names_are_refused(header: str, payload: str, status: Status) -> None:
+    """RFC 7515 4 / RFC 8725 3.1: signed and valid, yet refused when a name repeats."""
+    assert verified(rs256_raw(header, payload)) is status
+
+
+@pytest.mark.parametrize("crit", [
+    ["exp"], ["b64"], ["http://example.com/ext"], [], "b64", [1], None,
+])
+def test_any_crit_header_is_refused(crit: object) -> None:
+    """RFC 7515 4.1.11: we implement no extension, so no ``crit`` can be honoured
+    (Envoy ignores ``crit``: stricter on purpose)."""
+    header = json.dumps({"alg": "RS256", "kid": "rsa-1", "crit": crit, "exp": 1, "b64": False})
+    assert verified(rs256_raw(header, '{"iss":"i"}')) is Status.JWT_HEADER_UNSUPPORTED_CRIT
+
+
+def test_a_valid_token_without_crit_verifies() -> None:
+    assert verified(rs256_raw('{"alg":"RS256","kid":"rsa-1"}', '{"iss":"i"}')) is Status.OK
+
+
+def _set_trailing_bits(segment: str) -> str:
+    """The same bytes, spelled with the unused low bits of the last character set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 0b1111, 3: 0b11}[len(segment) % 4]
+    last = alphabet.index(segment[-1])
+    assert last & unused == 0
+    return segment[:-1] + alphabet[last | unused]
+
+
+def test_non_canonical_base64url_reads_like_envoy() -> None:
+    """abseil's WebSafeBase64Unescape (Envoy) ignores the unused bits; so do we. Safe:
+    the signature covers the header and payload *as sent*, so respelling either one
+    breaks the signature, and a respelled signature is the same signature."""
+    token = rs256_raw('{"alg":"RS256","kid":"rsa-1"}', '{"iss":"issuer-1","sub":"ab"}')
+    head, payload, sig = token.split(".")
+    assert len(sig) % 4 in (2, 3) and len(payload) % 4 in (2, 3)
+    assert verified(f"{head}.{payload}.{_set_trailing_bits(sig)}") is Status.OK
+    respelled = f"{head}.{_set_trailing_bits(payload)}.{sig}"
+    assert parse_token(respelled).jwt.payload == parse_token(token).jwt.payload
+    assert verified(respelled) is Status.JWT_VERIFICATION_FAIL
