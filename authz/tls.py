@@ -42,6 +42,9 @@ RELOAD_INTERVAL = 1.0
 """Seconds between checks of the certificate files (a ``stat`` each)."""
 SETTLE = 0.2
 """A change is read once the files have stayed the same this long."""
+RETRY_AFTER_ERROR = 10.0
+"""A rejected set is read again this often even unchanged: a certificate issued on a
+host whose clock runs ahead is "not valid before" now, and good a moment later."""
 
 
 class TlsError(Exception):
@@ -183,9 +186,11 @@ class CertificateReloader:
     """Server credentials whose certificate follows the files on disk."""
 
     def __init__(self, files: TlsFiles, registry: CollectorRegistry | None = None,
-                 interval: float = RELOAD_INTERVAL) -> None:
+                 interval: float = RELOAD_INTERVAL,
+                 retry_after: float = RETRY_AFTER_ERROR) -> None:
         self.files = files
         self.interval = interval
+        self.retry_after = retry_after
         self._metrics = TlsMetrics(registry) if registry is not None else None
         self._seen = fingerprint(files.paths)
         self.material = read_material(files)  # TlsError: refuse to start
@@ -227,13 +232,16 @@ class CertificateReloader:
         async with self._lock:
             now = await asyncio.to_thread(fingerprint, self.files.paths)
             if now == self._seen:
-                return True
-            while True:  # settle: a copy of cert then key is read once, complete
-                await asyncio.sleep(SETTLE)
-                later = await asyncio.to_thread(fingerprint, self.files.paths)
-                if later == now:
-                    break
-                now = later
+                if self.last_error_at is None or (
+                        time.time() - self.last_error_at < self.retry_after):
+                    return True
+            else:
+                while True:  # settle: a copy of cert then key is read once, complete
+                    await asyncio.sleep(SETTLE)
+                    later = await asyncio.to_thread(fingerprint, self.files.paths)
+                    if later == now:
+                        break
+                    now = later
             self._seen = now
             try:
                 material = await asyncio.to_thread(read_material, self.files)

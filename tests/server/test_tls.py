@@ -412,3 +412,22 @@ def test_settings_refuse_half_a_configuration(given: dict[str, str], message: st
 
 def test_plaintext_stays_the_default() -> None:
     assert sys.modules["authz.config"].Settings().tls_cert is None
+
+
+async def test_a_certificate_not_yet_valid_is_retried_unchanged(pki: Pki) -> None:
+    """Issued on a host whose clock runs ahead: rejected, then served once its time
+    comes, with no further change to the files."""
+    reloader = CertificateReloader(TlsFiles(str(pki.cert), str(pki.key)), interval=0,
+                                   retry_after=0.2)
+    soon = pki.ca.server(
+        not_before=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1.5))
+    pki.rotate(soon)
+    assert await reloader.check() is False
+    assert "not valid before" in (reloader.last_error or "")
+    deadline = asyncio.get_running_loop().time() + 10
+    while reloader.reloads == 0:
+        assert asyncio.get_running_loop().time() < deadline, reloader.last_error
+        await asyncio.sleep(0.1)
+        await reloader.check()
+    assert reloader.material.serial == format(soon.serial, "x")
+    assert reloader.last_error is None
