@@ -99,6 +99,15 @@ SERVE_OPTIONS = (
            "cgroup quota)", "auto", parse_workers, metavar="N|auto"),
     Option("--event-loop", "event_loop", "event loop: uvloop (faster under load), asyncio, "
            "or auto (uvloop when installed)", "auto", choices=EVENT_LOOPS),
+    # -- TLS on the gRPC listener (docs/tls.md) --
+    Option("--tls-cert", "tls_cert", "PEM certificate chain for the gRPC port; with "
+           "--tls-key the port speaks TLS 1.2/1.3 only; reloaded when the file changes",
+           metavar="PATH"),
+    Option("--tls-key", "tls_key", "PEM private key of --tls-cert (unencrypted)",
+           metavar="PATH"),
+    Option("--tls-client-ca", "tls_client_ca", "PEM CA bundle: require mutual TLS, clients "
+           "must present a certificate it signed; reloaded when the file changes",
+           metavar="PATH"),
 )
 
 
@@ -217,6 +226,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         drain_delay=args.drain_delay,
         workers=args.workers,
         event_loop=args.event_loop,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
+        tls_client_ca=args.tls_client_ca or None,
     )
 
 

@@ -125,6 +125,12 @@ class Settings:
     """auto (uvloop when installed) | uvloop | asyncio: see authz/eventloop.py."""
     reuse_port: bool = False
     """Bind the gRPC port with SO_REUSEPORT: set for the processes of ``--workers``."""
+    # -- TLS on the gRPC listener (authz/tls.py) --
+    tls_cert: str | None = None
+    """PEM certificate chain: set with ``tls_key``, the gRPC port speaks TLS only."""
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
 
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
@@ -151,3 +157,7 @@ class Settings:
         check_event_loop(self.event_loop)
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")

@@ -46,6 +46,7 @@ from authz.policy.load import iter_paths
 from authz.policy.watch import PolicyWatcher
 from authz.request.scope import ScopeError
 from authz.request.view import RequestView
+from authz.tls import CertificateReloader, TlsError, TlsFiles, peer_principal
 from authz.tracing import Tracing
 
 __all__ = [
@@ -97,8 +98,11 @@ class AuthorizationService:
         metrics: Metrics,
         decision_log: DecisionLog | None = None,
         tracing: Tracing | None = None,
+        tls_peer: bool = False,
     ) -> None:
         self._store = store
+        self._tls_peer = tls_peer
+        """Mutual TLS: the client certificate names Envoy when the request does not."""
         self._decision_log = decision_log or DecisionLog("none")
         self._tracing = tracing or Tracing()
         self._default_namespace = settings.default_namespace
@@ -126,10 +130,10 @@ class AuthorizationService:
         return child
 
     def decide(
-        self, request: external_auth_pb2.CheckRequest
+        self, request: external_auth_pb2.CheckRequest, peer: str = ""
     ) -> tuple[RequestView | None, Decision]:
         try:
-            view = view_from_check_request(request, self._default_namespace)
+            view = view_from_check_request(request, self._default_namespace, peer)
         except ScopeError as exc:
             # The route's context_extensions are wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
@@ -147,7 +151,11 @@ class AuthorizationService:
         metrics = self._metrics
         self.in_flight += 1
         try:
-            view, decision = self.decide(request)
+            # Envoy's own identity (its mTLS client certificate) stands in for a
+            # destination principal the request does not carry (docs/tls.md).
+            peer = (peer_principal(context.auth_context())
+                    if self._tls_peer and not request.attributes.destination.principal else "")
+            view, decision = self.decide(request, peer) if peer else self.decide(request)
             response = response_bytes(decision)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
@@ -207,6 +215,7 @@ class AuthzServer:
         self.ready = False
         self.draining = False
         self.grpc_port: int | None = None
+        self.tls: CertificateReloader | None = None
         self.service: AuthorizationService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._admin: AdminServer | None = None
@@ -226,6 +235,7 @@ class AuthzServer:
             "snapshot_version": self.store.current.version,
             "last_reload_error": self.last_reload_error,
             "jwks": describe(self.jwks),
+            "tls": self.tls.describe() if self.tls is not None else {"enabled": False},
             # What --event-loop auto chose (a benchmark reads it rather than assume it).
             "event_loop": current_loop_name(),
             # What gRPC core read at import (authz/grpc_env.py); None: its defaults.
@@ -307,6 +317,10 @@ class AuthzServer:
 
     async def start(self) -> None:
         """Bind ports and start answering; readiness follows once policies load."""
+        s = self.settings
+        if s.tls_cert and s.tls_key:  # a bad certificate fails before any port is bound
+            self.tls = CertificateReloader(TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca),
+                                           self.metrics.registry)
         await self._set_health(NOT_SERVING)
         await self.jwks.start()
         server = grpc.aio.server(
@@ -336,6 +350,7 @@ class AuthzServer:
                 token_headers=lambda: self.store.current.authenticator.all_token_headers,
             ),
             self.tracing,
+            tls_peer=self.tls is not None and self.tls.mutual,
         )
         add_authorization_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -346,9 +361,13 @@ class AuthzServer:
         )
         host, port = parse_address(self.settings.grpc_address, "--grpc-address")
         probe_bind(host, port, self.settings.reuse_port, "gRPC")
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:  # grpc says only RuntimeError("Failed to bind ...")
-            bound = server.add_insecure_port(
-                f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            if self.tls is not None:
+                bound = server.add_secure_port(where, self.tls.credentials())
+                self.tls.start()
+            else:
+                bound = server.add_insecure_port(where)
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -362,7 +381,8 @@ class AuthzServer:
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
                  event_loop=current_loop_name(),
-                 grpc_experiments=os.environ.get("GRPC_EXPERIMENTS"))
+                 grpc_experiments=os.environ.get("GRPC_EXPERIMENTS"),
+                 tls="mutual" if self.tls and self.tls.mutual else bool(self.tls))
 
     async def become_ready(self, load: bool = True) -> None:
         """Ready = policies loaded and every JWKS source tried once (good or not)."""
@@ -398,6 +418,8 @@ class AuthzServer:
         if self._admin is not None:
             await self._admin.stop()
         await self.jwks.stop()
+        if self.tls is not None:
+            await self.tls.stop()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
         if self.service is not None:
             self.service.flush_log()
@@ -418,9 +440,12 @@ class AuthzServer:
 
     def _on_sighup(self) -> None:
         log.info("signal_received", signal="SIGHUP")
-        task = asyncio.create_task(self.reload())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        tasks = [asyncio.create_task(self.reload())]
+        if self.tls is not None:  # SIGHUP also rereads changed certificate files
+            tasks.append(asyncio.create_task(self.tls.check()))
+        for task in tasks:
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _on_signal(self, sig: signal.Signals) -> Callable[[], None]:
         def handler() -> None:
@@ -450,6 +475,9 @@ def run_server(settings: Settings) -> int:
         eventloop.run(AuthzServer(settings).serve, settings.event_loop)
     except PolicyErrors as exc:
         print(f"authz: policies rejected:\n{exc}", file=sys.stderr)
+        return 2
+    except TlsError as exc:
+        print(f"authz: tls: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"authz: {exc}", file=sys.stderr)

@@ -65,6 +65,7 @@ _GAUGE_MERGE: dict[str, Any] = {
     "authz_jwks_keys": min,
     "authz_jwks_key_set_age_seconds": max,
     "authz_jwks_consecutive_failures": max,
+    "authz_tls_certificate_expiry_timestamp_seconds": min,
 }
 
 
@@ -224,6 +225,8 @@ class Supervisor:
             "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),
             "grpc_experiments": next((w["grpc_experiments"] for w in workers
                                       if "grpc_experiments" in w), None),
+            # Each worker reloads the same files; the first one's view stands for all.
+            "tls": next((w["tls"] for w in workers if "tls" in w), None),
             "restarts": self.restarts,
             "workers": [{k: w.get(k) for k in ("worker", "pid", "alive", "ready",
                                                "snapshot_version", "last_reload_error",

@@ -49,13 +49,14 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType({name.lower(): fields[name] for name in fields})
 
 
-def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:
+def read_peer(peer: attribute_context_pb2.AttributeContext.Peer, principal: str = "") -> Peer:
+    """``principal`` stands in when the message carries none."""
     # An unset socket_address reads as an empty one: address "" and port 0.
     sock: address_pb2.SocketAddress = peer.address.socket_address
     port: int | None = sock.port_value
     if not port and sock.WhichOneof("port_specifier") != "port_value":
         port = None
-    return _peer(sock.address, port, peer.principal)
+    return _peer(sock.address, port, peer.principal or principal)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -66,14 +67,18 @@ def _peer(address: str, port: int | None, principal: str) -> Peer:
 
 
 def view_from_check_request(
-    request: external_auth_pb2.CheckRequest, default_namespace: str
+    request: external_auth_pb2.CheckRequest, default_namespace: str, envoy_principal: str = ""
 ) -> RequestView:
-    """Build the view. Missing parts of the request read as empty, never as errors."""
+    """Build the view. Missing parts of the request read as empty, never as errors.
+
+    ``envoy_principal`` is the calling Envoy's own identity (its mutual-TLS client
+    certificate): the destination principal when the request names none, because the
+    proxy asking is the workload's own (Istio's CUSTOM action: the sidecar calls)."""
     attrs = request.attributes
     http = attrs.request.http
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
-    destination = read_peer(attrs.destination)
+    destination = read_peer(attrs.destination, envoy_principal)
     given = attrs.context_extensions
     extensions = MappingProxyType({k: given[k] for k in given}) if given else _EMPTY
     return RequestView(

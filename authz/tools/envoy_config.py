@@ -5,12 +5,15 @@ path), so a field name or type mistake fails here, not in Envoy. The output is
 Envoy's JSON form of the v3 ``Bootstrap``: one HTTP listener whose ext_authz
 filter (gRPC, transport API V3, ``failure_mode_allow: false``) asks our server,
 per-route ``context_extensions`` carrying the scope, our cluster over HTTP/2
-with active gRPC health checking, and an upstream cluster.
+with active gRPC health checking, and an upstream cluster. With ``--authz-tls-ca``
+the authz cluster speaks TLS (an ``UpstreamTlsContext`` that verifies authz's
+certificate and name), and with ``--authz-tls-cert``/``--authz-tls-key`` mutual TLS.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -56,6 +59,81 @@ class RouteScope:
         return out
 
 
+TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzTls:
+    """How Envoy reaches authz over TLS: whom it trusts, what name it expects, and
+    (for mutual TLS) the certificate it presents."""
+
+    ca: str
+    """PEM bundle that signed authz's certificate (``--tls-cert``)."""
+    server_name: str
+    """SNI and the subject alternative name authz's certificate must carry (DNS or IP)."""
+    cert: str | None = None
+    key: str | None = None
+    min_version: str = "1.2"
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("--authz-tls-cert and --authz-tls-key go together")
+        if self.min_version not in TLS_VERSIONS:
+            raise ConfigError(f"--authz-tls-min-version: expected 1.2 or 1.3, "
+                              f"got {self.min_version!r}")
+        if not self.server_name:
+            raise ConfigError("--authz-tls-server-name must not be empty")
+
+    @property
+    def server_is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.server_name)
+        except ValueError:
+            return False
+        return True
+
+    def transport_socket(self) -> dict[str, Any]:
+        """The authz cluster's ``transport_socket`` in Envoy's JSON form."""
+        from envoy_data_plane.envoy.config.core.v3 import DataSource, TransportSocket
+        from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+            CertificateValidationContext,
+            CommonTlsContext,
+            SubjectAltNameMatcher,
+            SubjectAltNameMatcherSanType,
+            TlsCertificate,
+            TlsParameters,
+            TlsParametersTlsProtocol,
+            UpstreamTlsContext,
+        )
+        from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+        from envoy_data_plane.google.protobuf import Any as PbAny
+
+        san_type = (SubjectAltNameMatcherSanType.IP_ADDRESS if self.server_is_ip
+                    else SubjectAltNameMatcherSanType.DNS)
+        common = CommonTlsContext(
+            # gRPC over TLS is HTTP/2 by ALPN.
+            alpn_protocols=["h2"],
+            tls_params=TlsParameters(tls_minimum_protocol_version=getattr(
+                TlsParametersTlsProtocol, TLS_VERSIONS[self.min_version])),
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=self.ca),
+                # Without a name to match, any certificate the CA signed would do.
+                match_typed_subject_alt_names=[SubjectAltNameMatcher(
+                    san_type=san_type, matcher=StringMatcher(exact=self.server_name))],
+            ),
+        )
+        if self.cert and self.key:
+            common.tls_certificates = [TlsCertificate(
+                certificate_chain=DataSource(filename=self.cert),
+                private_key=DataSource(filename=self.key))]
+        context = UpstreamTlsContext(common_tls_context=common)
+        if not self.server_is_ip:
+            context.sni = self.server_name
+        out: dict[str, Any] = TransportSocket(
+            name="envoy.transport_sockets.tls", typed_config=PbAny.pack(context)).to_dict()
+        return out
+
+
 def bootstrap(
     *,
     listener_port: int,
@@ -68,6 +146,7 @@ def bootstrap(
     listener_address: str = "0.0.0.0",
     xff_num_trusted_hops: int = 0,
     health_check_interval: float = 5.0,
+    authz_tls: AuthzTls | None = None,
 ) -> dict[str, Any]:
     try:
         import envoy_data_plane  # noqa: F401 - the extra, asked for by name
@@ -189,15 +268,29 @@ def bootstrap(
     if admin_port is not None:
         config.admin = Admin(address=address("127.0.0.1", admin_port))
     out: dict[str, Any] = config.to_dict()
+    if authz_tls is not None:
+        for built in out["staticResources"]["clusters"]:
+            if built["name"] == "authz":
+                built["transportSocket"] = authz_tls.transport_socket()
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         routes = [RouteScope.parse(r) for r in args.route or []]
+        authz_address = parse_address(args.authz_address, "--authz-address")
+        authz_tls = None
+        if args.authz_tls_ca:
+            authz_tls = AuthzTls(
+                ca=args.authz_tls_ca, cert=args.authz_tls_cert, key=args.authz_tls_key,
+                server_name=args.authz_tls_server_name or authz_address[0],
+                min_version=args.authz_tls_min_version)
+        elif args.authz_tls_cert or args.authz_tls_key or args.authz_tls_server_name:
+            raise ConfigError("--authz-tls-cert, --authz-tls-key and --authz-tls-server-name "
+                              "need --authz-tls-ca (the CA that signed authz's certificate)")
         config = bootstrap(
             listener_port=args.listener_port,
-            authz_address=parse_address(args.authz_address, "--authz-address"),
+            authz_address=authz_address,
             upstream_address=parse_address(args.upstream_address, "--upstream-address"),
             routes=routes,
             admin_port=args.admin_port,
@@ -206,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
             listener_address=args.listener_address,
             xff_num_trusted_hops=args.xff_num_trusted_hops,
             health_check_interval=args.health_check_interval,
+            authz_tls=authz_tls,
         )
     except ConfigError as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)
@@ -240,5 +334,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--encode-raw-headers", action="store_true")
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--health-check-interval", type=float, default=5.0)
+    tls = p.add_argument_group(
+        "TLS to authz", "when authz serves --tls-cert (and --tls-client-ca for mutual TLS)")
+    tls.add_argument("--authz-tls-ca", metavar="PATH",
+                     help="CA bundle that signed authz's certificate: the authz cluster "
+                     "speaks TLS and verifies it")
+    tls.add_argument("--authz-tls-server-name", metavar="NAME",
+                     help="name authz's certificate must carry (DNS or IP SAN), sent as SNI "
+                     "when a DNS name (default: the host of --authz-address)")
+    tls.add_argument("--authz-tls-cert", metavar="PATH",
+                     help="Envoy's client certificate chain for mutual TLS")
+    tls.add_argument("--authz-tls-key", metavar="PATH", help="its private key")
+    tls.add_argument("--authz-tls-min-version", choices=tuple(TLS_VERSIONS), default="1.2",
+                     help="lowest TLS version Envoy offers (authz accepts 1.2 and 1.3)")
     p.add_argument("--format", choices=("json", "yaml"), default="json")
     p.set_defaults(func=run)

@@ -26,6 +26,7 @@ KUSTOMIZATIONS = {
     "istio": MANIFESTS / "overlays" / "istio",
     "istio-sample": MANIFESTS / "overlays" / "istio" / "sample",
     "standalone-envoy": MANIFESTS / "overlays" / "standalone-envoy",
+    "standalone-envoy-tls": MANIFESTS / "overlays" / "standalone-envoy-tls",
 }
 # Kustomizations that run authz (istio-sample is only an Istio policy).
 WITH_AUTHZ = ("base", "istio", "standalone-envoy")

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.ports import free_port
 
+from authz.testing.ports import free_port
 from tests.attacks.corpus import ISS_A, Keys, attacks, controls, good_claims, jwks_a, signed
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, Rule, envoy_jwt_filter, request_authentication
