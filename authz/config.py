@@ -130,8 +130,10 @@ class Settings:
             raise ConfigError("--decision-log: expected all|deny|sample|none")
         if not 0 <= self.decision_log_sample_rate <= 1:
             raise ConfigError("--decision-log-sample-rate must be within [0, 1]")
-        if self.jwks_refresh_interval <= 0 or self.jwks_refetch_interval < 0:
-            raise ConfigError("--jwks-refresh-interval must be > 0, --jwks-refetch-interval >= 0")
+        if self.jwks_refresh_interval < 1:
+            raise ConfigError("--jwks-refresh-interval must be >= 1 (seconds)")
+        if self.jwks_refetch_interval < 0:
+            raise ConfigError("--jwks-refetch-interval must be >= 0")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
         if self.watch_settle < 0:
