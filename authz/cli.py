@@ -73,6 +73,9 @@ SERVE_OPTIONS = (
            "(default: the system's)"),
     Option("--watch-interval", "watch_interval", "seconds between checks of the policy files "
            "for changes (SIGHUP also reloads); 0 disables watching", 0.5, float),
+    Option("--watch-settle", "watch_settle", "seconds the policy files must stay unchanged "
+           "before a reload reads them (a read during which they change is retried)", 1.0,
+           float),
     Option("--decision-log", "decision_log", "which decisions get a log line: all, deny, "
            "sample (denies plus --decision-log-sample-rate of allows), none", "all",
            choices=("all", "deny", "sample", "none")),
@@ -92,7 +95,8 @@ SERVE_OPTIONS = (
     Option("--grace-period", "grace_period", "seconds in-flight Checks get to finish on "
            "SIGTERM", 10.0, float),
     Option("--drain-delay", "drain_delay", "seconds to keep answering after SIGTERM while "
-           "health reports NOT_SERVING", 0.0, float),
+           "health reports NOT_SERVING, so callers move away before the listener closes; "
+           "ends early once no Check arrived for 100 ms", 5.0, float),
     Option("--workers", "workers", "server processes sharing the gRPC port (SO_REUSEPORT, "
            "Linux) under one supervisor that handles signals, restarts crashed workers and "
            "serves the admin port with merged metrics; auto = CPUs available (affinity and "
@@ -215,6 +219,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         grace_period=args.grace_period,
         watch_interval=args.watch_interval,
+        watch_settle=args.watch_settle,
         jwks_refresh_interval=args.jwks_refresh_interval,
         jwks_refetch_interval=args.jwks_refetch_interval,
         jwks_ca_file=args.jwks_ca_file or None,

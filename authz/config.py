@@ -117,8 +117,12 @@ class Settings:
     """CA bundle for HTTPS JWKS endpoints (default: the system's)."""
     watch_interval: float = 0.5
     """Seconds between checks of the policy files for changes; 0 disables watching."""
-    drain_delay: float = 0.0
-    """Seconds to keep answering after SIGTERM while reporting NOT_SERVING."""
+    watch_settle: float = 1.0
+    """Seconds the policy files must stay unchanged before a reload reads them."""
+    drain_delay: float = 5.0
+    """Seconds to keep answering after SIGTERM while reporting NOT_SERVING (ends
+    early once no Check has arrived for 100 ms): callers move away before the
+    listener closes, as a Kubernetes rolling update expects."""
     workers: int = 1
     """Server processes sharing the gRPC port; more than one runs under a supervisor."""
     event_loop: str = "auto"
@@ -146,10 +150,14 @@ class Settings:
             raise ConfigError("--decision-log: expected all|deny|sample|none")
         if not 0 <= self.decision_log_sample_rate <= 1:
             raise ConfigError("--decision-log-sample-rate must be within [0, 1]")
-        if self.jwks_refresh_interval <= 0 or self.jwks_refetch_interval < 0:
-            raise ConfigError("--jwks-refresh-interval must be > 0, --jwks-refetch-interval >= 0")
+        if self.jwks_refresh_interval < 1:
+            raise ConfigError("--jwks-refresh-interval must be >= 1 (seconds)")
+        if self.jwks_refetch_interval < 0:
+            raise ConfigError("--jwks-refetch-interval must be >= 0")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
+        if self.watch_settle < 0:
+            raise ConfigError("--watch-settle must be >= 0")
         if self.workers < 1:
             raise ConfigError("--workers must be >= 1")
         if self.workers > 1 and not sys.platform.startswith("linux"):

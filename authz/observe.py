@@ -252,9 +252,13 @@ class Metrics:
         )
         self.check_errors = Counter(
             "authz_check_errors",
-            "Check calls that failed internally and were answered with a gRPC error.",
+            "Check calls answered with a gRPC error, by reason: internal (INTERNAL, "
+            "a bug) or bad_request (INVALID_ARGUMENT, bytes that are not a CheckRequest).",
+            ("reason",),
             registry=self.registry,
         )
+        for reason in ("internal", "bad_request"):  # exported at 0 from the start
+            self.check_errors.labels(reason)
         self.check_latency = LocalHistogram(
             "authz_check_duration_seconds",
             "Time to decide one Check, from request to response.",

@@ -17,8 +17,11 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha
 from prometheus_client import generate_latest
 
 from authz import __version__, eventloop, heap
@@ -43,7 +46,7 @@ from authz.pipeline.snapshot import (
 )
 from authz.policy.errors import PolicyError, PolicyErrors
 from authz.policy.load import iter_paths
-from authz.policy.watch import PolicyWatcher
+from authz.policy.watch import ChangedDuringRead, Fingerprint, PolicyWatcher, read_unchanged
 from authz.request.scope import ScopeError
 from authz.request.view import RequestView
 from authz.tls import CertificateReloader, TlsError, TlsFiles, peer_principal
@@ -64,6 +67,72 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 _JWT_FAILURES = frozenset({Reason.JWT_INVALID, Reason.JWT_AUDIENCE})
 
+DRAIN_IDLE = 0.1
+"""During the drain delay, once no Check has arrived for this long the callers have
+moved away: stop waiting and go on to stop accepting."""
+READ_ATTEMPTS = 10
+"""Reads of the policy files retried when the files change during a read."""
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+class _Undecodable:
+    """What the request deserializer returns for bytes that are not a CheckRequest:
+    ``Check`` answers INVALID_ARGUMENT with one log line, not gRPC's traceback."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _decode_check_request(data: bytes) -> external_auth_pb2.CheckRequest | _Undecodable:
+    try:
+        return external_auth_pb2.CheckRequest.FromString(data)
+    except DecodeError:
+        return _Undecodable(len(data))
+
+
+def _reflection_v1_pool() -> descriptor_pool.DescriptorPool:
+    """The default pool, plus ``grpc.reflection.v1`` built from v1alpha's descriptor:
+    v1 is the same protocol under a new package name, and grpcio-reflection ships
+    only v1alpha, so a client asking v1 about v1 gets a real answer."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+        return pool
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_v1alpha.DESCRIPTOR.CopyToProto(proto)
+    old, new = f".{proto.package}.", ".grpc.reflection.v1."
+    proto.name, proto.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
+    for message in proto.message_type:
+        for fld in message.field:
+            if fld.HasField("type_name"):
+                fld.type_name = fld.type_name.replace(old, new)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    pool.Add(proto)
+    return pool
+
+
+def enable_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """Server reflection as both ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``
+    (newer clients, e.g. ``buf curl --reflect-protocol grpc-v1``, ask v1 only). The
+    messages are identical on the wire, so one servicer answers both."""
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = reflection.aio.ReflectionServicer(names, pool=_reflection_v1_pool())
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        handler = grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_v1alpha.ServerReflectionRequest.FromString,
+            response_serializer=reflection_v1alpha.ServerReflectionResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler}),))
+
 
 def _where(exc: BaseException) -> str:
     """``file:line`` of the innermost frame: enough to find a bug, carries no data."""
@@ -79,7 +148,7 @@ def add_authorization_service(service: AuthorizationService, server: grpc.aio.Se
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
             service.Check,
-            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            request_deserializer=_decode_check_request,
             response_serializer=None,
         ),
     }
@@ -113,6 +182,8 @@ class AuthorizationService:
         metrics.in_flight.set_function(lambda: self.in_flight)
         self.answered = 0
         """Checks answered with a CheckResponse (logged at shutdown)."""
+        self.last_arrival = time.perf_counter()
+        """When the latest Check arrived: the drain delay ends early once calls stop."""
 
     def flush_log(self) -> None:
         self._decision_log.flush()
@@ -142,10 +213,19 @@ class AuthorizationService:
         return view, snapshot.evaluate(view, time.time())
 
     async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: external_auth_pb2.CheckRequest | _Undecodable,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> bytes:
         """The serialized ``CheckResponse`` (see ``add_authorization_service``)."""
-        start = time.perf_counter()
+        start = self.last_arrival = time.perf_counter()
+        if isinstance(request, _Undecodable):
+            # Bytes that are no CheckRequest: the caller's bug, not ours, and no
+            # stack trace (it would say nothing). One line, counted, INVALID_ARGUMENT.
+            self._metrics.check_errors.labels("bad_request").inc()
+            log.warning("check_request_undecodable", size=request.size)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "authz: the request is not a CheckRequest")
+            raise AssertionError("abort() raises")  # for the type checker
         tracing = self._tracing.enabled
         start_ns = time.time_ns() if tracing else 0
         metrics = self._metrics
@@ -160,7 +240,7 @@ class AuthorizationService:
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
             # applies its own failure_mode_allow / status_on_error (closed by default).
-            metrics.check_errors.inc()
+            metrics.check_errors.labels("internal").inc()
             log.error("check_failed", error=type(exc).__name__, at=_where(exc),
                       request_id=request.attributes.request.http.id)
             failed = True
@@ -223,8 +303,11 @@ class AuthzServer:
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[bool]] = set()
         self.last_reload_error: str | None = None
+        self._read_fingerprint: Fingerprint | None = None
+        """The files as the latest read saw them: where the watcher starts from."""
         self._watcher = PolicyWatcher(
-            settings.policy_paths, self.reload, interval=settings.watch_interval
+            settings.policy_paths, self.reload, interval=settings.watch_interval,
+            settle=settings.watch_settle,
         )
 
     # -- admin ---------------------------------------------------------------
@@ -234,6 +317,7 @@ class AuthzServer:
             "draining": self.draining,
             "snapshot_version": self.store.current.version,
             "last_reload_error": self.last_reload_error,
+            "policies": policy_summary(self.store.current, self.settings.policy_paths),
             "jwks": describe(self.jwks),
             "tls": self.tls.describe() if self.tls is not None else {"enabled": False},
             # What --event-loop auto chose (a benchmark reads it rather than assume it).
@@ -246,6 +330,12 @@ class AuthzServer:
         return generate_latest(self.metrics.registry)
 
     # -- lifecycle -------------------------------------------------------------
+    def _compile_unchanged(self, version: int) -> Snapshot:
+        """``_compile``, discarded (``ChangedDuringRead``) if the files moved meanwhile."""
+        snapshot, self._read_fingerprint = read_unchanged(
+            self.settings.policy_paths, lambda: self._compile(version))
+        return snapshot
+
     def _compile(self, version: int) -> Snapshot:
         # Streamed: each resource is compiled and dropped as it is read, so peak
         # memory is the compiled snapshot, not every spec at once.
@@ -281,21 +371,30 @@ class AuthzServer:
             self.metrics.policies.labels(kind).set(count)
         log.info(event, version=snapshot.version, resources=kinds,
                  paths=list(self.settings.policy_paths))
+        for warning in policy_summary(snapshot, self.settings.policy_paths)["warnings"]:
+            log.warning("policies_allow_all", version=snapshot.version, warning=warning)
         del old
         heap.settle()
 
     def load_policies(self) -> None:
         """Load and compile ``--policy`` paths; raise PolicyErrors on any problem."""
-        self._install(self._compile(self.store.current.version + 1), "policies_loaded")
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                snapshot = self._compile_unchanged(self.store.current.version + 1)
+                break
+            except ChangedDuringRead:
+                log.info("policy_files_changed_during_read", retry_in=self.settings.watch_settle)
+                time.sleep(self.settings.watch_settle)
+        else:
+            snapshot = self._compile(self.store.current.version + 1)
+        self._install(snapshot, "policies_loaded")
 
     async def reload(self) -> bool:
         """Rebuild the snapshot off the event loop and swap it in; on any error keep
         serving the last good one. In-flight Checks finish on the snapshot they read."""
         async with self._reload_lock:
             try:
-                snapshot = await asyncio.to_thread(
-                    self._compile, self.store.current.version + 1
-                )
+                snapshot = await self._read_settled()
             except PolicyErrors as exc:
                 self.last_reload_error = str(exc)
                 self.metrics.reloads.labels("failure").inc()
@@ -310,6 +409,20 @@ class AuthzServer:
             self.last_reload_error = None
             self.metrics.reloads.labels("success").inc()
             return True
+
+    async def _read_settled(self) -> Snapshot:
+        """Compile the files, again after ``--watch-settle`` whenever they changed
+        during the read: a file caught mid-write is never compiled."""
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(
+                    self._compile_unchanged, self.store.current.version + 1)
+            except ChangedDuringRead:
+                log.info("policy_files_changed_during_read", retry_in=self.settings.watch_settle)
+                await self._watcher.settled()
+        raise PolicyErrors([PolicyError(
+            f"the policy files kept changing during {READ_ATTEMPTS} reads; "
+            "kept the last good policies")])
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in HEALTH_SERVICES:
@@ -354,11 +467,8 @@ class AuthzServer:
         )
         add_authorization_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )
+        enable_reflection(server, (
+            AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         host, port = parse_address(self.settings.grpc_address, "--grpc-address")
         probe_bind(host, port, self.settings.reuse_port, "gRPC")
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -393,7 +503,7 @@ class AuthzServer:
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
         if self.settings.watch_interval > 0:
-            self._watcher.start()
+            self._watcher.start(self._read_fingerprint)
         log.info("server_ready")
 
     def request_stop(self) -> None:
@@ -411,8 +521,7 @@ class AuthzServer:
         log.info("server_draining", grace_period=self.settings.grace_period,
                  drain_delay=self.settings.drain_delay)
         if self.settings.drain_delay:
-            # Keep answering while health checkers notice NOT_SERVING and move away.
-            await asyncio.sleep(self.settings.drain_delay)
+            await self._drain_delay()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grace_period)
         if self._admin is not None:
@@ -424,6 +533,21 @@ class AuthzServer:
         if self.service is not None:
             self.service.flush_log()
         log.info("server_stopped", checks_answered=self.service.answered if self.service else 0)
+
+    async def _drain_delay(self) -> None:
+        """Keep answering while health checkers (Envoy's, the kubelet's) notice
+        NOT_SERVING and callers move away; once no Check has arrived for
+        ``DRAIN_IDLE`` seconds they have, and the delay ends early."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_delay
+        start = time.perf_counter()
+        while loop.time() < deadline:
+            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - loop.time()))
+            last = self.service.last_arrival if self.service is not None else 0.0
+            now = time.perf_counter()
+            if now - max(last, start) >= DRAIN_IDLE:
+                log.info("drain_idle", waited=round(now - start, 3))
+                return
 
     async def serve(self, install_signals: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or ``request_stop``), then drain and return."""
@@ -466,6 +590,19 @@ def probe_bind(host: str, port: int, reuse_port: bool, what: str) -> None:
         except OSError as exc:
             raise ListenError(f"cannot bind {what} address {format_address(host, port)}: "
                               f"{exc.strerror or exc}") from None
+def policy_summary(snapshot: Snapshot, paths: tuple[str, ...]) -> dict[str, Any]:
+    """What /readyz says about the policies in use; ``allow_all`` when no
+    AuthorizationPolicy is loaded (Istio's rule for a workload without one: allow),
+    which a mistyped ``--policy`` path would otherwise do silently."""
+    authorization = snapshot.kinds.get("AuthorizationPolicy", 0)
+    warnings: list[str] = []
+    if not authorization:
+        where = f"in {', '.join(paths)}" if paths else "(no --policy given)"
+        warnings.append(f"no AuthorizationPolicy loaded {where}: every request that "
+                        "passes authentication is allowed")
+    return {"authorization": authorization,
+            "authentication": snapshot.kinds.get("RequestAuthentication", 0),
+            "allow_all": not authorization, "warnings": warnings}
 
 
 def run_server(settings: Settings) -> int:

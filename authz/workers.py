@@ -220,6 +220,8 @@ class Supervisor:
             "draining": self.draining,
             "snapshot_version": min(versions) if versions else None,
             "last_reload_error": errors[0] if errors else None,
+            # Workers read the same files: the first one's summary (allow_all warnings).
+            "policies": next((w["policies"] for w in workers if "policies" in w), None),
             "jwks": next((w["jwks"] for w in workers if "jwks" in w), []),
             # The workers' loop, which answers Checks (this supervisor runs asyncio's).
             "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),

@@ -16,12 +16,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from builtins import print as builtins_print
 from pathlib import Path
 
 import aiohttp
@@ -110,6 +113,43 @@ async def wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path
                 pass
             await asyncio.sleep(0.1)
     raise SystemExit(f"{what} did not become ready")
+
+
+READER_GONE = False
+"""Set when whoever reads our output went away (``make demo | head``)."""
+
+
+def print(*args: object) -> None:  # every line of the demo goes through here
+    """``print`` that treats a closed output pipe as Ctrl-C: stop quietly, no
+    BrokenPipeError traceback, and clean up as usual."""
+    global READER_GONE
+    if READER_GONE:
+        return
+    try:
+        builtins_print(*args, flush=True)
+    except BrokenPipeError:
+        _reader_gone()
+
+
+def _reader_gone() -> None:
+    global READER_GONE
+    READER_GONE = True
+    # Later writes (and the interpreter's last flush) go nowhere instead of failing.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+async def watch_reader(stop: asyncio.Event) -> None:
+    """While the demo waits, notice a pipe whose reader closed (POLLERR on our end)."""
+    fd = sys.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLERR)
+    while not stop.is_set():
+        if READER_GONE or poller.poll(0):
+            if not READER_GONE:
+                _reader_gone()
+            stop.set()
+            return
+        await asyncio.sleep(0.2)
 
 
 async def main(once: bool) -> int:
@@ -217,7 +257,9 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
             print("  curl -i -H \"Authorization: Bearer $(cat "
                   f"{shlex.quote(str(work / (name + '.jwt')))})\" {base}/admin")
         print(f"  curl -i {base}/headers")
+        watcher = asyncio.create_task(watch_reader(stop))
         await stop.wait()
+        watcher.cancel()
         return 0
     finally:
         for proc in reversed(procs):

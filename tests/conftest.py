@@ -28,6 +28,7 @@ def scratch_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     scratch = str(tmp_path_factory.mktemp("scratch", numbered=False))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", scratch)
+        patch.setenv("AUTHZ_DRAIN_DELAY", "0")  # servers tests start stop at once
         patch.setattr(tempfile, "tempdir", scratch)
         yield
 

@@ -26,3 +26,14 @@ def test_example_policies(namespace: str, path: str, status: int) -> None:
     req.attributes.request.http.path = path
     req.attributes.context_extensions["namespace"] = namespace
     assert snapshot.evaluate(view_from_check_request(req, "default"), 0).status == status
+
+
+def test_files_the_examples_mention_exist() -> None:
+    import re
+
+    root = EXAMPLES.parents[1]
+    for example in sorted(EXAMPLES.parent.rglob("*")):
+        if not example.is_file():
+            continue
+        for mentioned in re.findall(r"\bexamples/[\w./-]*\w", example.read_text()):
+            assert (root / mentioned).exists(), f"{example.name} mentions missing {mentioned}"

@@ -186,9 +186,11 @@ class _Fetcher:
         self.last_error = None
         self.last_success = self.manager.clock()
         interval = settings.refresh_interval
-        if result.max_age is not None:
-            interval = min(interval, result.max_age)
-        return max(settings.min_refresh_interval, interval)
+        if result.max_age is not None and result.max_age < interval:
+            # The floor bounds what a server asks for; the operator's own interval
+            # (--jwks-refresh-interval, >= 1 s) is honoured as given.
+            interval = max(min(settings.min_refresh_interval, interval), result.max_age)
+        return interval
 
     def _failed(self, error: str) -> float:
         settings = self.manager.settings

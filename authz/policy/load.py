@@ -23,6 +23,11 @@ __all__ = [
 ]
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+EMPTY_FILE = ("the file is empty; an emptied file is never read as 'no policies' (a "
+              "truncating editor or a half-finished copy would remove its protection): "
+              "delete the file, or its policies, to remove them")
+"""An empty or whitespace-only file is an error, not a file without policies: what
+the file protected stays in force until it is removed on purpose."""
 log = structlog.get_logger("authz.policy")
 
 
@@ -274,6 +279,8 @@ def iter_paths(paths: Iterable[str | Path], default_namespace: str,
     for file in files:
         try:
             text = file.read_text(encoding="utf-8")
+            if not text.strip():
+                raise PolicyError(EMPTY_FILE, Location(str(file), 1))
             yield from iter_text(text, str(file), default_namespace)
         except PolicyError as exc:
             errors.append(exc)

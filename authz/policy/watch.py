@@ -1,10 +1,12 @@
-"""Notice policy changes on disk, debounced, without inotify.
+"""Notice policy changes on disk, settled, without inotify.
 
 Polling stats every policy file (following symlinks), so it sees a plain edit,
 a new or deleted file, and Kubernetes' ConfigMap update, which swaps the
 ``..data`` symlink to a new folder in one rename. A change is acted on once the
-fingerprint has stayed the same for ``debounce`` seconds, so an editor's
-write-rename sequence or a half-copied folder is read once, complete.
+fingerprint has stayed the same for ``settle`` seconds, so an editor's
+write-rename sequence, a slow copy or a half-copied folder is read once,
+complete. ``read_unchanged`` then rejects a read during which the files moved
+(the caller retries), so a reload never compiles a file caught mid-write.
 """
 
 from __future__ import annotations
@@ -12,19 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
+from authz.errors import AuthzError
 from authz.policy.errors import PolicyError
 from authz.policy.load import policy_files
 
-__all__ = ["PolicyWatcher", "fingerprint"]
+__all__ = ["ChangedDuringRead", "Fingerprint", "PolicyWatcher", "fingerprint", "read_unchanged"]
 
 log = structlog.get_logger("authz.policy")
 
 Fingerprint = frozenset[tuple[str, int, int, int]]
+T = TypeVar("T")
+
+DEFAULT_SETTLE = 1.0
+"""Seconds the files must stay unchanged before a reload reads them."""
+
+
+class ChangedDuringRead(AuthzError):
+    """The policy files changed while they were being read: the result is discarded
+    and the read retried. Seen by a user only when a writer keeps changing the files:
+    write them atomically (rename into place) or raise ``--watch-settle``."""
 
 
 def fingerprint(paths: Iterable[str | Path]) -> Fingerprint:
@@ -54,46 +69,73 @@ def fingerprint(paths: Iterable[str | Path]) -> Fingerprint:
     return frozenset(entries)
 
 
+def read_unchanged(paths: Iterable[str | Path], read: Callable[[], T]) -> tuple[T, Fingerprint]:
+    """``read()`` and the fingerprint of what it read, unless the files changed while
+    it ran (inode, size, mtime, the ``..data`` link): then ``ChangedDuringRead``,
+    whatever ``read`` returned or raised, since a file caught mid-write can parse as
+    something never written."""
+    paths = tuple(paths)
+    before = fingerprint(paths)
+    try:
+        result = read()
+    except Exception:
+        if fingerprint(paths) != before:
+            raise ChangedDuringRead from None
+        raise
+    if fingerprint(paths) != before:
+        raise ChangedDuringRead
+    return result, before
+
+
 class PolicyWatcher:
     def __init__(
         self,
         paths: Iterable[str | Path],
         on_change: Callable[[], Awaitable[object]],
         interval: float = 0.5,
-        debounce: float = 0.2,
+        settle: float = DEFAULT_SETTLE,
     ) -> None:
         self._paths = tuple(paths)
         self._on_change = on_change
         self._interval = interval
-        self._debounce = debounce
+        self._settle = settle
         self._task: asyncio.Task[None] | None = None
 
     async def _fingerprint(self) -> Fingerprint:
         return await asyncio.to_thread(fingerprint, self._paths)
 
-    async def _run(self) -> None:
-        seen = await self._fingerprint()
+    async def _run(self, baseline: Fingerprint | None) -> None:
+        seen = await self._fingerprint() if baseline is None else baseline
         while True:
             await asyncio.sleep(self._interval)
             now = await self._fingerprint()
             if now == seen:
                 continue
-            while True:  # settle: wait until nothing moves for `debounce` seconds
-                await asyncio.sleep(self._debounce)
-                later = await self._fingerprint()
-                if later == now:
-                    break
-                now = later
-            seen = now
+            seen = await self.settled(now)
             log.info("policy_change_detected")
             try:
                 await self._on_change()
             except Exception as exc:  # the watcher must outlive any one reload
                 log.error("policy_reload_crashed", error=type(exc).__name__)
 
-    def start(self) -> None:
+    async def settled(self, now: Fingerprint | None = None) -> Fingerprint:
+        """Once the files have not changed for ``settle`` seconds: how they look."""
+        if now is None:
+            now = await self._fingerprint()
+        step = max(0.01, min(0.1, self._settle / 4))
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < self._settle:
+            await asyncio.sleep(step)
+            later = await self._fingerprint()
+            if later != now:
+                now, quiet_since = later, time.monotonic()
+        return now
+
+    def start(self, baseline: Fingerprint | None = None) -> None:
+        """Watch for changes from ``baseline`` (what the last load read), so a change
+        made between that load and this call is not missed."""
         if self._paths and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="policy-watcher")
+            self._task = asyncio.create_task(self._run(baseline), name="policy-watcher")
 
     async def stop(self) -> None:
         if self._task is not None:

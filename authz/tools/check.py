@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import sys
 import time
@@ -100,6 +101,11 @@ def build_request(
     namespace: str | None = None,
     labels: str | None = None,
 ) -> external_auth_pb2.CheckRequest:
+    try:
+        ipaddress.ip_address(source_ip)
+    except ValueError:
+        raise CheckError(f"--source-ip must be an IPv4 or IPv6 address (got {source_ip!r})") \
+            from None
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
         raise CheckError(f"--url must be absolute, like http://host/path (got {url!r})")

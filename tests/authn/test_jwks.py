@@ -285,3 +285,25 @@ async def test_set_rules_drops_unused_sources(issuer: Issuer, manager: JwksManag
 async def test_set_rules_requires_start() -> None:
     with pytest.raises(RuntimeError):
         JwksManager().set_rules([])
+
+
+
+async def test_the_refresh_interval_is_honoured_below_the_max_age_floor(issuer: Issuer) -> None:
+    # --jwks-refresh-interval 0.2 (tests' scale of 1 s) with the 30 s floor that bounds
+    # a server's max-age: the operator's interval wins, the floor is for max-age only.
+    m = JwksManager(JwksSettings(refresh_interval=0.2, min_refresh_interval=30.0))
+    await m.start()
+    try:
+        r = rule(issuer)
+        m.set_rules([r])
+        await m.wait_ready(5)
+        issuer.body = jwks(rsa_key("k2", seed=1).jwk())
+        for _ in range(100):
+            keys = m.keys_for(r)
+            if keys is not None and keys.kids == {"k2"}:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the key set was not refreshed at the operator's interval")
+    finally:
+        await m.stop()

@@ -208,8 +208,23 @@ def test_shutdown_fits_the_termination_grace_period(name: str) -> None:
     variables = env(authz_container(objs))
     drain, grace = float(variables["AUTHZ_DRAIN_DELAY"]), float(variables["AUTHZ_GRACE_PERIOD"])
     assert drain > 0, "without a drain delay Envoy keeps sending to a closed listener"
-    period = authz_deployment(objs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert period > drain + grace
+    pod = authz_deployment(objs)["spec"]["template"]["spec"]
+    pre_stop = authz_container(objs)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop > 0, "Kubernetes sends SIGTERM while endpoints still list the pod"
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + grace
+
+
+@pytest.mark.parametrize("name", WITH_AUTHZ)
+def test_drain_delay_matches_the_built_in_default(name: str) -> None:
+    from authz.config import Settings
+
+    variables = env(authz_container(render(KUSTOMIZATIONS[name])))
+    assert float(variables["AUTHZ_DRAIN_DELAY"]) == Settings().drain_delay
+
+
+def test_envoy_configuration_uses_no_deprecated_dns_refresh_rate() -> None:
+    text = (MANIFESTS / "overlays" / "standalone-envoy" / "envoy.yaml").read_text()
+    assert "dns_refresh_rate" not in text
 
 
 @pytest.mark.parametrize("name", WITH_AUTHZ)

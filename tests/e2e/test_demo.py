@@ -120,3 +120,25 @@ def test_demo_runs_until_ctrl_c_then_cleans_up() -> None:
     assert "stopped 2 processes" in output
     assert leftovers(workdir_of(output)) == []
     assert not Path(workdir_of(output)).exists()
+
+
+def test_demo_stops_and_cleans_up_when_its_output_pipe_closes() -> None:
+    # `make demo | head -1`: the reader goes away; no BrokenPipeError traceback, no
+    # process left behind, no directory left behind.
+    if envoy_binary() is None:
+        pytest.skip("envoy not found")
+    proc = subprocess.Popen([sys.executable, str(DEMO)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    workdir = workdir_of(proc.stdout.readline())
+    proc.stdout.close()
+    try:
+        proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    errors = proc.stderr.read()
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+    assert leftovers(workdir) == []
+    assert not Path(workdir).exists()

@@ -133,3 +133,18 @@ def test_parsing_keeps_no_yaml_nodes_alive() -> None:
         parse_text(DOCS * 1, "p.yaml")
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, yaml.Node)]
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t\n"], ids=["zero-bytes", "whitespace"])
+def test_an_emptied_file_is_an_error_not_a_file_without_policies(
+    text: str, tmp_path: Path
+) -> None:
+    # A truncating editor, `> file` or a half-finished copy must not read as "no
+    # policies", which would allow what the file denied.
+    (tmp_path / "kept.yaml").write_text(DOCS)
+    (tmp_path / "emptied.yaml").write_text(text)
+    with pytest.raises(PolicyErrors) as info:
+        load_paths([tmp_path])
+    [error] = info.value.errors
+    assert error.location is not None and error.location.file.endswith("emptied.yaml")
+    assert "empty" in str(error) and "delete the file" in str(error)

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
-from authz.policy.watch import PolicyWatcher, fingerprint
+import pytest
+
+from authz.policy.watch import ChangedDuringRead, PolicyWatcher, fingerprint, read_unchanged
 
 DOC = "apiVersion: v1\nkind: X\nmetadata: {name: %s}\n"
 
@@ -60,7 +63,7 @@ async def test_watcher_fires_once_per_settled_change(tmp_path: Path) -> None:
         calls.append(1)
         fired.set()
 
-    watcher = PolicyWatcher([tmp_path], on_change, interval=0.05, debounce=0.15)
+    watcher = PolicyWatcher([tmp_path], on_change, interval=0.05, settle=0.15)
     watcher.start()
     try:
         await asyncio.sleep(0.1)
@@ -83,7 +86,7 @@ async def test_watcher_survives_a_failing_callback(tmp_path: Path) -> None:
         calls.append(1)
         raise RuntimeError("boom")
 
-    watcher = PolicyWatcher([f], on_change, interval=0.05, debounce=0.05)
+    watcher = PolicyWatcher([f], on_change, interval=0.05, settle=0.05)
     watcher.start()
     try:
         await asyncio.sleep(0.1)
@@ -100,3 +103,46 @@ async def test_watcher_survives_a_failing_callback(tmp_path: Path) -> None:
         assert len(calls) == 2
     finally:
         await watcher.stop()
+
+
+def test_a_read_during_which_the_files_change_is_discarded(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(DOC % "p")
+
+    def read_while_written() -> str:
+        text = f.read_text()
+        f.write_text(DOC % "p" + DOC % "q")  # a writer still at work
+        return text
+
+    with pytest.raises(ChangedDuringRead):
+        read_unchanged([tmp_path], read_while_written)
+
+    def fail_while_written() -> str:
+        f.write_text("kind: [")
+        raise ValueError("half a file")
+
+    with pytest.raises(ChangedDuringRead):  # the error of a half-read file is no answer
+        read_unchanged([tmp_path], fail_while_written)
+    assert read_unchanged([tmp_path], f.read_text) == ("kind: [", fingerprint([tmp_path]))
+
+
+async def test_settled_waits_until_writes_stop_for_the_settle_time(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(DOC % "p")
+    watcher = PolicyWatcher([tmp_path], asyncio.sleep, interval=0.05, settle=0.3)
+
+    async def slow_writer() -> None:  # a non-atomic copy: a chunk every 0.1 s
+        with f.open("w") as out:
+            for i in range(6):
+                out.write(DOC % f"chunk{i}")
+                out.flush()
+                await asyncio.sleep(0.1)
+
+    start = time.monotonic()
+    writer = asyncio.create_task(slow_writer())
+    await asyncio.sleep(0.02)
+    await watcher.settled()
+    await writer
+    waited = time.monotonic() - start
+    assert waited >= 0.5 + 0.3 - 0.05, waited  # the writes, then the settle time
+    assert f.read_text().count("chunk") == 6

@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from structlog.testing import capture_logs
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.server import AUTHORIZATION_SERVICE, AuthzServer
@@ -75,7 +77,7 @@ async def test_internal_error_is_a_grpc_error_not_a_crash(
     monkeypatch.undo()
     resp = await stub.Check(check_request())  # still serving
     assert resp.WhichOneof("http_response") == "ok_response"
-    assert server.metrics.check_errors._value.get() == 1
+    assert server.metrics.check_errors.labels("internal")._value.get() == 1
 
 
 @pytest.mark.parametrize("service", ["", AUTHORIZATION_SERVICE])
@@ -134,3 +136,38 @@ async def test_reflection_lists_and_describes_services(channel: grpc.aio.Channel
     assert {AUTHORIZATION_SERVICE, "grpc.health.v1.Health"} <= names
     desc = await ask(file_containing_symbol=AUTHORIZATION_SERVICE)
     assert desc.file_descriptor_response.file_descriptor_proto
+
+
+async def test_undecodable_check_request_is_invalid_argument_one_line_no_traceback(
+    server: AuthzServer, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = channel.unary_unary(f"/{AUTHORIZATION_SERVICE}/Check")  # bytes in, bytes out
+    with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\x0a\xff\xff\xff\xff\x0f")  # field 1, a length past the end
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(e["event"], e["log_level"], e["size"]) for e in logs] == [
+        ("check_request_undecodable", "warning", 6)]
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert server.metrics.check_errors.labels("bad_request")._value.get() == 1
+    assert server.metrics.check_errors.labels("internal")._value.get() == 0
+    resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(check_request())
+    assert resp.WhichOneof("http_response") == "ok_response"
+
+
+async def test_reflection_is_served_as_v1_too(channel: grpc.aio.Channel) -> None:
+    ask = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    # v1's messages are v1alpha's under another package: the same bytes on the wire.
+    call = ask(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                     reflection_pb2.ServerReflectionRequest(
+                         file_containing_symbol="grpc.reflection.v1.ServerReflection")]))
+    answers = [resp async for resp in call]
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {AUTHORIZATION_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    [proto] = answers[1].file_descriptor_response.file_descriptor_proto
+    described = descriptor_pb2.FileDescriptorProto.FromString(proto)
+    assert described.package == "grpc.reflection.v1"
+    assert [s.name for s in described.service] == ["ServerReflection"]

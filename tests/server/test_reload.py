@@ -9,8 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
+from structlog.testing import capture_logs
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.policy.errors import PolicyErrors
 from authz.server import AuthzServer
 from tests.policies import deny_path
 
@@ -167,3 +170,83 @@ async def test_each_installed_snapshot_is_frozen_out_of_the_collector(
     policy.write_text(DENY_ADMIN % "/ops")
     assert await server.reload()
     assert not collected(server.store.current.authorization)
+
+
+async def test_an_emptied_file_keeps_the_last_good_policies_a_removed_one_does_not(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    server = await start_server(tmp_path, watch_interval=0.05, watch_settle=0.1)
+    assert server._admin is not None
+    readyz = f"http://127.0.0.1:{server._admin.port}/readyz"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch, \
+            aiohttp.ClientSession() as http:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        policy.write_text("")  # `> p.yaml`: truncated, not meant as "no policies"
+
+        async def error_reported() -> bool:
+            async with http.get(readyz) as r:
+                return bool((await r.json())["last_reload_error"])
+
+        await eventually(error_reported)
+        async with http.get(readyz) as r:
+            body = await r.json()
+        assert "empty" in body["last_reload_error"] and body["snapshot_version"] == 1
+        assert await status(stub, "/admin") == 403  # never allowed in between
+
+        policy.unlink()  # removing the file is deliberate: its policy goes
+
+        async def removed() -> bool:
+            return await status(stub, "/admin") == 200
+
+        await eventually(removed)
+        assert server.last_reload_error is None
+
+
+async def test_a_reload_whose_files_change_during_the_read_is_read_again(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    server = await start_server(tmp_path, watch_interval=0, watch_settle=0.05)
+    original = AuthzServer._compile
+    reads: list[int] = []
+
+    def compile_while_written(self: AuthzServer, version: int) -> object:
+        reads.append(version)
+        snapshot = original(self, version)
+        if len(reads) == 1:  # the writer was not done: this read saw half a file
+            policy.write_text(DENY_ADMIN % "/ops")
+        return snapshot
+
+    monkeypatch.setattr(AuthzServer, "_compile", compile_while_written)
+    assert await server.reload()
+    assert len(reads) == 2
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        assert await status(stub, "/ops") == 403 and await status(stub, "/admin") == 200
+
+
+async def test_no_authorization_policy_is_said_loudly_at_start_on_reload_and_readyz(
+    start_server: Callable[..., Awaitable[AuthzServer]], tmp_path: Path,
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(DENY_ADMIN % "/admin")
+    with capture_logs() as logs:
+        server = await start_server(tmp_path / "typo", ready=False)
+        with pytest.raises(PolicyErrors):  # a missing path is an error, not allow-all
+            server.load_policies()
+        server = await start_server(policy)
+        assert not [e for e in logs if e["event"] == "policies_allow_all"]
+        ready, body = await server.readiness()
+        assert body["policies"] == {"authorization": 1, "authentication": 0,
+                                    "allow_all": False, "warnings": []}
+        policy.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+        assert await server.reload()
+    [warning] = [e for e in logs if e["event"] == "policies_allow_all"]
+    assert warning["log_level"] == "warning" and "no AuthorizationPolicy" in warning["warning"]
+    ready, body = await server.readiness()
+    assert ready and body["policies"]["allow_all"] is True
+    assert body["policies"]["warnings"] == [warning["warning"]]

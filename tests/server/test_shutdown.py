@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -39,14 +40,21 @@ async def test_in_flight_checks_finish_within_grace(
 async def test_drain_delay_keeps_answering_while_not_serving(
     start_server: Callable[..., Awaitable[AuthzServer]],
 ) -> None:
-    server = await start_server(drain_delay=0.6)
+    server = await start_server(drain_delay=3.0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
         stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+        await stub.Check(external_auth_pb2.CheckRequest())
+        began = time.monotonic()
         stopping = asyncio.create_task(server.stop())
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
         assert server.draining and not server.ready
-        resp = await stub.Check(external_auth_pb2.CheckRequest())
-        assert resp.WhichOneof("http_response") == "ok_response"
+        while time.monotonic() - began < 0.6:  # callers that have not moved away yet
+            resp = await stub.Check(external_auth_pb2.CheckRequest())
+            assert resp.WhichOneof("http_response") == "ok_response"
+            await asyncio.sleep(0.03)
         await stopping
+        # No Check for 100 ms: the delay ended early, long before its 3 s.
+        assert time.monotonic() - began < 1.5
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Check(external_auth_pb2.CheckRequest(), timeout=1)
+

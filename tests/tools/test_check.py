@@ -92,6 +92,16 @@ def test_bad_policy_and_bad_input_exit_two(policy: Path, tmp_path: Path) -> None
     assert proc.returncode == 2 and "--url must be absolute" in proc.stderr
 
 
+@pytest.mark.parametrize("address", ["999.1.1.1", "10.0.0", "example.com", ""])
+def test_a_source_ip_that_is_no_address_exits_two_with_one_line(
+    policy: Path, address: str
+) -> None:
+    proc = check(policy, "--url", "http://api.local/orders", "--source-ip", address)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"authz check: --source-ip must be an IPv4 or IPv6 address (got {address!r})"]
+
+
 def test_build_request_shapes_like_envoy() -> None:
     req = build_request("https://h:8443/p?q=1", "post", ["A: 1", "a: 2"], token="t0k")
     http = req.attributes.request.http
