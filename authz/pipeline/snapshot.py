@@ -23,7 +23,7 @@ from authz.authn.engine import (
 )
 from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
-from authz.memo import IdentityMemo, ValueMemo
+from authz.memo import ValueMemo
 from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
 from authz.policy.authorization import (
     CUSTOM_EXPLANATION,
@@ -70,11 +70,6 @@ class Snapshot:
     options: PolicyOptions
     authentication: RequestAuthnPolicies
     authenticator: Authenticator
-    decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
-    """Built decisions by authn outcome and RBAC result (see ``evaluate``), as many as
-    the authenticator keeps outcomes for."""
-    failures: ValueMemo[AuthnFailure, Decision] = field(init=False, compare=False, repr=False)
-    """Built decisions by authentication failure, keyed by its value."""
     recent: DecisionCache = field(init=False, compare=False, repr=False)
     """Decisions by what a request's decision can read (``decision_cache``)."""
     inputs: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
@@ -84,8 +79,6 @@ class Snapshot:
     def __post_init__(self) -> None:
         cache = self.authenticator.cache
         size = outcome_memo_size(cache.max_entries)
-        object.__setattr__(self, "decisions", IdentityMemo(size))
-        object.__setattr__(self, "failures", ValueMemo(size))
         object.__setattr__(self, "recent", DecisionCache(size, cache.max_ttl))
         object.__setattr__(self, "inputs", ValueMemo(rbac.SCOPE_MEMO_SIZE))
 
@@ -115,32 +108,20 @@ class Snapshot:
         tokens' time checks can first change the answer."""
         authn, until = self.authenticator.authenticate_until(view, now)
         if isinstance(authn, AuthnFailure):
-            # Failures are fresh values, equal when the same token fails the same way
-            # on the same route: keyed by value, a repeated one shares its Decision
-            # (and so its response), instead of filling the memos with one-offs.
-            decision = self.failures.get(authn)
-            if decision is None:
-                decision = self.failures.put(authn, Decision.deny(
-                    authn.status, authn.body, Reason(authn.reason),
-                    response_headers=(Header("www-authenticate", authn.www_authenticate),),
-                    detail=authn.detail,
-                ))
-            return decision, until
+            return Decision.deny(
+                authn.status, authn.body, Reason(authn.reason),
+                response_headers=(Header("www-authenticate", authn.www_authenticate),),
+                detail=authn.detail,
+            ), until
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
-        # The Decision is a function of the authn outcome and the RBAC result. Both
-        # repeat (authn outcomes are memoized per token), so it is built once each.
-        decision = self.decisions.get(authn, result.key)
-        if decision is None:
-            decision = self.decisions.put(authn, self._build_decision(authn, result), result.key)
-        return decision, until
+        return self._build_decision(authn, result), until
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
-        # Built once per (authn outcome, RBAC result), so once per token seen: the
-        # Decision's own constructor, with no dict of shared fields passed on by
+        # The Decision's own constructor, with no dict of shared fields passed on by
         # allow()/deny() (half the time of building one).
         issuer = authn.claims.get("iss") if authn.claims is not None else None
         issuer = issuer if isinstance(issuer, str) else None
