@@ -23,7 +23,7 @@ therefore the lexicographically smallest matching rule name, as Envoy logs it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from authz.memo import ValueMemo
@@ -41,6 +41,7 @@ ALLOWED = "allowed"
 DENIED_BY_DENY_POLICY = "denied_by_deny_policy"
 NO_ALLOW_POLICY_MATCHED = "no_allow_policy_matched"
 
+
 @dataclass(frozen=True, slots=True)
 class AuthzResult:
     allowed: bool
@@ -52,30 +53,6 @@ class AuthzResult:
     """What dry-run policies would have done, e.g. ``deny ns[foo]-policy[bar]-rule[0]``."""
     audit: tuple[str, ...] = ()
     """The first matching rule of each AUDIT policy that matched."""
-    key: tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]] = field(
-        init=False, compare=False, repr=False)
-    """The fields as a plain tuple: what memos key a result by, untracked by the cycle
-    collector where the result itself is not (``authz/memo.py``)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.allowed, self.policy, self.reason,
-                                         self.dry_run, self.audit))
-
-
-RESULT_MEMO_SIZE = 4096
-_results: ValueMemo[tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]],
-                    AuthzResult] = ValueMemo(RESULT_MEMO_SIZE)
-
-
-def _result(allowed: bool, policy: str | None, reason: str, dry_run: tuple[str, ...] = (),
-            audit: tuple[str, ...] = ()) -> AuthzResult:
-    """The shared ``AuthzResult`` of these values: results repeat (one per deciding
-    rule), so a ``Check`` looks one up instead of building and hashing a new one."""
-    key = (allowed, policy, reason, dry_run, audit)
-    found = _results.get(key)
-    if found is None:
-        found = _results.put(key, AuthzResult(*key))
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,15 +259,15 @@ class PolicySet:
             dry_run, audit = self._dry_run(s, ctx), self._audit(s, ctx)
         denied_by = _first_match(s.deny, ctx) if s.deny else None
         if denied_by is not None:
-            return _result(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
+            return AuthzResult(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
         if s.allow_applies:
             allowed_by = _first_match(s.allow, ctx)
             if allowed_by is None:
-                return _result(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
-            return _result(True, allowed_by, ALLOWED, dry_run, audit)
+                return AuthzResult(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
+            return AuthzResult(True, allowed_by, ALLOWED, dry_run, audit)
         if s.deny:
-            return _result(True, None, ALLOWED, dry_run, audit)
-        return _result(True, None, NO_POLICY, dry_run, audit)
+            return AuthzResult(True, None, ALLOWED, dry_run, audit)
+        return AuthzResult(True, None, NO_POLICY, dry_run, audit)
 
     def _dry_run(self, s: _Scoped, ctx: AuthzContext) -> tuple[str, ...]:
         out: list[str] = []
