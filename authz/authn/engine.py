@@ -23,14 +23,13 @@ keys at hand.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
+from authz.authn.cache import TokenCache, token_digest
 from authz.authn.extract import (
     ExtractedToken,
     Extractor,
@@ -156,11 +155,6 @@ class _Plan:
     providers: tuple[_Provider, ...]
     union: Extractor
     output_headers: tuple[str, ...]
-    serial: int
-    """Unique for the process's life: memo keys name a plan without holding it."""
-
-
-_plan_serials = itertools.count()
 
 
 @dataclass(slots=True)
@@ -328,7 +322,6 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
 
 PLAN_MEMO_SIZE = 4096
 """Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
-_NO_TOKEN, _PREFLIGHT = "no token", "preflight"
 
 
 class Authenticator:
@@ -359,14 +352,6 @@ class Authenticator:
         self._plans: IdentityMemo[_Plan] = IdentityMemo(PLAN_MEMO_SIZE)
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
-        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(
-            outcome_memo_size(self.cache.max_entries))
-        """Per parsed token (held by the token cache) and the plan/provider/place it
-        verified for; sized with the cache, each entry shares the cache's ``Jwt``."""
-        self._per_plan: IdentityMemo[AuthnSuccess] = IdentityMemo(2 * PLAN_MEMO_SIZE)
-        """Per plan, outcomes that depend on nothing else: a request in scope without
-        any token (``_NO_TOKEN``) and a CORS preflight (``_PREFLIGHT``). One shared
-        value each, so their Decisions are memoized like any repeated outcome."""
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -400,11 +385,8 @@ class Authenticator:
             return NO_TOKEN, math.inf
         plan = self._plan(rules)
         if is_cors_preflight(view):
-            found = self._per_plan.get(plan, _PREFLIGHT)
-            if found is None:
-                found = self._per_plan.put(plan, AuthnSuccess(
-                    claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
-            return found, math.inf
+            return AuthnSuccess(
+                claims=None, upstream_headers_to_remove=plan.output_headers), math.inf
         run = _Run(self, RequestParts(view.headers, view.query), now)
         providers = plan.providers
         if len(providers) == 1:
@@ -424,7 +406,7 @@ class Authenticator:
             status = self._check_all_tokens(plan, run)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until
-        return self._success(plan, run), run.until
+        return self._build_success(plan, run), run.until
 
     # -- compile ---------------------------------------------------------------
 
@@ -449,7 +431,7 @@ class Authenticator:
                 spaced=frozenset(rule.space_delimited_claims), inline_keys=inline,
             ))
         outputs = sorted({h for r in rules for h in r.output_headers})
-        plan = _Plan(tuple(providers), Extractor(rules), tuple(outputs), next(_plan_serials))
+        plan = _Plan(tuple(providers), Extractor(rules), tuple(outputs))
         return self._plans.put(rules, plan)
 
     # -- one token -------------------------------------------------------------
@@ -541,25 +523,6 @@ class Authenticator:
             reason=(Reason.JWT_AUDIENCE if audience else Reason.JWT_INVALID).value,
             detail=detail,
         )
-
-    def _success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
-        """What a verified request gets. With one token, a pure function of the plan,
-        the token's place and the (cached, shared) parsed token: built once per
-        token and reused while the token cache keeps handing out the same ``Jwt``."""
-        if not run.goods:
-            # No token: what the request gets depends on the plan alone.
-            found = self._per_plan.get(plan, _NO_TOKEN)
-            if found is None:
-                found = self._per_plan.put(plan, self._build_success(plan, run), _NO_TOKEN)
-            return found
-        if len(run.goods) != 1:
-            return self._build_success(plan, run)
-        good = run.goods[0]
-        where = (plan.serial, good.provider.index, good.token.location.key)
-        found = self._successes.get(good.jwt, where)
-        if found is None:
-            found = self._successes.put(good.jwt, self._build_success(plan, run), where)
-        return found
 
     def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         set_headers: dict[str, str] = {}
