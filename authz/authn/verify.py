@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -140,21 +140,11 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 """One decoder for every token: ``json.loads`` with an argument builds a new one per call."""
 
 
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-"""The decoder's C scanner: a JOSE object is read in one call when it is nothing but
-the object, without ``decode``'s two whitespace matches and Python frame."""
-
-
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     # JOSE JSON is UTF-8 (RFC 7515 5.2); json.loads would also guess UTF-16/32.
     try:
-        text = raw.decode("utf-8")
-        if text[:1] == "{" and text[-1:] == "}":
-            data, end = _SCAN(text, 0)
-            if end == len(text):
-                return data  # type: ignore[no-any-return]
-        data = _DECODER.decode(text)
-    except (ValueError, UnicodeDecodeError, StopIteration):
+        data = _DECODER.decode(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     return data if isinstance(data, dict) else None
 
