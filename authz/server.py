@@ -121,13 +121,14 @@ class AuthorizationService:
     def decide(
         self, request: external_auth_pb2.CheckRequest
     ) -> tuple[RequestView | None, Decision]:
+        snapshot = self._store.current  # read once: a reload never splits a Check
         try:
-            view = view_from_check_request(request, self._default_namespace)
+            view = view_from_check_request(request, self._default_namespace,
+                                           snapshot.peers, snapshot.scopes)
         except ScopeError as exc:
             # The route's context_extensions are wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
             return None, denied
-        snapshot = self._store.current  # read once: a reload never splits a Check
         return view, snapshot.evaluate(view, time.time())
 
     async def Check(
@@ -141,7 +142,7 @@ class AuthorizationService:
         self.in_flight += 1
         try:
             view, decision = self.decide(request)
-            response = response_bytes(decision)
+            response = response_bytes(decision, self._store.current.responses)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
             # applies its own failure_mode_allow / status_on_error (closed by default).

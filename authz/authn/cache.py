@@ -28,14 +28,14 @@ is expired", as Envoy does), without decoding the token again.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import OrderedDict
 
 from authz.authn.verify import Jwt
+from authz.memo import CacheSizes
 
-DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_ENTRIES = CacheSizes().tokens
 DEFAULT_MAX_TTL = 600.0
-DEFAULT_MAX_REJECTED = 1_000
+DEFAULT_MAX_REJECTED = CacheSizes().rejected_tokens
 
 
 def outcome_memo_size(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
@@ -51,7 +51,8 @@ def token_digest(token: str) -> bytes:
 
 
 class TokenCache:
-    """LRU of (rule id, token digest) -> verified ``Jwt``; safe across threads."""
+    """LRU of (rule id, token digest) -> verified ``Jwt``. No lock: only the worker's
+    event-loop thread touches it (``authz.pipeline``, concurrency)."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
                  max_ttl: float = DEFAULT_MAX_TTL, skew: int = 60,
@@ -68,7 +69,6 @@ class TokenCache:
         """(rule id, digest) -> (the verifying key's fingerprint, when the entry lapses):
         beside the claims, not in a tuple with them, so that what a cached token adds
         to the cycle collector's walk is its claims' one ``Jwt`` (``authz/memo.py``)."""
-        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         """Lookups since this cache was made (one cache per policy snapshot)."""
@@ -79,20 +79,19 @@ class TokenCache:
     def get(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
             now: float) -> Jwt | None:
         key = (rule_id, digest)
-        with self._lock:
-            jwt = self._entries.get(key)
-            if jwt is None:
-                self.misses += 1
-                return None
-            key_fingerprint, expires_at = self._lapse[key]
-            if now > expires_at or key_fingerprint not in fingerprints:
-                del self._entries[key]
-                del self._lapse[key]
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return jwt
+        jwt = self._entries.get(key)
+        if jwt is None:
+            self.misses += 1
+            return None
+        key_fingerprint, expires_at = self._lapse[key]
+        if now > expires_at or key_fingerprint not in fingerprints:
+            del self._entries[key]
+            del self._lapse[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
             now: float) -> Jwt:
@@ -106,39 +105,35 @@ class TokenCache:
         if expires_at < now:
             return jwt
         key = (rule_id, digest)
-        with self._lock:
-            self._entries[key] = jwt
-            self._entries.move_to_end(key)
-            self._lapse[key] = (key_fingerprint, expires_at)
-            while len(self._entries) > self.max_entries:
-                del self._lapse[self._entries.popitem(last=False)[0]]
+        self._entries[key] = jwt
+        self._entries.move_to_end(key)
+        self._lapse[key] = (key_fingerprint, expires_at)
+        while len(self._entries) > self.max_entries:
+            del self._lapse[self._entries.popitem(last=False)[0]]
         return jwt
 
     def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
         """The parsed token if its signature already failed against these same keys."""
         key = (rule_id, digest)
-        with self._lock:
-            seen = self._rejected.get(key)
-            if seen is None:
-                return None
-            if seen[0] != fingerprints:
-                del self._rejected[key]
-                return None
-            self._rejected.move_to_end(key)
-            return seen[1]
+        seen = self._rejected.get(key)
+        if seen is None:
+            return None
+        if seen[0] != fingerprints:
+            del self._rejected[key]
+            return None
+        self._rejected.move_to_end(key)
+        return seen[1]
 
     def reject(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
                jwt: Jwt) -> None:
         if self.max_rejected <= 0:
             return
-        with self._lock:
-            self._rejected[(rule_id, digest)] = (fingerprints, jwt)
-            self._rejected.move_to_end((rule_id, digest))
-            while len(self._rejected) > self.max_rejected:
-                self._rejected.popitem(last=False)
+        self._rejected[(rule_id, digest)] = (fingerprints, jwt)
+        self._rejected.move_to_end((rule_id, digest))
+        while len(self._rejected) > self.max_rejected:
+            self._rejected.popitem(last=False)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._lapse.clear()
-            self._rejected.clear()
+        self._entries.clear()
+        self._lapse.clear()
+        self._rejected.clear()

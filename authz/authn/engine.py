@@ -53,7 +53,7 @@ from authz.authn.verify import (
     verify_signature,
 )
 from authz.decision import Header, Reason
-from authz.memo import IdentityMemo
+from authz.memo import CacheSizes, IdentityMemo
 from authz.policy.request_authentication import JwtRule, Presence
 from authz.request.scope import Scope
 from authz.request.view import RequestView
@@ -320,8 +320,9 @@ def normalize_claims(payload: Mapping[str, Any], spaced: frozenset[str]) -> Mapp
     return out if out is not None else payload
 
 
-PLAN_MEMO_SIZE = 4096
-"""Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
+PLAN_MEMO_SIZE = CacheSizes().scopes
+"""Distinct sets of rules in scope (one per combination of RequestAuthentications;
+``--scope-cache-size``)."""
 
 
 class Authenticator:
@@ -339,6 +340,7 @@ class Authenticator:
         cache: TokenCache | None = None,
         clock_skew: int = CLOCK_SKEW_SECONDS,
         max_token_bytes: int = MAX_TOKEN_BYTES,
+        scope_cache_size: int = PLAN_MEMO_SIZE,
     ) -> None:
         if isinstance(policies, RequestAuthnPolicies):
             self._rules_for: Callable[[Scope], tuple[JwtRule, ...]] = policies.rules_for
@@ -349,7 +351,7 @@ class Authenticator:
         self.cache = cache if cache is not None else TokenCache(skew=clock_skew)
         self.clock_skew = clock_skew
         self.max_token_bytes = max_token_bytes
-        self._plans: IdentityMemo[_Plan] = IdentityMemo(PLAN_MEMO_SIZE)
+        self._plans: IdentityMemo[_Plan] = IdentityMemo(scope_cache_size)
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
 

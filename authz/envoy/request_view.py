@@ -10,14 +10,14 @@ query; it is split once here so matchers never see ``?``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from authz._proto.envoy.config.core.v3 import address_pb2
 from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz.memo import Memo
 from authz.request.address import normalize_ip
-from authz.request.scope import resolve_scope
+from authz.request.scope import ScopeMemo, resolve_scope
 from authz.request.view import Peer, RequestView, join_header, split_path
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -47,31 +47,42 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType({name.lower(): fields[name] for name in fields})
 
 
-def read_peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Peer:
+PeerMemo = Memo[tuple[str, int | None, str], Peer]
+
+
+def read_peer(peer: attribute_context_pb2.AttributeContext.Peer,
+              memo: PeerMemo | None = None) -> Peer:
     # An unset socket_address reads as an empty one: address "" and port 0.
     sock: address_pb2.SocketAddress = peer.address.socket_address
     port: int | None = sock.port_value
     if not port and sock.WhichOneof("port_specifier") != "port_value":
         port = None
-    return _peer(sock.address, port, peer.principal)
+    if memo is None:
+        return _peer(sock.address, port, peer.principal)
+    # Peers repeat (Envoy's listener, its few upstream connections' clients), so with
+    # the snapshot's ``peers`` memo each distinct one is parsed and built once.
+    key = (sock.address, port, peer.principal)
+    found = memo.get(key)
+    if found is None:
+        found = memo.put(key, _peer(*key))
+    return found
 
 
-@functools.lru_cache(maxsize=4096)
 def _peer(address: str, port: int | None, principal: str) -> Peer:
-    """Peers repeat (Envoy's listener, its few upstream connections' clients), so each
-    distinct one is parsed and built once; ``Peer`` is immutable, so it is shared."""
     return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
 
 
 def view_from_check_request(
-    request: external_auth_pb2.CheckRequest, default_namespace: str
+    request: external_auth_pb2.CheckRequest, default_namespace: str,
+    peers: PeerMemo | None = None, scopes: ScopeMemo | None = None,
 ) -> RequestView:
-    """Build the view. Missing parts of the request read as empty, never as errors."""
+    """Build the view. Missing parts of the request read as empty, never as errors.
+    ``peers`` and ``scopes``: the snapshot's memos of what repeats across requests."""
     attrs = request.attributes
     http = attrs.request.http
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
-    destination = read_peer(attrs.destination)
+    destination = read_peer(attrs.destination, peers)
     given = attrs.context_extensions
     extensions = MappingProxyType({k: given[k] for k in given}) if given else _EMPTY
     return RequestView(
@@ -80,10 +91,10 @@ def view_from_check_request(
         path=path,
         query=query,
         headers=headers,
-        source=read_peer(attrs.source),
+        source=read_peer(attrs.source, peers),
         destination=destination,
         context_extensions=extensions,
-        scope=resolve_scope(extensions, destination.principal, default_namespace),
+        scope=resolve_scope(extensions, destination.principal, default_namespace, scopes),
         scheme=http.scheme or headers.get(":scheme", ""),
         protocol=http.protocol,
         # x-request-id is the id operators trace across proxies; Envoy's http.id is

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import structlog
 
-from authz.authn.cache import outcome_memo_size
+from authz.authn.cache import TokenCache
 from authz.authn.engine import (
     AUTHN_HEADERS,
     Authenticator,
@@ -23,7 +23,7 @@ from authz.authn.engine import (
 )
 from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
-from authz.memo import ValueMemo
+from authz.memo import CacheSizes, IdentityMemo, Memo
 from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
 from authz.policy.authorization import (
     CUSTOM_EXPLANATION,
@@ -37,7 +37,8 @@ from authz.policy.request_authentication import JwtRule
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
 from authz.request.address import XFF, original_client_ip
-from authz.request.view import RequestView
+from authz.request.scope import Scope
+from authz.request.view import Peer, RequestView
 
 log = structlog.get_logger("authz.policy")
 
@@ -58,6 +59,8 @@ class PolicyOptions:
     trust_domain: str = "cluster.local"
     trust_domain_aliases: tuple[str, ...] = ()
     xff_num_trusted_hops: int = 0
+    caches: CacheSizes = CacheSizes()
+    """How much each cache of a snapshot keeps (``authz.memo``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +75,26 @@ class Snapshot:
     authenticator: Authenticator
     recent: DecisionCache = field(init=False, compare=False, repr=False)
     """Decisions by what a request's decision can read (``decision_cache``)."""
-    inputs: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
+    inputs: Memo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
         init=False, compare=False, repr=False)
     """Per scope, the headers its decisions read."""
+    responses: IdentityMemo[bytes] = field(init=False, compare=False, repr=False)
+    """Per cached ``Decision``, the adapter's serialized answer (``envoy/response.py``):
+    as many as the decision cache keeps."""
+    peers: Memo[tuple[str, int | None, str], Peer] = field(
+        init=False, compare=False, repr=False)
+    """Peers as requests name them -> parsed (``envoy/request_view.py``)."""
+    scopes: Memo[tuple[str, str, str, str], Scope] = field(init=False, compare=False, repr=False)
+    """Routes' scope text -> parsed (``request/scope.py``)."""
 
     def __post_init__(self) -> None:
-        cache = self.authenticator.cache
-        size = outcome_memo_size(cache.max_entries)
-        object.__setattr__(self, "recent", DecisionCache(size, cache.max_ttl))
-        object.__setattr__(self, "inputs", ValueMemo(rbac.SCOPE_MEMO_SIZE))
+        sizes = self.options.caches
+        object.__setattr__(self, "recent", DecisionCache(
+            sizes.decisions, self.authenticator.cache.max_ttl))
+        object.__setattr__(self, "inputs", Memo(sizes.scopes))
+        object.__setattr__(self, "responses", IdentityMemo(sizes.decisions))
+        object.__setattr__(self, "peers", Memo(sizes.scopes))
+        object.__setattr__(self, "scopes", Memo(sizes.scopes))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
@@ -213,6 +227,7 @@ def compile_snapshot(
             authz_policies,
             options.root_namespace,
             (options.trust_domain, *options.trust_domain_aliases),
+            options.caches.scopes,
         )
     except PolicyErrors as exc:
         errors.extend(exc.errors)
@@ -228,7 +243,9 @@ def compile_snapshot(
         log.info("policy_for_gateway_scopes", policy=policy.ref, why=TARGET_REF_EXPLANATION)
     return Snapshot(
         version, MappingProxyType(counts), policy_set, options, authentication,
-        Authenticator(authentication, keys),
+        Authenticator(authentication, keys, scope_cache_size=options.caches.scopes,
+                      cache=TokenCache(options.caches.tokens,
+                                       max_rejected=options.caches.rejected_tokens)),
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from authz.memo import ValueMemo
+from authz.memo import CacheSizes, Memo
 from authz.policy.authorization import (
     Action,
     AuthorizationPolicy,
@@ -141,10 +141,10 @@ class _Scoped:
         )
 
 
-SCOPE_MEMO_SIZE = 4096
-"""Distinct scopes whose applicable entries are kept. Scopes come from route
-configuration and the identity Envoy runs as, so there are few; past the bound
-the memo starts over rather than grow."""
+SCOPE_MEMO_SIZE = CacheSizes().scopes
+"""Distinct scopes whose applicable entries are kept (``--scope-cache-size``).
+Scopes come from route configuration and the identity Envoy runs as, so there
+are few; past the bound the memo starts over rather than grow."""
 
 
 def _first_match(entries: tuple[_Entry, ...], ctx: AuthzContext) -> str | None:
@@ -166,6 +166,7 @@ class PolicySet:
         policies: tuple[AuthorizationPolicy, ...],
         custom: tuple[AuthorizationPolicy, ...],
         not_attached: tuple[AuthorizationPolicy, ...],
+        scope_cache_size: int = SCOPE_MEMO_SIZE,
     ) -> None:
         self.root_namespace = root_namespace
         self._buckets = buckets
@@ -175,8 +176,8 @@ class PolicySet:
         """CUSTOM policies: validated, never evaluated here (``CUSTOM_EXPLANATION``)."""
         self.not_attached = not_attached
         """targetRef(s) policies: attach only to gateway scopes (``TARGET_REF_EXPLANATION``)."""
-        self._scoped: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = (
-            ValueMemo(SCOPE_MEMO_SIZE))
+        self._scoped: Memo[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = (
+            Memo(scope_cache_size))
 
     @classmethod
     def compile(
@@ -184,6 +185,7 @@ class PolicySet:
         policies: Sequence[AuthorizationPolicy],
         root_namespace: str,
         trust_domain_aliases: Sequence[str] = (),
+        scope_cache_size: int = SCOPE_MEMO_SIZE,
     ) -> PolicySet:
         """Compile everything now so ``evaluate`` only compares.
 
@@ -218,7 +220,8 @@ class PolicySet:
         if errors:
             raise PolicyErrors(errors)
         buckets = MappingProxyType({ns: _Bucket.build(ps) for ns, ps in by_ns.items()})
-        return cls(root_namespace, buckets, tuple(policies), tuple(custom), tuple(not_attached))
+        return cls(root_namespace, buckets, tuple(policies), tuple(custom), tuple(not_attached),
+                   scope_cache_size)
 
     def _scope_buckets(self, namespace: str) -> tuple[_Bucket, ...]:
         root = self._buckets.get(self.root_namespace, _EMPTY)
