@@ -88,6 +88,17 @@ SERVE_OPTIONS = (
            "cgroup quota)", "auto", parse_workers, metavar="N|auto"),
     Option("--event-loop", "event_loop", "event loop: uvloop (faster under load), asyncio, "
            "or auto (uvloop when installed)", "auto", choices=EVENT_LOOPS),
+    # Cache sizes, per worker; 0 turns a cache off (docs/operations.md, Sizing).
+    Option("--token-cache-size", "token_cache_size", "signature-verified tokens kept per "
+           "worker (0: verify every token)", 10_000, int, metavar="N"),
+    Option("--rejected-token-cache-size", "rejected_token_cache_size", "tokens whose "
+           "signature failed, kept apart so a repeated forgery costs no RSA check",
+           1_000, int, metavar="N"),
+    Option("--decision-cache-size", "decision_cache_size", "decisions of repeated requests "
+           "kept per worker, each with its serialized response (0: decide every request)",
+           12_500, int, metavar="N"),
+    Option("--scope-cache-size", "scope_cache_size", "scopes (route, labels) whose "
+           "applicable rules, policies and parsed form are kept", 4_096, int, metavar="N"),
 )
 
 
@@ -182,6 +193,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         drain_delay=args.drain_delay,
         workers=args.workers,
         event_loop=args.event_loop,
+        token_cache_size=args.token_cache_size,
+        rejected_token_cache_size=args.rejected_token_cache_size,
+        decision_cache_size=args.decision_cache_size,
+        scope_cache_size=args.scope_cache_size,
     )
 
 

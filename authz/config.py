@@ -111,6 +111,16 @@ class Settings:
     """auto (uvloop when installed) | uvloop | asyncio: see authz/eventloop.py."""
     reuse_port: bool = False
     """Bind the gRPC port with SO_REUSEPORT: set for the processes of ``--workers``."""
+    # Cache sizes, per worker and per policy snapshot; 0 turns a cache off
+    # (authz/memo.py CacheSizes; docs/operations.md, Sizing).
+    token_cache_size: int = 10_000
+    """Signature-verified tokens kept."""
+    rejected_token_cache_size: int = 1_000
+    """Tokens whose signature failed, kept apart (a forgery flood evicts no good token)."""
+    decision_cache_size: int = 12_500
+    """Decisions of repeated requests, each with its serialized response."""
+    scope_cache_size: int = 4_096
+    """Per scope: the rules and policies that apply; parsed scopes and peers."""
 
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
@@ -137,3 +147,7 @@ class Settings:
         check_event_loop(self.event_loop)
         if self.drain_delay < 0:
             raise ConfigError("--drain-delay must be >= 0")
+        for flag in ("token", "rejected_token", "decision", "scope"):
+            if getattr(self, f"{flag}_cache_size") < 0:
+                raise ConfigError(f"--{flag.replace('_', '-')}-cache-size must be >= 0 "
+                                  "(0 turns the cache off)")

@@ -31,6 +31,7 @@ from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
+from authz.memo import CacheSizes
 from authz.observe import Metrics, resolved_format
 from authz.pipeline.snapshot import (
     PolicyOptions,
@@ -183,6 +184,12 @@ class AuthzServer:
             trust_domain=settings.trust_domain,
             trust_domain_aliases=settings.trust_domain_aliases,
             xff_num_trusted_hops=settings.xff_num_trusted_hops,
+            caches=CacheSizes(
+                tokens=settings.token_cache_size,
+                rejected_tokens=settings.rejected_token_cache_size,
+                decisions=settings.decision_cache_size,
+                scopes=settings.scope_cache_size,
+            ),
         )
         self.jwks = JwksManager(JwksSettings(
             refresh_interval=settings.jwks_refresh_interval,

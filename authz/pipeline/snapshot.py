@@ -59,7 +59,7 @@ class PolicyOptions:
     trust_domain: str = "cluster.local"
     trust_domain_aliases: tuple[str, ...] = ()
     xff_num_trusted_hops: int = 0
-    caches: CacheSizes = CacheSizes()
+    caches: CacheSizes = field(default_factory=CacheSizes)
     """How much each cache of a snapshot keeps (``authz.memo``)."""
 
 

@@ -10,6 +10,7 @@ from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
+from authz.memo import CacheSizes
 from authz.pipeline.snapshot import (
     PolicyOptions,
     Snapshot,
@@ -66,7 +67,8 @@ def view(method: str = "GET", path: str = "/", token: str | None = None,
     return view_from_check_request(req, "default")
 
 
-def with_jwt_rule(key: Key, policies: str = "", extra: str = "") -> Snapshot:
+def with_jwt_rule(key: Key, policies: str = "", extra: str = "",
+                  options: PolicyOptions | None = None) -> Snapshot:
     """``policies`` plus a RequestAuthentication in ``shop`` trusting ``key`` (issuer-1)."""
     text = (policies + "---\n" if policies else "") + f"""\
 apiVersion: security.istio.io/v1
@@ -77,7 +79,7 @@ spec:
   - issuer: issuer-1
     jwks: '{jwks(key.jwk())}'
 {extra}"""
-    return compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    return compile_snapshot(parse_text(text, "p.yaml"), version=1, options=options)
 
 
 def decide(v: RequestView, text: str = POLICIES) -> Decision:
@@ -247,3 +249,23 @@ def test_a_repeated_authentication_failure_shares_one_decision() -> None:
     other = snap.evaluate(view(path="/b", namespace="shop", token=expired), NOW)
     assert other is not first and other.body == first.body
     assert other.response_headers != first.response_headers
+
+
+def test_cache_sizes_bound_the_snapshots_caches_and_zero_turns_them_off() -> None:
+    key = hmac_key()
+    token = key.sign(claims())
+    sizes = CacheSizes(tokens=0, decisions=0, scopes=2)
+    snap = compile_snapshot(parse_text(POLICIES, "p.yaml"), version=1,
+                            options=PolicyOptions(caches=sizes))
+    auth = with_jwt_rule(key, POLICIES, options=PolicyOptions(caches=sizes))
+    for s in (snap, auth):
+        v = view(path="/private/x", namespace="shop", token=token)
+        first = s.evaluate(v, NOW)
+        assert s.evaluate(v, NOW) == first
+        assert len(s.recent) == 0 and len(s.responses) == 0
+        assert response_bytes(first, s.responses) == response_bytes(first, s.responses)
+        assert len(s.responses) == 0
+    assert len(auth.authenticator.cache) == 0 and auth.authenticator.cache.misses == 2
+    for i in range(3):
+        snap.evaluate(view(path="/a", namespace=f"ns{i}"), NOW)
+    assert len(snap.inputs) <= 2
