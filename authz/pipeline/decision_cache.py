@@ -21,10 +21,10 @@ are the ones it was made with (any JWKS change replaces their ``generation``,
 and the cache starts over when it sees a new one).
 A clock that steps back makes entries miss, never serve.
 
-The query and the headers enter the key as one SHA-256 digest, so like the
-token cache this keeps no usable token in memory, nor any other header value
-(an API key a policy compares, a session cookie). The cache is bounded and
-starts over when full (``memo.py``).
+The request's parts enter the key as one SHA-256 digest, so like the token
+cache this keeps no usable token in memory, nor any other header value (an API
+key a policy compares, a session cookie). The cache is bounded and starts over
+when full (``memo.py``); ``--decision-cache-size`` sets the bound, 0 turns it off.
 """
 
 from __future__ import annotations
@@ -51,22 +51,24 @@ class Inputs:
 
 def request_key(view: RequestView, inputs: Inputs) -> Key:
     """Equal for two requests exactly when they agree on everything ``inputs`` and the
-    fixed parts of the view say a decision can read."""
+    fixed parts of the view say a decision can read.
+
+    The scope's key and one SHA-256 digest of everything else: per cached decision
+    ~100 bytes of key, where the parts themselves (fresh strings of each request)
+    would keep ~400 (``docs/design/performance.md``, caches)."""
     headers = view.headers
-    values = [headers.get(name) for name in inputs.headers]
-    digest: bytes | None = None  # no query and none of the headers: nothing to hash
-    if view.query or values.count(None) != len(values):
-        # Length-prefixed, an absent header distinct from an empty one: no two
-        # different inputs digest alike however their values are chosen.
-        parts = [f"{len(view.query)}:{view.query}"]
-        parts.extend("-" if value is None else f"{len(value)}:{value}" for value in values)
-        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
     source, destination = view.source, view.destination
-    return (
-        view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,
-        source.ip, source.principal, destination.ip, destination.port, destination.principal,
-        digest,
-    )
+    # Length-prefixed, an absent header distinct from an empty one: no two different
+    # inputs digest alike however their values are chosen.
+    parts = [f"{len(value)}:{value}" for value in (
+        view.method, view.host, view.path, view.scheme, view.sni, source.ip,
+        source.principal, destination.ip, str(destination.port), destination.principal,
+        view.query)]
+    for name in inputs.headers:
+        value = headers.get(name)
+        parts.append("-" if value is None else f"{len(value)}:{value}")
+    digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
+    return (view.scope.key, digest)
 
 
 class DecisionCache:

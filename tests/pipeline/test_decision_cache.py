@@ -253,10 +253,11 @@ def test_views_with_headers_in_any_mapping_key_alike() -> None:
     assert request_key(a, inputs) == request_key(b, inputs)
 
 
-def test_requests_without_query_or_headers_read_share_no_digest_and_keep_apart() -> None:
+def test_a_key_is_the_scope_and_one_digest_and_absent_headers_keep_apart() -> None:
     inputs = Inputs(("authorization", "cookie", "x-a"))
     bare = request_key(view(headers={"x-other": "1"}), inputs)
-    assert not any(isinstance(part, bytes) for part in bare)  # nothing to hash
+    assert len(bare) == 2 and isinstance(bare[1], bytes) and len(bare[1]) == 32
+    assert request_key(view(headers={"x-other": "2"}), inputs) == bare  # not read
     others = [view(query="a=1"), view(headers={"authorization": ""}),
               view(headers={"cookie": ""}), view(headers={"authorization": "Bearer t"}),
               view(headers={"x-a": "1"}), view(headers={"x-a": "1", "cookie": "1"})]
