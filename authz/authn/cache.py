@@ -28,6 +28,7 @@ is expired", as Envoy does), without decoding the token again.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 
 from authz.authn.verify import Jwt
@@ -48,6 +49,28 @@ def outcome_memo_size(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
 
 def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def compact(jwt: Jwt, keep_segment: bool) -> Jwt:
+    """The claims as a cache keeps them: claim names, the issuer, a single audience,
+    ``kid`` and ``alg`` interned (every token repeats them: fresh copies cost ~60 bytes
+    each), and the payload segment dropped unless asked for (~1.3 bytes per byte of
+    payload). Run once per token verified; what a token costs the cache is measured
+    in docs/design/performance.md (caches)."""
+    intern = sys.intern
+    payload = {intern(k): v for k, v in jwt.payload.items()}
+    iss = intern(jwt.iss)
+    if "iss" in payload:
+        payload["iss"] = iss
+    audiences = jwt.audiences
+    aud = payload.get("aud")
+    if isinstance(aud, str):
+        payload["aud"] = aud = intern(aud)
+        audiences = (aud,)
+    return jwt._replace(
+        alg=intern(jwt.alg), kid=None if jwt.kid is None else intern(jwt.kid),
+        payload=payload, payload_segment=jwt.payload_segment if keep_segment else "",
+        iss=iss, audiences=audiences)
 
 
 class TokenCache:
@@ -94,11 +117,13 @@ class TokenCache:
         return jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
-            now: float) -> Jwt:
+            now: float, keep_segment: bool = False) -> Jwt:
         """Keep a verified token's claims; returns the ``Jwt`` later hits hand out (the
-        same object), so memos keyed by it are shared from the first request on."""
+        same object), compacted (``compact``; without the payload segment unless
+        ``keep_segment``: only ``outputPayloadToHeader`` reads it)."""
         if self.max_entries <= 0:
             return jwt
+        jwt = compact(jwt, keep_segment)
         expires_at = now + self.max_ttl
         if jwt.exp:
             expires_at = min(expires_at, float(jwt.exp + self.skew))

@@ -481,7 +481,9 @@ class Authenticator:
             return Status.JWT_VERIFICATION_FAIL, None, until
         status, jwk = verify_signature(signed, keys)
         if status is Status.OK and jwk is not None:
-            return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now), until
+            return status, self.cache.put(
+                p.rule_id, digest, jwt, jwk.fingerprint, now,
+                keep_segment=bool(p.rule.output_payload_to_header)), until
         if status is Status.JWT_VERIFICATION_FAIL:
             self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
