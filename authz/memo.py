@@ -99,21 +99,22 @@ class Memo(Generic[K, V]):
 
 
 class IdentityMemo(Generic[V]):
-    """``owner -> value`` by the owner's identity, for at most ``size`` owners; a full
-    memo starts over. ``size`` 0 keeps nothing."""
+    """``(owner, extra) -> value`` by the owner's identity, for at most ``size``
+    entries; ``extra`` is any hashable detail the value also depends on. A full memo
+    starts over; ``size`` 0 keeps nothing."""
 
     __slots__ = ("_owners", "_values", "hits", "misses", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._values: dict[int, V] = {}
-        self._owners: dict[int, object] = {}
+        self._values: dict[tuple[int, Hashable], V] = {}
+        self._owners: dict[tuple[int, Hashable], object] = {}
         """Beside the values, not in a tuple with each (module docstring)."""
         self.hits = 0
         self.misses = 0
 
-    def get(self, owner: object) -> V | None:
-        key = id(owner)
+    def get(self, owner: object, extra: Hashable = None) -> V | None:
+        key = (id(owner), extra)
         found = self._values.get(key)
         if found is not None and self._owners[key] is owner:
             self.hits += 1
@@ -121,13 +122,13 @@ class IdentityMemo(Generic[V]):
         self.misses += 1
         return None
 
-    def put(self, owner: object, value: V) -> V:
+    def put(self, owner: object, value: V, extra: Hashable = None) -> V:
         if self.size <= 0:
             return value
         if len(self._values) >= self.size:
             self._values.clear()
             self._owners.clear()
-        key = id(owner)
+        key = (id(owner), extra)
         self._values[key] = value
         self._owners[key] = owner
         return value

@@ -78,6 +78,10 @@ class Snapshot:
     inputs: Memo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
         init=False, compare=False, repr=False)
     """Per scope, the headers its decisions read."""
+    decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
+    """Built decisions by authn outcome (shared per cached token) and RBAC result: a
+    cached token on a request the decision cache has not seen (one token, many
+    paths) gets the same Decision, so its response is not serialized again."""
     responses: IdentityMemo[bytes] = field(init=False, compare=False, repr=False)
     """Per cached ``Decision``, the adapter's serialized answer (``envoy/response.py``):
     as many as the decision cache keeps."""
@@ -92,6 +96,7 @@ class Snapshot:
         object.__setattr__(self, "recent", DecisionCache(
             sizes.decisions, self.authenticator.cache.max_ttl))
         object.__setattr__(self, "inputs", Memo(sizes.scopes))
+        object.__setattr__(self, "decisions", IdentityMemo(sizes.decisions))
         object.__setattr__(self, "responses", IdentityMemo(sizes.decisions))
         object.__setattr__(self, "peers", Memo(sizes.scopes))
         object.__setattr__(self, "scopes", Memo(sizes.scopes))
@@ -132,7 +137,11 @@ class Snapshot:
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
-        return self._build_decision(authn, result), until
+        extra = (result.allowed, result.policy, result.reason, result.dry_run, result.audit)
+        decision = self.decisions.get(authn, extra)
+        if decision is None:
+            decision = self.decisions.put(authn, self._build_decision(authn, result), extra)
+        return decision, until
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
         # The Decision's own constructor, with no dict of shared fields passed on by
@@ -244,6 +253,7 @@ def compile_snapshot(
     return Snapshot(
         version, MappingProxyType(counts), policy_set, options, authentication,
         Authenticator(authentication, keys, scope_cache_size=options.caches.scopes,
+                      outcome_cache_size=options.caches.decisions,
                       cache=TokenCache(options.caches.tokens,
                                        max_rejected=options.caches.rejected_tokens)),
     )

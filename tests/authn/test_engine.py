@@ -382,12 +382,12 @@ def test_a_repeated_forgery_is_refused_from_the_cache_until_the_keys_change() ->
         engine_module.parse_token = real_parse  # type: ignore[assignment]
 
 
-def test_a_cached_token_gets_the_same_result() -> None:
+def test_a_verified_token_builds_its_result_once() -> None:
     token = KEY.sign(claims())
     a = auth(rule(output_payload_to_header="x-payload"))
     first = ok(a.authenticate(view(headers=bearer(token)), NOW))
     again = ok(a.authenticate(view(headers=bearer(token)), NOW + 1))
-    assert again == first and a.cache.hits == 1  # from the token cache, same outcome
+    assert again is first and a.cache.hits == 1  # same cached Jwt, same place: same result
     other = ok(a.authenticate(view(headers=bearer(KEY.sign(claims(sub="bob")))), NOW))
     assert other is not first and other.principal != first.principal
 

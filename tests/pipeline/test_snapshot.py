@@ -202,17 +202,17 @@ def test_store_swaps_whole_snapshots() -> None:
     assert store.current is new
 
 
-def test_repeated_outcomes_decide_alike_and_distinct_ones_do_not() -> None:
+def test_repeated_outcomes_share_one_decision_and_distinct_ones_do_not() -> None:
     snap = compile_snapshot(parse_text(POLICIES, "p.yaml"), version=1)
     now = time.time()
     ok = snap.evaluate(view(path="/a", namespace="shop"), now)
-    assert snap.evaluate(view(path="/b", namespace="shop"), now) == ok
+    assert snap.evaluate(view(path="/b", namespace="shop"), now) is ok
     denied = snap.evaluate(view(path="/private/x", namespace="shop"), now)
     assert denied is not ok and not denied.allowed and denied.allowed is not ok.allowed
     assert denied.policy == "ns[shop]-policy[require-jwt]-rule[0]"
     admin = snap.evaluate(view(path="/admin", namespace="shop"), now)
     assert admin.policy == "ns[istio-system]-policy[block-admin]-rule[0]"
-    assert snap.evaluate(view(path="/private/y", namespace="shop"), now) == denied
+    assert snap.evaluate(view(path="/private/y", namespace="shop"), now) is denied
 
 
 def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
