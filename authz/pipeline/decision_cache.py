@@ -21,15 +21,19 @@ are the ones it was made with (any JWKS change replaces their ``generation``,
 and the cache starts over when it sees a new one).
 A clock that steps back makes entries miss, never serve.
 
-The request's parts enter the key as one SHA-256 digest, so like the token
-cache this keeps no usable token in memory, nor any other header value (an API
-key a policy compares, a session cookie). The cache is bounded and starts over
-when full (``memo.py``); ``--decision-cache-size`` sets the bound, 0 turns it off.
+The query and the headers enter the key as one SHA-256 digest, so like the
+token cache this keeps no usable token in memory, nor any other header value
+(an API key a policy compares, a session cookie). A stored key's strings are
+interned (``put``): a hit builds and drops its key, an entry keeps the one copy
+of a method, host or path that every entry shares (~400 bytes less each). The
+cache is bounded and starts over when full (``memo.py``); ``--decision-cache-size``
+sets the bound, 0 turns it off.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 
 from authz.decision import Decision
@@ -51,24 +55,22 @@ class Inputs:
 
 def request_key(view: RequestView, inputs: Inputs) -> Key:
     """Equal for two requests exactly when they agree on everything ``inputs`` and the
-    fixed parts of the view say a decision can read.
-
-    The scope's key and one SHA-256 digest of everything else: per cached decision
-    ~100 bytes of key, where the parts themselves (fresh strings of each request)
-    would keep ~400 (``docs/design/performance.md``, caches)."""
+    fixed parts of the view say a decision can read."""
     headers = view.headers
+    values = [headers.get(name) for name in inputs.headers]
+    digest: bytes | None = None  # no query and none of the headers: nothing to hash
+    if view.query or values.count(None) != len(values):
+        # Length-prefixed, an absent header distinct from an empty one: no two
+        # different inputs digest alike however their values are chosen.
+        parts = [f"{len(view.query)}:{view.query}"]
+        parts.extend("-" if value is None else f"{len(value)}:{value}" for value in values)
+        digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
     source, destination = view.source, view.destination
-    # Length-prefixed, an absent header distinct from an empty one: no two different
-    # inputs digest alike however their values are chosen.
-    parts = [f"{len(value)}:{value}" for value in (
-        view.method, view.host, view.path, view.scheme, view.sni, source.ip,
-        source.principal, destination.ip, str(destination.port), destination.principal,
-        view.query)]
-    for name in inputs.headers:
-        value = headers.get(name)
-        parts.append("-" if value is None else f"{len(value)}:{value}")
-    digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
-    return (view.scope.key, digest)
+    return (
+        view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,
+        source.ip, source.principal, destination.ip, destination.port, destination.principal,
+        digest,
+    )
 
 
 class DecisionCache:
@@ -109,6 +111,7 @@ class DecisionCache:
             return decision
         if generation is not self._generation or len(self._decisions) >= self.size:
             self._start_over(generation)  # full, or new keys: start over (``memo.py``)
+        key = tuple([sys.intern(part) if part.__class__ is str else part for part in key])
         self._decisions[key] = decision
         self._validity[key] = (now, min(until, now + self.max_age))
         return decision
