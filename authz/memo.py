@@ -24,12 +24,15 @@ worker process (``authz.pipeline``), so it takes no lock.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import functools
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,18 @@ class CacheSizes:
         for name in ("tokens", "rejected_tokens", "decisions", "scopes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} cache size must be >= 0")
+
+
+def cached(function: Callable[P, R], size: int) -> Callable[P, R]:
+    """``function`` memoized for at most ``size`` distinct arguments, least recently
+    used evicted; itself when ``size`` is 0. For a pure function of hashable
+    arguments called on every request (a view's peers and scope): ``functools``'
+    C implementation costs ~6k fewer instructions per view than three ``Memo``
+    lookups in Python. The caller owns the result (a snapshot), so it is freed with
+    it. A call that raises is not remembered."""
+    if size <= 0:
+        return function
+    return functools.lru_cache(maxsize=size)(function)  # type: ignore[return-value]
 
 
 class Memo(Generic[K, V]):

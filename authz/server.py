@@ -125,7 +125,7 @@ class AuthorizationService:
         snapshot = self._store.current  # read once: a reload never splits a Check
         try:
             view = view_from_check_request(request, self._default_namespace,
-                                           snapshot.peers, snapshot.scopes)
+                                           snapshot.peer, snapshot.scope)
         except ScopeError as exc:
             # The route's context_extensions are wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)

@@ -77,3 +77,18 @@ def test_cache_sizes_refuse_negative_sizes() -> None:
     assert CacheSizes(tokens=0).tokens == 0
     with pytest.raises(ValueError, match="tokens cache size"):
         CacheSizes(tokens=-1)
+
+
+def test_cached_remembers_up_to_size_and_size_zero_is_the_function_itself() -> None:
+    from authz.memo import cached
+
+    calls: list[int] = []
+
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert cached(double, 0) is double
+    memoized = cached(double, 2)
+    assert [memoized(1), memoized(1), memoized(2), memoized(3), memoized(1)] == [2, 2, 4, 6, 2]
+    assert calls == [1, 2, 3, 1]  # 1 was evicted by 3, the least recently used

@@ -10,14 +10,13 @@ query; it is split once here so matchers never see ``?``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from authz._proto.envoy.config.core.v3 import address_pb2
 from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from authz.memo import Memo
-from authz.request.address import normalize_ip
-from authz.request.scope import ScopeMemo, resolve_scope
+from authz.request.address import make_peer
+from authz.request.scope import Scope, parse_scope, resolve_scope
 from authz.request.view import Peer, RequestView, join_header, split_path
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -47,42 +46,30 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType({name.lower(): fields[name] for name in fields})
 
 
-PeerMemo = Memo[tuple[str, int | None, str], Peer]
-
-
 def read_peer(peer: attribute_context_pb2.AttributeContext.Peer,
-              memo: PeerMemo | None = None) -> Peer:
+              make: Callable[[str, int | None, str], Peer] = make_peer) -> Peer:
+    """``make``: ``make_peer`` or the snapshot's memoized copy (``Snapshot.peer``):
+    peers repeat (Envoy's listener, its few upstream connections' clients)."""
     # An unset socket_address reads as an empty one: address "" and port 0.
     sock: address_pb2.SocketAddress = peer.address.socket_address
     port: int | None = sock.port_value
     if not port and sock.WhichOneof("port_specifier") != "port_value":
         port = None
-    if memo is None:
-        return _peer(sock.address, port, peer.principal)
-    # Peers repeat (Envoy's listener, its few upstream connections' clients), so with
-    # the snapshot's ``peers`` memo each distinct one is parsed and built once.
-    key = (sock.address, port, peer.principal)
-    found = memo.get(key)
-    if found is None:
-        found = memo.put(key, _peer(*key))
-    return found
-
-
-def _peer(address: str, port: int | None, principal: str) -> Peer:
-    return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
+    return make(sock.address, port, peer.principal)
 
 
 def view_from_check_request(
     request: external_auth_pb2.CheckRequest, default_namespace: str,
-    peers: PeerMemo | None = None, scopes: ScopeMemo | None = None,
+    peer: Callable[[str, int | None, str], Peer] = make_peer,
+    scope: Callable[[str, str, str, str], Scope] = parse_scope,
 ) -> RequestView:
     """Build the view. Missing parts of the request read as empty, never as errors.
-    ``peers`` and ``scopes``: the snapshot's memos of what repeats across requests."""
+    ``peer`` and ``scope``: the snapshot's memoized parsers of what repeats."""
     attrs = request.attributes
     http = attrs.request.http
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
-    destination = read_peer(attrs.destination, peers)
+    destination = read_peer(attrs.destination, peer)
     given = attrs.context_extensions
     extensions = MappingProxyType({k: given[k] for k in given}) if given else _EMPTY
     return RequestView(
@@ -91,10 +78,10 @@ def view_from_check_request(
         path=path,
         query=query,
         headers=headers,
-        source=read_peer(attrs.source, peers),
+        source=read_peer(attrs.source, peer),
         destination=destination,
         context_extensions=extensions,
-        scope=resolve_scope(extensions, destination.principal, default_namespace, scopes),
+        scope=resolve_scope(extensions, destination.principal, default_namespace, scope),
         scheme=http.scheme or headers.get(":scheme", ""),
         protocol=http.protocol,
         # x-request-id is the id operators trace across proxies; Envoy's http.id is

@@ -7,7 +7,7 @@ the ``Check``, so a reload never changes a decision half-way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,7 +23,7 @@ from authz.authn.engine import (
 )
 from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
-from authz.memo import CacheSizes, IdentityMemo, Memo
+from authz.memo import CacheSizes, IdentityMemo, Memo, cached
 from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
 from authz.policy.authorization import (
     CUSTOM_EXPLANATION,
@@ -36,8 +36,8 @@ from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
-from authz.request.address import XFF, original_client_ip
-from authz.request.scope import Scope
+from authz.request.address import XFF, make_peer, original_client_ip
+from authz.request.scope import Scope, parse_scope
 from authz.request.view import Peer, RequestView
 
 log = structlog.get_logger("authz.policy")
@@ -85,11 +85,10 @@ class Snapshot:
     responses: IdentityMemo[bytes] = field(init=False, compare=False, repr=False)
     """Per cached ``Decision``, the adapter's serialized answer (``envoy/response.py``):
     as many as the decision cache keeps."""
-    peers: Memo[tuple[str, int | None, str], Peer] = field(
-        init=False, compare=False, repr=False)
-    """Peers as requests name them -> parsed (``envoy/request_view.py``)."""
-    scopes: Memo[tuple[str, str, str, str], Scope] = field(init=False, compare=False, repr=False)
-    """Routes' scope text -> parsed (``request/scope.py``)."""
+    peer: Callable[[str, int | None, str], Peer] = field(init=False, compare=False, repr=False)
+    """``make_peer``, memoized (``memo.cached``) for the adapter's views."""
+    scope: Callable[[str, str, str, str], Scope] = field(init=False, compare=False, repr=False)
+    """``parse_scope``, memoized (``memo.cached``) for the adapter's views."""
 
     def __post_init__(self) -> None:
         sizes = self.options.caches
@@ -98,8 +97,8 @@ class Snapshot:
         object.__setattr__(self, "inputs", Memo(sizes.scopes))
         object.__setattr__(self, "decisions", IdentityMemo(sizes.decisions))
         object.__setattr__(self, "responses", IdentityMemo(sizes.decisions))
-        object.__setattr__(self, "peers", Memo(sizes.scopes))
-        object.__setattr__(self, "scopes", Memo(sizes.scopes))
+        object.__setattr__(self, "peer", cached(make_peer, sizes.scopes))
+        object.__setattr__(self, "scope", cached(parse_scope, sizes.scopes))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from authz.request.view import RequestView
+from authz.request.view import Peer, RequestView
 
-__all__ = ["XFF", "IPAddress", "normalize_ip", "original_client_ip", "parse_ip"]
+__all__ = ["XFF", "IPAddress", "make_peer", "normalize_ip", "original_client_ip", "parse_ip"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -36,6 +36,11 @@ def normalize_ip(text: str) -> str:
     from what CIDR matching prints); anything else is kept as sent."""
     ip = parse_ip(text)
     return text if ip is None else str(ip)
+
+
+def make_peer(address: str, port: int | None, principal: str) -> Peer:
+    """A peer as a request names it; pure, so the snapshot memoizes it (``Snapshot.peer``)."""
+    return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
 
 
 XFF = "x-forwarded-for"

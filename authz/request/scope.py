@@ -14,10 +14,9 @@ else from the configured default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
 
 NAMESPACE_KEY = "namespace"
 LABELS_KEY = "labels"
@@ -70,34 +69,20 @@ def namespace_from_spiffe(principal: str) -> str | None:
     return None
 
 
-class ScopeMemo(Protocol):
-    """Where parsed scopes are kept (the snapshot's ``scopes``, an ``authz.memo.Memo``)."""
-
-    def get(self, key: tuple[str, str, str, str], /) -> Scope | None: ...
-
-    def put(self, key: tuple[str, str, str, str], value: Scope, /) -> Scope: ...
-
-
 def resolve_scope(
     context_extensions: Mapping[str, str], destination_principal: str, default_namespace: str,
-    memo: ScopeMemo | None = None,
+    parse: Callable[[str, str, str, str], Scope] | None = None,
 ) -> Scope:
-    """Routes and the identity Envoy runs as repeat on every request, so with the
-    snapshot's ``scopes`` memo each distinct scope is parsed once (a ``ScopeError`` is
-    not remembered: it is raised again)."""
-    namespace = context_extensions.get(NAMESPACE_KEY, "")
-    labels = context_extensions.get(LABELS_KEY, "")
-    if memo is None:
-        return _scope(namespace, labels, destination_principal, default_namespace)
-    key = (namespace, labels, destination_principal, default_namespace)
-    found = memo.get(key)
-    if found is None:
-        found = memo.put(key, _scope(namespace, labels, destination_principal,
-                                     default_namespace))
-    return found
+    """The request's scope. ``parse``: ``parse_scope`` or the snapshot's memoized copy
+    of it (``Snapshot.scope``): routes and the identity Envoy runs as repeat on every
+    request, so each distinct scope is parsed once (a ``ScopeError`` is not
+    remembered: it is raised again)."""
+    return (parse or parse_scope)(
+        context_extensions.get(NAMESPACE_KEY, ""), context_extensions.get(LABELS_KEY, ""),
+        destination_principal, default_namespace)
 
 
-def _scope(namespace: str, labels: str, destination_principal: str,
+def parse_scope(namespace: str, labels: str, destination_principal: str,
            default_namespace: str) -> Scope:
     namespace = namespace.strip()
     if not namespace:

@@ -269,3 +269,13 @@ def test_cache_sizes_bound_the_snapshots_caches_and_zero_turns_them_off() -> Non
     for i in range(3):
         snap.evaluate(view(path="/a", namespace=f"ns{i}"), NOW)
     assert len(snap.inputs) <= 2
+
+
+def test_each_snapshot_owns_its_peer_and_scope_parsers() -> None:
+    a = compile_snapshot((), 1)
+    b = compile_snapshot((), 2)
+    assert a.peer("10.0.0.1", 80, "x") is a.peer("10.0.0.1", 80, "x")
+    assert b.peer("10.0.0.1", 80, "x") is not a.peer("10.0.0.1", 80, "x")
+    assert a.scope("shop", "app=a", "", "d") is a.scope("shop", "app=a", "", "d")
+    off = compile_snapshot((), 3, options=PolicyOptions(caches=CacheSizes(scopes=0)))
+    assert off.peer("10.0.0.1", 80, "x") is not off.peer("10.0.0.1", 80, "x")
