@@ -23,6 +23,12 @@ separate bound keeps a flood of distinct forgeries from evicting good tokens.
 The parsed token is kept with the rejection: the engine still runs the issuer,
 time and audience checks first on every request (an expired forgery says "Jwt
 is expired", as Envoy does), without decoding the token again.
+
+Pays (instructions per ``Check``, cachegrind, ``bench/instructions.py``): a known
+token on a request the decision cache has not seen costs ~300k instead of a new
+token's ~910k, 67% less (workload ``paths``; w2 whenever the decision cache misses).
+The rejection LRU pays the same on a repeated forgery the decision cache misses.
+Sizes: ``--token-cache-size``, ``--rejected-token-cache-size``.
 """
 
 from __future__ import annotations

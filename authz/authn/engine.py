@@ -363,8 +363,9 @@ class Authenticator:
         self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(outcome_cache_size)
         """Per cached ``Jwt`` and the plan/provider/place it verified for: a token's
         outcome is built once while the token cache hands out the same ``Jwt``. Pays
-        on decision-cache misses of a cached token (one token, many paths: ~25% of
-        such a Check's instructions with the Decision memo and response memo)."""
+        on decision-cache misses of a cached token: with the snapshot's ``decisions``
+        memo, workload ``paths`` (one token, many paths) costs ~300k instructions per
+        ``Check`` against ~390k without, 23% less (the response is not rebuilt)."""
         self._per_plan: IdentityMemo[AuthnSuccess] = IdentityMemo(2 * scope_cache_size)
         """Per plan, outcomes that depend on nothing else: a request in scope without
         any token (``_NO_TOKEN``) and a CORS preflight (``_PREFLIGHT``)."""
