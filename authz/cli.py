@@ -112,6 +112,17 @@ SERVE_OPTIONS = (
     Option("--tls-client-ca", "tls_client_ca", "PEM CA bundle: require mutual TLS, clients "
            "must present a certificate it signed; reloaded when the file changes",
            metavar="PATH"),
+    # Cache sizes, per worker; 0 turns a cache off (docs/operations.md, Sizing).
+    Option("--token-cache-size", "token_cache_size", "signature-verified tokens kept per "
+           "worker (0: verify every token)", 10_000, int, metavar="N"),
+    Option("--rejected-token-cache-size", "rejected_token_cache_size", "tokens whose "
+           "signature failed, kept apart so a repeated forgery costs no RSA check",
+           1_000, int, metavar="N"),
+    Option("--decision-cache-size", "decision_cache_size", "decisions of repeated requests "
+           "kept per worker, each with its serialized response (0: decide every request)",
+           12_500, int, metavar="N"),
+    Option("--scope-cache-size", "scope_cache_size", "scopes (route, labels) whose "
+           "applicable rules, policies and parsed form are kept", 4_096, int, metavar="N"),
 )
 
 
@@ -234,6 +245,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
         tls_client_ca=args.tls_client_ca or None,
+        token_cache_size=args.token_cache_size,
+        rejected_token_cache_size=args.rejected_token_cache_size,
+        decision_cache_size=args.decision_cache_size,
+        scope_cache_size=args.scope_cache_size,
     )
 
 

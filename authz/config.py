@@ -135,6 +135,16 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
+    # Cache sizes, per worker and per policy snapshot; 0 turns a cache off
+    # (authz/memo.py CacheSizes; docs/operations.md, Sizing).
+    token_cache_size: int = 10_000
+    """Signature-verified tokens kept."""
+    rejected_token_cache_size: int = 1_000
+    """Tokens whose signature failed, kept apart (a forgery flood evicts no good token)."""
+    decision_cache_size: int = 12_500
+    """Decisions of repeated requests, each with its serialized response."""
+    scope_cache_size: int = 4_096
+    """Per scope: the rules and policies that apply; parsed scopes and peers."""
 
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
@@ -169,3 +179,7 @@ class Settings:
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
+        for flag in ("token", "rejected_token", "decision", "scope"):
+            if getattr(self, f"{flag}_cache_size") < 0:
+                raise ConfigError(f"--{flag.replace('_', '-')}-cache-size must be >= 0 "
+                                  "(0 turns the cache off)")

@@ -36,6 +36,7 @@ from authz.envoy.response import response_bytes
 from authz.errors import ListenError
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
+from authz.memo import CacheSizes
 from authz.observe import Metrics, resolved_format
 from authz.pipeline.snapshot import (
     PolicyOptions,
@@ -203,13 +204,14 @@ class AuthorizationService:
     def decide(
         self, request: external_auth_pb2.CheckRequest, peer: str = ""
     ) -> tuple[RequestView | None, Decision]:
+        snapshot = self._store.current  # read once: a reload never splits a Check
         try:
-            view = view_from_check_request(request, self._default_namespace, peer)
+            view = view_from_check_request(request, self._default_namespace,
+                                           snapshot.peer, snapshot.scope, peer)
         except ScopeError as exc:
             # The route's context_extensions are wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
             return None, denied
-        snapshot = self._store.current  # read once: a reload never splits a Check
         return view, snapshot.evaluate(view, time.time())
 
     async def Check(
@@ -235,8 +237,8 @@ class AuthorizationService:
             # destination principal the request does not carry (docs/tls.md).
             peer = (peer_principal(context.auth_context())
                     if self._tls_peer and not request.attributes.destination.principal else "")
-            view, decision = self.decide(request, peer) if peer else self.decide(request)
-            response = response_bytes(decision)
+            view, decision = self.decide(request, peer)
+            response = response_bytes(decision, self._store.current.responses)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
             # applies its own failure_mode_allow / status_on_error (closed by default).
@@ -277,6 +279,12 @@ class AuthzServer:
             trust_domain=settings.trust_domain,
             trust_domain_aliases=settings.trust_domain_aliases,
             xff_num_trusted_hops=settings.xff_num_trusted_hops,
+            caches=CacheSizes(
+                tokens=settings.token_cache_size,
+                rejected_tokens=settings.rejected_token_cache_size,
+                decisions=settings.decision_cache_size,
+                scopes=settings.scope_cache_size,
+            ),
         )
         self.jwks = JwksManager(JwksSettings(
             refresh_interval=settings.jwks_refresh_interval,

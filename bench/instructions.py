@@ -18,8 +18,10 @@ ones before it):
     response  + the serialized CheckResponse (built once per decision)
     check     the whole AuthorizationService.Check
 
-for ``fresh`` requests (each carrying a valid token the server has never seen)
-and ``w1`` (one token repeated: a decision-cache hit from the second request).
+for ``fresh`` requests (each carrying a valid token the server has never seen),
+``w1`` (one token repeated: a decision-cache hit from the second request) and
+``paths`` (one token, a new path each request: a token-cache hit, a decision-cache
+miss).
 Also printed: simulated L1 instruction and data cache misses, which is where a
 stage's real cost departs from its instruction count (a fresh token touches
 much more code than a repeated one).
@@ -59,6 +61,17 @@ BASE = 10
 """Requests in the baseline run: startup and the first requests cancel out."""
 
 
+def one_token_many_paths(message: bytes, count: int) -> list[bytes]:
+    from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+
+    out = []
+    for i in range(count):
+        request = external_auth_pb2.CheckRequest.FromString(message)
+        request.attributes.request.http.path = f"/p/{i}"
+        out.append(request.SerializeToString())
+    return out
+
+
 def child(stage: str, kind: str, count: int, data_file: Path) -> None:
     """Run ``count`` requests of ``kind`` through ``stage`` inside one server, then exit."""
     from authz._proto.envoy.service.auth.v3 import external_auth_pb2
@@ -69,7 +82,7 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
 
     data = json.loads(data_file.read_text())
     payloads = [base64.b64decode(p) for p in data[kind]]
-    payloads = payloads[:count] if kind == "fresh" else payloads[:1] * count
+    payloads = payloads[:count] if kind in ("fresh", "paths") else payloads[:1] * count
 
     async def run() -> None:
         jwks = workloads.JwksServer(data["jwks"])
@@ -153,7 +166,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--kinds", nargs="+", default=["fresh", "w1"], choices=["fresh", "w1"])
+    parser.add_argument("--kinds", nargs="+", default=["fresh", "w1"],
+                        choices=["fresh", "w1", "paths"])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="valgrind runs at a time (each is single-threaded)")
     parser.add_argument("--dry-run", action="store_true",
@@ -171,6 +185,8 @@ def main() -> int:
             "jwks": keys.jwks_document(),
             "fresh": [base64.b64encode(p).decode() for p in made["w2"].check_requests()],
             "w1": [base64.b64encode(p).decode() for p in made["w1"].check_requests()],
+            "paths": [base64.b64encode(p).decode() for p in one_token_many_paths(
+                made["w1"].check_requests()[0], args.requests + BASE)],
         }))
         runs = [(stage, kind, n) for kind in args.kinds for stage in args.stages
                 for n in (BASE, BASE + args.requests)]

@@ -259,3 +259,24 @@ def test_a_bad_worker_count_says_why(
     err = capsys.readouterr().err
     assert "invalid value 'many' (from --workers or AUTHZ_WORKERS)" in err
     assert "expected a number or 'auto'" in err
+
+
+def test_cache_sizes_come_from_flags_or_their_env_twins(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from authz.server import AuthzServer
+
+    defaults = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (defaults.token_cache_size, defaults.rejected_token_cache_size,
+            defaults.decision_cache_size, defaults.scope_cache_size) == (
+        10_000, 1_000, 12_500, 4_096)
+    monkeypatch.setenv("AUTHZ_TOKEN_CACHE_SIZE", "0")
+    monkeypatch.setenv("AUTHZ_DECISION_CACHE_SIZE", "50")
+    settings = settings_from_args(build_parser().parse_args(
+        ["serve", "--decision-cache-size", "70", "--scope-cache-size", "8",
+         "--rejected-token-cache-size", "3"]))
+    caches = AuthzServer(settings).policy_options.caches
+    assert (caches.tokens, caches.rejected_tokens, caches.decisions, caches.scopes) == (
+        0, 3, 70, 8)  # the flag wins over its variable
+    monkeypatch.setenv("AUTHZ_SCOPE_CACHE_SIZE", "-1")
+    assert main(["serve"]) == 2
+    assert "--scope-cache-size must be >= 0" in capsys.readouterr().err

@@ -23,21 +23,28 @@ separate bound keeps a flood of distinct forgeries from evicting good tokens.
 The parsed token is kept with the rejection: the engine still runs the issuer,
 time and audience checks first on every request (an expired forgery says "Jwt
 is expired", as Envoy does), without decoding the token again.
+
+Pays (instructions per ``Check``, cachegrind, ``bench/instructions.py``): a known
+token on a request the decision cache has not seen costs ~300k instead of a new
+token's ~910k, 67% less (workload ``paths``; w2 whenever the decision cache misses).
+The rejection LRU pays the same on a repeated forgery the decision cache misses.
+Sizes: ``--token-cache-size``, ``--rejected-token-cache-size``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
+import sys
 from collections import OrderedDict
 
 from authz.authn.verify import Jwt
+from authz.memo import CacheSizes
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "TokenCache", "outcome_memo_size", "token_digest"]
 
-DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_ENTRIES = CacheSizes().tokens
 DEFAULT_MAX_TTL = 600.0
-DEFAULT_MAX_REJECTED = 1_000
+DEFAULT_MAX_REJECTED = CacheSizes().rejected_tokens
 
 
 def outcome_memo_size(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
@@ -52,8 +59,31 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def compact(jwt: Jwt, keep_segment: bool) -> Jwt:
+    """The claims as a cache keeps them: claim names, the issuer, a single audience,
+    ``kid`` and ``alg`` interned (every token repeats them: fresh copies cost ~60 bytes
+    each), and the payload segment dropped unless asked for (~1.3 bytes per byte of
+    payload). Run once per token verified; what a token costs the cache is measured
+    in docs/design/performance.md (caches)."""
+    intern = sys.intern
+    payload = {intern(k): v for k, v in jwt.payload.items()}
+    iss = intern(jwt.iss)
+    if "iss" in payload:
+        payload["iss"] = iss
+    audiences = jwt.audiences
+    aud = payload.get("aud")
+    if isinstance(aud, str):
+        payload["aud"] = aud = intern(aud)
+        audiences = (aud,)
+    return jwt._replace(
+        alg=intern(jwt.alg), kid=None if jwt.kid is None else intern(jwt.kid),
+        payload=payload, payload_segment=jwt.payload_segment if keep_segment else "",
+        iss=iss, audiences=audiences)
+
+
 class TokenCache:
-    """LRU of (rule id, token digest) -> verified ``Jwt``; safe across threads."""
+    """LRU of (rule id, token digest) -> verified ``Jwt``. No lock: only the worker's
+    event-loop thread touches it (``authz.pipeline``, concurrency)."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
                  max_ttl: float = DEFAULT_MAX_TTL, skew: int = 60,
@@ -70,7 +100,6 @@ class TokenCache:
         """(rule id, digest) -> (the verifying key's fingerprint, when the entry lapses):
         beside the claims, not in a tuple with them, so that what a cached token adds
         to the cycle collector's walk is its claims' one ``Jwt`` (``authz/memo.py``)."""
-        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         """Lookups since this cache was made (one cache per policy snapshot)."""
@@ -81,66 +110,63 @@ class TokenCache:
     def get(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
             now: float) -> Jwt | None:
         key = (rule_id, digest)
-        with self._lock:
-            jwt = self._entries.get(key)
-            if jwt is None:
-                self.misses += 1
-                return None
-            key_fingerprint, expires_at = self._lapse[key]
-            if now > expires_at or key_fingerprint not in fingerprints:
-                del self._entries[key]
-                del self._lapse[key]
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return jwt
+        jwt = self._entries.get(key)
+        if jwt is None:
+            self.misses += 1
+            return None
+        key_fingerprint, expires_at = self._lapse[key]
+        if now > expires_at or key_fingerprint not in fingerprints:
+            del self._entries[key]
+            del self._lapse[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return jwt
 
     def put(self, rule_id: int, digest: bytes, jwt: Jwt, key_fingerprint: str,
-            now: float) -> Jwt:
+            now: float, keep_segment: bool = False) -> Jwt:
         """Keep a verified token's claims; returns the ``Jwt`` later hits hand out (the
-        same object), so memos keyed by it are shared from the first request on."""
+        same object), compacted (``compact``; without the payload segment unless
+        ``keep_segment``: only ``outputPayloadToHeader`` reads it)."""
         if self.max_entries <= 0:
             return jwt
+        jwt = compact(jwt, keep_segment)
         expires_at = now + self.max_ttl
         if jwt.exp:
             expires_at = min(expires_at, float(jwt.exp + self.skew))
         if expires_at < now:
             return jwt
         key = (rule_id, digest)
-        with self._lock:
-            self._entries[key] = jwt
-            self._entries.move_to_end(key)
-            self._lapse[key] = (key_fingerprint, expires_at)
-            while len(self._entries) > self.max_entries:
-                del self._lapse[self._entries.popitem(last=False)[0]]
+        self._entries[key] = jwt
+        self._entries.move_to_end(key)
+        self._lapse[key] = (key_fingerprint, expires_at)
+        while len(self._entries) > self.max_entries:
+            del self._lapse[self._entries.popitem(last=False)[0]]
         return jwt
 
     def rejected(self, rule_id: int, digest: bytes, fingerprints: frozenset[str]) -> Jwt | None:
         """The parsed token if its signature already failed against these same keys."""
         key = (rule_id, digest)
-        with self._lock:
-            seen = self._rejected.get(key)
-            if seen is None:
-                return None
-            if seen[0] != fingerprints:
-                del self._rejected[key]
-                return None
-            self._rejected.move_to_end(key)
-            return seen[1]
+        seen = self._rejected.get(key)
+        if seen is None:
+            return None
+        if seen[0] != fingerprints:
+            del self._rejected[key]
+            return None
+        self._rejected.move_to_end(key)
+        return seen[1]
 
     def reject(self, rule_id: int, digest: bytes, fingerprints: frozenset[str],
                jwt: Jwt) -> None:
         if self.max_rejected <= 0:
             return
-        with self._lock:
-            self._rejected[(rule_id, digest)] = (fingerprints, jwt)
-            self._rejected.move_to_end((rule_id, digest))
-            while len(self._rejected) > self.max_rejected:
-                self._rejected.popitem(last=False)
+        self._rejected[(rule_id, digest)] = (fingerprints, jwt)
+        self._rejected.move_to_end((rule_id, digest))
+        while len(self._rejected) > self.max_rejected:
+            self._rejected.popitem(last=False)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._lapse.clear()
-            self._rejected.clear()
+        self._entries.clear()
+        self._lapse.clear()
+        self._rejected.clear()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-from authz.authn.cache import TokenCache, outcome_memo_size, token_digest
+from authz.authn.cache import TokenCache, token_digest
 from authz.authn.extract import (
     ExtractedToken,
     Extractor,
@@ -56,7 +56,7 @@ from authz.authn.verify import (
 )
 from authz.decision import Header, Reason
 from authz.errors import AuthzError
-from authz.memo import IdentityMemo
+from authz.memo import CacheSizes, IdentityMemo
 from authz.policy.request_authentication import JwtRule, Presence
 from authz.request.scope import Scope
 from authz.request.view import RequestView
@@ -362,9 +362,10 @@ def _header_names(extractor: Extractor) -> frozenset[str]:
     return frozenset(names)
 
 
-PLAN_MEMO_SIZE = 4096
-"""Distinct sets of rules in scope (one per combination of RequestAuthentications)."""
 _NO_TOKEN, _PREFLIGHT = "no token", "preflight"
+PLAN_MEMO_SIZE = CacheSizes().scopes
+"""Distinct sets of rules in scope (one per combination of RequestAuthentications;
+``--scope-cache-size``)."""
 
 
 class Authenticator:
@@ -382,6 +383,8 @@ class Authenticator:
         cache: TokenCache | None = None,
         clock_skew: int = CLOCK_SKEW_SECONDS,
         max_token_bytes: int = MAX_TOKEN_BYTES,
+        scope_cache_size: int = PLAN_MEMO_SIZE,
+        outcome_cache_size: int = CacheSizes().decisions,
     ) -> None:
         if isinstance(policies, RequestAuthnPolicies):
             self._rules_for: Callable[[Scope], tuple[JwtRule, ...]] = policies.rules_for
@@ -398,17 +401,18 @@ class Authenticator:
         self.cache = cache if cache is not None else TokenCache(skew=clock_skew)
         self.clock_skew = clock_skew
         self.max_token_bytes = max_token_bytes
-        self._plans: IdentityMemo[_Plan] = IdentityMemo(PLAN_MEMO_SIZE)
+        self._plans: IdentityMemo[_Plan] = IdentityMemo(scope_cache_size)
+        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(outcome_cache_size)
+        """Per cached ``Jwt`` and the plan/provider/place it verified for: a token's
+        outcome is built once while the token cache hands out the same ``Jwt``. Pays
+        on decision-cache misses of a cached token: with the snapshot's ``decisions``
+        memo, workload ``paths`` (one token, many paths) costs ~300k instructions per
+        ``Check`` against ~390k without, 23% less (the response is not rebuilt)."""
+        self._per_plan: IdentityMemo[AuthnSuccess] = IdentityMemo(2 * scope_cache_size)
+        """Per plan, outcomes that depend on nothing else: a request in scope without
+        any token (``_NO_TOKEN``) and a CORS preflight (``_PREFLIGHT``)."""
         self._rule_ids: dict[JwtRule, int] = {}
         self._inline: dict[str, KeySet] = {}
-        self._successes: IdentityMemo[AuthnSuccess] = IdentityMemo(
-            outcome_memo_size(self.cache.max_entries))
-        """Per parsed token (held by the token cache) and the plan/provider/place it
-        verified for; sized with the cache, each entry shares the cache's ``Jwt``."""
-        self._per_plan: IdentityMemo[AuthnSuccess] = IdentityMemo(2 * PLAN_MEMO_SIZE)
-        """Per plan, outcomes that depend on nothing else: a request in scope without
-        any token (``_NO_TOKEN``) and a CORS preflight (``_PREFLIGHT``). One shared
-        value each, so their Decisions are memoized like any repeated outcome."""
 
     def rules_for(self, scope: Scope) -> tuple[JwtRule, ...]:
         return self._rules_for(scope)
@@ -538,7 +542,9 @@ class Authenticator:
             return Status.JWT_VERIFICATION_FAIL, None, until
         status, jwk = verify_signature(signed, keys)
         if status is Status.OK and jwk is not None:
-            return status, self.cache.put(p.rule_id, digest, jwt, jwk.fingerprint, now), until
+            return status, self.cache.put(
+                p.rule_id, digest, jwt, jwk.fingerprint, now,
+                keep_segment=bool(p.rule.output_payload_to_header)), until
         if status is Status.JWT_VERIFICATION_FAIL:
             self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
@@ -595,7 +601,6 @@ class Authenticator:
         the token's place and the (cached, shared) parsed token: built once per
         token and reused while the token cache keeps handing out the same ``Jwt``."""
         if not run.goods:
-            # No token: what the request gets depends on the plan alone.
             found = self._per_plan.get(plan, _NO_TOKEN)
             if found is None:
                 found = self._per_plan.put(plan, self._build_success(plan, run), _NO_TOKEN)

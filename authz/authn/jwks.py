@@ -44,7 +44,6 @@ import structlog
 
 from authz.authn.keys import KeySet, parse_jwks
 from authz.errors import AuthzError
-from authz.memo import IdentityMemo
 from authz.policy.request_authentication import JwtRule, check_jwks_uri
 
 __all__ = ["FetchError", "JwksManager", "JwksSettings", "JwksSource", "SourceStatus", "describe"]
@@ -256,8 +255,6 @@ class JwksManager:
         self.settings = settings or JwksSettings()
         self.clock = clock
         self._keys: Mapping[JwksSource, KeySet] = MappingProxyType({})
-        self._sources: IdentityMemo[JwksSource] = IdentityMemo(4096)
-        """Each rule's source, looked up on every Check (rules live in snapshots)."""
         self._fetchers: dict[JwksSource, _Fetcher] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,13 +333,8 @@ class JwksManager:
 
     def keys_for(self, rule: JwtRule) -> KeySet | None:
         """The rule's current key set, or None if no fetch has succeeded yet. Never blocks."""
-        source = self._sources.get(rule)
-        if source is None:
-            source = JwksSource.for_rule(rule)
-            if source is None:  # inline jwks: nothing fetched
-                return None
-            self._sources.put(rule, source)
-        return self._keys.get(source)
+        source = JwksSource.for_rule(rule)
+        return None if source is None else self._keys.get(source)  # None: inline jwks
 
     @property
     def generation(self) -> object:

@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import Enum
 from itertools import accumulate
 from typing import Any, NamedTuple
@@ -179,11 +179,6 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_
 """One decoder for every token: ``json.loads`` with an argument builds a new one per call."""
 
 
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-"""The decoder's C scanner: a JOSE object is read in one call when it is nothing but
-the object, without ``decode``'s two whitespace matches and Python frame."""
-
-
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 """Opening brackets to 1, closing ones to -1 (as signed bytes)."""
@@ -207,13 +202,8 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     if not json_depth_ok(raw):
         return None
     try:
-        text = raw.decode("utf-8")
-        if text[:1] == "{" and text[-1:] == "}":
-            data, end = _SCAN(text, 0)
-            if end == len(text):
-                return data  # type: ignore[no-any-return]
-        data = _DECODER.decode(text)
-    except (ValueError, UnicodeDecodeError, StopIteration, RecursionError):
+        data = _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError: ValueErrors
         return None
     return data if isinstance(data, dict) else None
 

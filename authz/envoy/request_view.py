@@ -10,14 +10,13 @@ query; it is split once here so matchers never see ``?``.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from authz._proto.envoy.config.core.v3 import address_pb2
 from authz._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from authz.request.address import normalize_ip
-from authz.request.scope import resolve_scope
+from authz.request.address import make_peer
+from authz.request.scope import Scope, parse_scope, resolve_scope
 from authz.request.view import Peer, RequestView, join_header, split_path
 
 __all__ = ["read_headers", "read_peer", "view_from_check_request"]
@@ -49,27 +48,28 @@ def read_headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Ma
     return MappingProxyType({name.lower(): fields[name] for name in fields})
 
 
-def read_peer(peer: attribute_context_pb2.AttributeContext.Peer, principal: str = "") -> Peer:
-    """``principal`` stands in when the message carries none."""
+def read_peer(peer: attribute_context_pb2.AttributeContext.Peer,
+              make: Callable[[str, int | None, str], Peer] = make_peer,
+              principal: str = "") -> Peer:
+    """``make``: ``make_peer`` or the snapshot's memoized copy (``Snapshot.peer``):
+    peers repeat (Envoy's listener, its few upstream connections' clients).
+    ``principal`` stands in when the message carries none."""
     # An unset socket_address reads as an empty one: address "" and port 0.
     sock: address_pb2.SocketAddress = peer.address.socket_address
     port: int | None = sock.port_value
     if not port and sock.WhichOneof("port_specifier") != "port_value":
         port = None
-    return _peer(sock.address, port, peer.principal or principal)
-
-
-@functools.lru_cache(maxsize=4096)
-def _peer(address: str, port: int | None, principal: str) -> Peer:
-    """Peers repeat (Envoy's listener, its few upstream connections' clients), so each
-    distinct one is parsed and built once; ``Peer`` is immutable, so it is shared."""
-    return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
+    return make(sock.address, port, peer.principal or principal)
 
 
 def view_from_check_request(
-    request: external_auth_pb2.CheckRequest, default_namespace: str, envoy_principal: str = ""
+    request: external_auth_pb2.CheckRequest, default_namespace: str,
+    peer: Callable[[str, int | None, str], Peer] = make_peer,
+    scope: Callable[[str, str, str, str], Scope] = parse_scope,
+    envoy_principal: str = "",
 ) -> RequestView:
     """Build the view. Missing parts of the request read as empty, never as errors.
+    ``peer`` and ``scope``: the snapshot's memoized parsers of what repeats.
 
     ``envoy_principal`` is the calling Envoy's own identity (its mutual-TLS client
     certificate): the destination principal when the request names none, because the
@@ -78,7 +78,7 @@ def view_from_check_request(
     http = attrs.request.http
     headers = read_headers(http)
     path, query = split_path(http.path or headers.get(":path", ""))
-    destination = read_peer(attrs.destination, envoy_principal)
+    destination = read_peer(attrs.destination, peer, envoy_principal)
     given = attrs.context_extensions
     extensions = MappingProxyType({k: given[k] for k in given}) if given else _EMPTY
     return RequestView(
@@ -87,10 +87,10 @@ def view_from_check_request(
         path=path,
         query=query,
         headers=headers,
-        source=read_peer(attrs.source),
+        source=read_peer(attrs.source, peer),
         destination=destination,
         context_extensions=extensions,
-        scope=resolve_scope(extensions, destination.principal, default_namespace),
+        scope=resolve_scope(extensions, destination.principal, default_namespace, scope),
         scheme=http.scheme or headers.get(":scheme", ""),
         protocol=http.protocol,
         # x-request-id is the id operators trace across proxies; Envoy's http.id is

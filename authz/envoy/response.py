@@ -11,7 +11,6 @@ from google.rpc import code_pb2, status_pb2
 
 from authz._proto.envoy.config.core.v3 import base_pb2
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz.authn.cache import outcome_memo_size
 from authz.decision import Decision, Header
 from authz.memo import IdentityMemo
 
@@ -63,17 +62,16 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     )
 
 
-_responses: IdentityMemo[bytes] = IdentityMemo(outcome_memo_size())
-
-
-def response_bytes(decision: Decision) -> bytes:
-    """The serialized response for a decision, what the gRPC method returns. Decisions
-    that repeat are the same object (the snapshot memoizes them, one per cached token
-    and RBAC result), so the response, claims metadata included, is built and
+def response_bytes(decision: Decision, memo: IdentityMemo[bytes] | None = None) -> bytes:
+    """The serialized response for a decision, what the gRPC method returns. A decision
+    the snapshot's decision cache hands out again is the same object, so with the
+    snapshot's ``responses`` memo the response, claims metadata included, is built and
     serialized once and the bytes shared: a repeated request serializes nothing."""
-    data = _responses.get(decision)
+    data = memo.get(decision) if memo is not None else None
     if data is None:
-        data = _responses.put(decision, check_response(decision).SerializeToString())
+        data = check_response(decision).SerializeToString()
+        if memo is not None:
+            memo.put(decision, data)
     return data
 
 

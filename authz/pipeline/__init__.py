@@ -1,4 +1,16 @@
 """The step that decides: authentication, then authorization, then a ``Decision``,
 over one immutable policy snapshot. The only module that composes the engines
 (``authz.authn``, ``authz.rbac``); adapters call ``Snapshot.evaluate`` and nothing
-below this package imports it."""
+below this package imports it.
+
+Concurrency model of the request path: one thread per worker process. Each worker
+runs every ``Check`` on its event loop's thread, from the request's bytes to the
+serialized answer, without an ``await`` in between: a ``Check`` never interleaves
+with another. So the caches a snapshot owns (``authz.memo``: tokens, decisions,
+responses, scopes, peers) are plain dicts with no lock. What another thread or task
+changes reaches the request path only as one reference assignment, read once per
+``Check``: a reload compiles a new snapshot off the loop (fresh, empty caches no
+``Check`` can see yet) and swaps ``SnapshotStore.current``; the JWKS manager
+publishes key sets by replacing its whole mapping (``key_generation``). Workers
+share nothing but the listening port. Anything that would run a ``Check`` on
+another thread must take its own snapshot, not share one's caches."""

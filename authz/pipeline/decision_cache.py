@@ -23,14 +23,21 @@ A clock that steps back makes entries miss, never serve.
 
 The query and the headers enter the key as one SHA-256 digest, so like the
 token cache this keeps no usable token in memory, nor any other header value
-(an API key a policy compares, a session cookie). The cache is bounded and
-starts over when full (``memo.py``).
+(an API key a policy compares, a session cookie). A stored key's strings are
+interned (``put``): a hit builds and drops its key, an entry keeps the one copy
+of a method, host or path that every entry shares (~400 bytes less each). The
+cache is bounded and starts over when full (``memo.py``); ``--decision-cache-size``
+sets the bound, 0 turns it off.
+
+Pays: a hit (w1-w4) costs ~140k instructions per ``Check`` against ~300k for a
+miss with the token cached and ~910k with a new token: 53-85% of a ``Check``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -114,6 +121,7 @@ class DecisionCache:
             return decision
         if generation is not self._generation or len(self._decisions) >= self.size:
             self._start_over(generation)  # full, or new keys: start over (``memo.py``)
+        key = tuple([sys.intern(part) if part.__class__ is str else part for part in key])
         self._decisions[key] = decision
         self._validity[key] = (now, min(until, now + self.max_age))
         return decision

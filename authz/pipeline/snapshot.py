@@ -7,13 +7,13 @@ the ``Check``, so a reload never changes a decision half-way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import structlog
 
-from authz.authn.cache import outcome_memo_size
+from authz.authn.cache import TokenCache
 from authz.authn.engine import (
     AUTHN_HEADERS,
     Authenticator,
@@ -23,7 +23,7 @@ from authz.authn.engine import (
 )
 from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
-from authz.memo import IdentityMemo, ValueMemo
+from authz.memo import CacheSizes, IdentityMemo, Memo, cached
 from authz.pipeline.decision_cache import DecisionCache, Inputs, request_key
 from authz.policy.authorization import (
     CUSTOM_EXPLANATION,
@@ -36,8 +36,9 @@ from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
-from authz.request.address import XFF, original_client_ip
-from authz.request.view import RequestView
+from authz.request.address import XFF, make_peer, original_client_ip
+from authz.request.scope import Scope, parse_scope
+from authz.request.view import Peer, RequestView
 
 __all__ = ["PolicyOptions", "Snapshot", "SnapshotStore", "compile_snapshot", "empty_snapshot"]
 
@@ -60,6 +61,8 @@ class PolicyOptions:
     trust_domain: str = "cluster.local"
     trust_domain_aliases: tuple[str, ...] = ()
     xff_num_trusted_hops: int = 0
+    caches: CacheSizes = field(default_factory=CacheSizes)
+    """How much each cache of a snapshot keeps (``authz.memo``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +75,36 @@ class Snapshot:
     options: PolicyOptions
     authentication: RequestAuthnPolicies
     authenticator: Authenticator
-    decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
-    """Built decisions by authn outcome and RBAC result (see ``evaluate``), as many as
-    the authenticator keeps outcomes for."""
-    failures: ValueMemo[AuthnFailure, Decision] = field(init=False, compare=False, repr=False)
-    """Built decisions by authentication failure, keyed by its value."""
     recent: DecisionCache = field(init=False, compare=False, repr=False)
     """Decisions by what a request's decision can read (``decision_cache``)."""
-    inputs: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
+    inputs: Memo[tuple[str, tuple[tuple[str, str], ...]], Inputs] = field(
         init=False, compare=False, repr=False)
     """Per scope, the headers its decisions read."""
+    decisions: IdentityMemo[Decision] = field(init=False, compare=False, repr=False)
+    """Built decisions by authn outcome (shared per cached token) and RBAC result: a
+    cached token on a request the decision cache has not seen (one token, many
+    paths) gets the same Decision, so its response is not serialized again."""
+    responses: IdentityMemo[bytes] = field(init=False, compare=False, repr=False)
+    """Per cached ``Decision``, the adapter's serialized answer (``envoy/response.py``):
+    as many as the decision cache keeps. Pays on every decision-cache hit (w1-w4):
+    building and serializing the response (claims metadata included) costs more than
+    the rest of a hit (tight loop: ~19 µs against a ~14 µs ``Check``)."""
+    peer: Callable[[str, int | None, str], Peer] = field(init=False, compare=False, repr=False)
+    """``make_peer``, memoized (``memo.cached``) for the adapter's views. With
+    ``scope``, pays on every request: parsing two peers and the scope again costs
+    ~80k instructions per view (cachegrind), ~60% of a w1 ``Check``."""
+    scope: Callable[[str, str, str, str], Scope] = field(init=False, compare=False, repr=False)
+    """``parse_scope``, memoized (``memo.cached``) for the adapter's views."""
 
     def __post_init__(self) -> None:
-        cache = self.authenticator.cache
-        size = outcome_memo_size(cache.max_entries)
-        object.__setattr__(self, "decisions", IdentityMemo(size))
-        object.__setattr__(self, "failures", ValueMemo(size))
-        object.__setattr__(self, "recent", DecisionCache(size, cache.max_ttl))
-        object.__setattr__(self, "inputs", ValueMemo(rbac.SCOPE_MEMO_SIZE))
+        sizes = self.options.caches
+        object.__setattr__(self, "recent", DecisionCache(
+            sizes.decisions, self.authenticator.cache.max_ttl))
+        object.__setattr__(self, "inputs", Memo(sizes.scopes))
+        object.__setattr__(self, "decisions", IdentityMemo(sizes.decisions))
+        object.__setattr__(self, "responses", IdentityMemo(sizes.decisions))
+        object.__setattr__(self, "peer", cached(make_peer, sizes.scopes))
+        object.__setattr__(self, "scope", cached(parse_scope, sizes.scopes))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.
@@ -117,32 +132,24 @@ class Snapshot:
         tokens' time checks can first change the answer."""
         authn, until = self.authenticator.authenticate_until(view, now)
         if isinstance(authn, AuthnFailure):
-            # Failures are fresh values, equal when the same token fails the same way
-            # on the same route: keyed by value, a repeated one shares its Decision
-            # (and so its response), instead of filling the memos with one-offs.
-            decision = self.failures.get(authn)
-            if decision is None:
-                decision = self.failures.put(authn, Decision.deny(
-                    authn.status, authn.body, Reason(authn.reason),
-                    response_headers=(Header("www-authenticate", authn.www_authenticate),),
-                    detail=authn.detail,
-                ))
-            return decision, until
+            return Decision.deny(
+                authn.status, authn.body, Reason(authn.reason),
+                response_headers=(Header("www-authenticate", authn.www_authenticate),),
+                detail=authn.detail,
+            ), until
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
         )
         result = self.authorization.evaluate(ctx)
-        # The Decision is a function of the authn outcome and the RBAC result. Both
-        # repeat (authn outcomes are memoized per token), so it is built once each.
-        decision = self.decisions.get(authn, result.key)
+        extra = (result.allowed, result.policy, result.reason, result.dry_run, result.audit)
+        decision = self.decisions.get(authn, extra)
         if decision is None:
-            decision = self.decisions.put(authn, self._build_decision(authn, result), result.key)
+            decision = self.decisions.put(authn, self._build_decision(authn, result), extra)
         return decision, until
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
-        # Built once per (authn outcome, RBAC result), so once per token seen: the
-        # Decision's own constructor, with no dict of shared fields passed on by
+        # The Decision's own constructor, with no dict of shared fields passed on by
         # allow()/deny() (half the time of building one).
         issuer = authn.claims.get("iss") if authn.claims is not None else None
         issuer = issuer if isinstance(issuer, str) else None
@@ -234,6 +241,7 @@ def compile_snapshot(
             authz_policies,
             options.root_namespace,
             (options.trust_domain, *options.trust_domain_aliases),
+            options.caches.scopes,
         )
     except PolicyErrors as exc:
         errors.extend(exc.errors)
@@ -249,7 +257,10 @@ def compile_snapshot(
         log.info("policy_for_gateway_scopes", policy=policy.ref, why=TARGET_REF_EXPLANATION)
     return Snapshot(
         version, MappingProxyType(counts), policy_set, options, authentication,
-        Authenticator(authentication, keys),
+        Authenticator(authentication, keys, scope_cache_size=options.caches.scopes,
+                      outcome_cache_size=options.caches.decisions,
+                      cache=TokenCache(options.caches.tokens,
+                                       max_rejected=options.caches.rejected_tokens)),
     )
 
 

@@ -23,10 +23,10 @@ therefore the lexicographically smallest matching rule name, as Envoy logs it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
-from authz.memo import ValueMemo
+from authz.memo import CacheSizes, Memo
 from authz.policy.authorization import (
     Action,
     AuthorizationPolicy,
@@ -43,6 +43,7 @@ ALLOWED = "allowed"
 DENIED_BY_DENY_POLICY = "denied_by_deny_policy"
 NO_ALLOW_POLICY_MATCHED = "no_allow_policy_matched"
 
+
 @dataclass(frozen=True, slots=True)
 class AuthzResult:
     allowed: bool
@@ -54,30 +55,6 @@ class AuthzResult:
     """What dry-run policies would have done, e.g. ``deny ns[foo]-policy[bar]-rule[0]``."""
     audit: tuple[str, ...] = ()
     """The first matching rule of each AUDIT policy that matched."""
-    key: tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]] = field(
-        init=False, compare=False, repr=False)
-    """The fields as a plain tuple: what memos key a result by, untracked by the cycle
-    collector where the result itself is not (``authz/memo.py``)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.allowed, self.policy, self.reason,
-                                         self.dry_run, self.audit))
-
-
-RESULT_MEMO_SIZE = 4096
-_results: ValueMemo[tuple[bool, str | None, str, tuple[str, ...], tuple[str, ...]],
-                    AuthzResult] = ValueMemo(RESULT_MEMO_SIZE)
-
-
-def _result(allowed: bool, policy: str | None, reason: str, dry_run: tuple[str, ...] = (),
-            audit: tuple[str, ...] = ()) -> AuthzResult:
-    """The shared ``AuthzResult`` of these values: results repeat (one per deciding
-    rule), so a ``Check`` looks one up instead of building and hashing a new one."""
-    key = (allowed, policy, reason, dry_run, audit)
-    found = _results.get(key)
-    if found is None:
-        found = _results.put(key, AuthzResult(*key))
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +143,10 @@ class _Scoped:
         )
 
 
-SCOPE_MEMO_SIZE = 4096
-"""Distinct scopes whose applicable entries are kept. Scopes come from route
-configuration and the identity Envoy runs as, so there are few; past the bound
-the memo starts over rather than grow."""
+SCOPE_MEMO_SIZE = CacheSizes().scopes
+"""Distinct scopes whose applicable entries are kept (``--scope-cache-size``).
+Scopes come from route configuration and the identity Envoy runs as, so there
+are few; past the bound the memo starts over rather than grow."""
 
 
 def _first_match(entries: tuple[_Entry, ...], ctx: AuthzContext) -> str | None:
@@ -191,6 +168,7 @@ class PolicySet:
         policies: tuple[AuthorizationPolicy, ...],
         custom: tuple[AuthorizationPolicy, ...],
         not_attached: tuple[AuthorizationPolicy, ...],
+        scope_cache_size: int = SCOPE_MEMO_SIZE,
     ) -> None:
         self.root_namespace = root_namespace
         self._buckets = buckets
@@ -200,8 +178,8 @@ class PolicySet:
         """CUSTOM policies: validated, never evaluated here (``CUSTOM_EXPLANATION``)."""
         self.not_attached = not_attached
         """targetRef(s) policies: attach only to gateway scopes (``TARGET_REF_EXPLANATION``)."""
-        self._scoped: ValueMemo[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = (
-            ValueMemo(SCOPE_MEMO_SIZE))
+        self._scoped: Memo[tuple[str, tuple[tuple[str, str], ...]], _Scoped] = (
+            Memo(scope_cache_size))
 
     @classmethod
     def compile(
@@ -209,6 +187,7 @@ class PolicySet:
         policies: Sequence[AuthorizationPolicy],
         root_namespace: str,
         trust_domain_aliases: Sequence[str] = (),
+        scope_cache_size: int = SCOPE_MEMO_SIZE,
     ) -> PolicySet:
         """Compile everything now so ``evaluate`` only compares.
 
@@ -243,7 +222,8 @@ class PolicySet:
         if errors:
             raise PolicyErrors(errors)
         buckets = MappingProxyType({ns: _Bucket.build(ps) for ns, ps in by_ns.items()})
-        return cls(root_namespace, buckets, tuple(policies), tuple(custom), tuple(not_attached))
+        return cls(root_namespace, buckets, tuple(policies), tuple(custom), tuple(not_attached),
+                   scope_cache_size)
 
     def _scope_buckets(self, namespace: str) -> tuple[_Bucket, ...]:
         root = self._buckets.get(self.root_namespace, _EMPTY)
@@ -284,15 +264,15 @@ class PolicySet:
             dry_run, audit = self._dry_run(s, ctx), self._audit(s, ctx)
         denied_by = _first_match(s.deny, ctx) if s.deny else None
         if denied_by is not None:
-            return _result(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
+            return AuthzResult(False, denied_by, DENIED_BY_DENY_POLICY, dry_run, audit)
         if s.allow_applies:
             allowed_by = _first_match(s.allow, ctx)
             if allowed_by is None:
-                return _result(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
-            return _result(True, allowed_by, ALLOWED, dry_run, audit)
+                return AuthzResult(False, None, NO_ALLOW_POLICY_MATCHED, dry_run, audit)
+            return AuthzResult(True, allowed_by, ALLOWED, dry_run, audit)
         if s.deny:
-            return _result(True, None, ALLOWED, dry_run, audit)
-        return _result(True, None, NO_POLICY, dry_run, audit)
+            return AuthzResult(True, None, ALLOWED, dry_run, audit)
+        return AuthzResult(True, None, NO_POLICY, dry_run, audit)
 
     def _dry_run(self, s: _Scoped, ctx: AuthzContext) -> tuple[str, ...]:
         out: list[str] = []

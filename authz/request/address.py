@@ -14,32 +14,33 @@ entries, or that entry is not an IP, use the direct peer.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 
-from authz.request.view import RequestView
+from authz.request.view import Peer, RequestView
 
-__all__ = ["XFF", "IPAddress", "normalize_ip", "original_client_ip", "parse_ip"]
+__all__ = ["XFF", "IPAddress", "make_peer", "normalize_ip", "original_client_ip", "parse_ip"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> IPAddress | None:
-    """The address ``text`` names, None if it is not one (a pipe path, a name).
-    Peers and forwarded-for entries repeat, so each distinct text is parsed once."""
+    """The address ``text`` names, None if it is not one (a pipe path, a name)."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-@functools.lru_cache(maxsize=4096)
 def normalize_ip(text: str) -> str:
     """Canonical text of an address (``::FFFF:1.2.3.4`` and ``0:0::1`` forms differ
     from what CIDR matching prints); anything else is kept as sent."""
     ip = parse_ip(text)
     return text if ip is None else str(ip)
+
+
+def make_peer(address: str, port: int | None, principal: str) -> Peer:
+    """A peer as a request names it; pure, so the snapshot memoizes it (``Snapshot.peer``)."""
+    return Peer(ip=normalize_ip(address) if address else "", port=port, principal=principal)
 
 
 XFF = "x-forwarded-for"

@@ -14,8 +14,7 @@ else from the configured default.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,7 +22,7 @@ from authz.errors import UsageError
 
 __all__ = [
     "LABELS_KEY", "NAMESPACE_KEY", "Scope", "ScopeError", "namespace_from_spiffe", "parse_labels",
-    "resolve_scope",
+    "parse_scope", "resolve_scope",
 ]
 
 NAMESPACE_KEY = "namespace"
@@ -81,18 +80,20 @@ def namespace_from_spiffe(principal: str) -> str | None:
 
 
 def resolve_scope(
-    context_extensions: Mapping[str, str], destination_principal: str, default_namespace: str
+    context_extensions: Mapping[str, str], destination_principal: str, default_namespace: str,
+    parse: Callable[[str, str, str, str], Scope] | None = None,
 ) -> Scope:
-    return _scope(context_extensions.get(NAMESPACE_KEY, ""),
-                  context_extensions.get(LABELS_KEY, ""), destination_principal,
-                  default_namespace)
+    """The request's scope. ``parse``: ``parse_scope`` or the snapshot's memoized copy
+    of it (``Snapshot.scope``): routes and the identity Envoy runs as repeat on every
+    request, so each distinct scope is parsed once (a ``ScopeError`` is not
+    remembered: it is raised again)."""
+    return (parse or parse_scope)(
+        context_extensions.get(NAMESPACE_KEY, ""), context_extensions.get(LABELS_KEY, ""),
+        destination_principal, default_namespace)
 
 
-@functools.lru_cache(maxsize=1024)
-def _scope(namespace: str, labels: str, destination_principal: str,
+def parse_scope(namespace: str, labels: str, destination_principal: str,
            default_namespace: str) -> Scope:
-    """Routes and the identity Envoy runs as repeat on every request, so each distinct
-    scope is parsed once (a ``ScopeError`` is not cached: it is raised again)."""
     namespace = namespace.strip()
     if not namespace:
         namespace = namespace_from_spiffe(destination_principal) or default_namespace

@@ -6,6 +6,7 @@ from authz._proto.envoy.config.core.v3 import base_pb2
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz.decision import Decision, Header, Reason
 from authz.envoy.response import check_response, response_bytes
+from authz.memo import IdentityMemo
 
 
 def test_allow_is_ok_http_response_with_mutations() -> None:
@@ -86,10 +87,12 @@ def test_a_repeated_decision_reuses_its_serialized_response_a_different_one_does
 ) -> None:
     allow = Decision.allow(Reason.ALLOWED, upstream_headers=(Header("x-user", "alice"),))
     deny = Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED)
-    first = response_bytes(allow)
-    assert response_bytes(allow) is first
-    other = response_bytes(Decision.allow(Reason.ALLOWED))
-    assert other is not first
+    memo: IdentityMemo[bytes] = IdentityMemo(8)
+    first = response_bytes(allow, memo)
+    assert response_bytes(allow, memo) is first
+    assert response_bytes(allow) is not first and response_bytes(allow) == first  # no memo
+    other = response_bytes(Decision.allow(Reason.ALLOWED), memo)
+    assert other is not first and len(memo) == 2
     assert not CheckResponse.FromString(other).ok_response.headers
     assert CheckResponse.FromString(response_bytes(deny)).denied_response.status.code == 403
     assert CheckResponse.FromString(first).ok_response.headers[0].header.value == "alice"

@@ -283,3 +283,15 @@ def test_a_full_decision_cache_starts_over() -> None:
     for name in ("a", "b", "c"):
         cache.put((name,), Decision.allow(), NOW, NOW + 60, keys)
     assert len(cache) == 1 and cache.get(("c",), NOW, keys) is not None
+
+
+def test_a_stored_key_shares_its_strings_with_every_other_entry() -> None:
+    cache = DecisionCache(8, 600.0)
+    decision = Decision.allow()
+    first, second = ("".join(["GET", "/x"]),), ("".join(["GET", "/x"]),)
+    assert first[0] is not second[0]
+    cache.put(("a", *first), decision, NOW, NOW + 60, None)
+    cache.put(("b", *second), decision, NOW, NOW + 60, None)
+    (_, one), (_, two) = list(cache._decisions)
+    assert one is two  # one copy kept, however many entries hold it
+    assert cache.get(("a", *first), NOW + 1, None) is decision

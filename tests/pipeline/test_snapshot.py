@@ -10,6 +10,7 @@ from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.decision import Decision, Reason
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
+from authz.memo import CacheSizes
 from authz.pipeline.snapshot import (
     PolicyOptions,
     Snapshot,
@@ -66,7 +67,8 @@ def view(method: str = "GET", path: str = "/", token: str | None = None,
     return view_from_check_request(req, "default")
 
 
-def with_jwt_rule(key: Key, policies: str = "", extra: str = "") -> Snapshot:
+def with_jwt_rule(key: Key, policies: str = "", extra: str = "",
+                  options: PolicyOptions | None = None) -> Snapshot:
     """``policies`` plus a RequestAuthentication in ``shop`` trusting ``key`` (issuer-1)."""
     text = (policies + "---\n" if policies else "") + f"""\
 apiVersion: security.istio.io/v1
@@ -77,7 +79,7 @@ spec:
   - issuer: issuer-1
     jwks: '{jwks(key.jwk())}'
 {extra}"""
-    return compile_snapshot(parse_text(text, "p.yaml"), version=1)
+    return compile_snapshot(parse_text(text, "p.yaml"), version=1, options=options)
 
 
 def decide(v: RequestView, text: str = POLICIES) -> Decision:
@@ -214,7 +216,7 @@ def test_repeated_outcomes_share_one_decision_and_distinct_ones_do_not() -> None
 
 
 def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
-    # The memos of what a verified token yields are sized with the token cache: with
+    # The decision cache and the response memo are sized past the token cache: with
     # more distinct tokens than the old fixed 4,096 entries, a second pass over them
     # still gets the very same Decision and CheckResponse objects, nothing rebuilt.
     key = hmac_key()
@@ -227,10 +229,11 @@ def test_every_cached_token_keeps_its_built_decision_and_response() -> None:
 
     first = [snap.evaluate(v, NOW) for v in views()]
     assert all(d.allowed and d.principal for d in first)
-    responses = [response_bytes(d) for d in first]
+    responses = [response_bytes(d, snap.responses) for d in first]
     second = [snap.evaluate(v, NOW + 1) for v in views()]
     assert all(a is b for a, b in zip(first, second, strict=True))
-    assert all(response_bytes(d) is r for d, r in zip(second, responses, strict=True))
+    assert all(response_bytes(d, snap.responses) is r
+               for d, r in zip(second, responses, strict=True))
 
 
 def test_a_repeated_authentication_failure_shares_one_decision() -> None:
@@ -240,8 +243,39 @@ def test_a_repeated_authentication_failure_shares_one_decision() -> None:
     first = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
     assert (first.status, first.body) == (401, "Jwt is expired")
     again = snap.evaluate(view(path="/a", namespace="shop", token=expired), NOW)
-    assert again is first and response_bytes(again) is response_bytes(first)
+    assert again is first
+    assert response_bytes(again, snap.responses) is response_bytes(first, snap.responses)
     # Another route is another realm in WWW-Authenticate: another decision.
     other = snap.evaluate(view(path="/b", namespace="shop", token=expired), NOW)
     assert other is not first and other.body == first.body
     assert other.response_headers != first.response_headers
+
+
+def test_cache_sizes_bound_the_snapshots_caches_and_zero_turns_them_off() -> None:
+    key = hmac_key()
+    token = key.sign(claims())
+    sizes = CacheSizes(tokens=0, decisions=0, scopes=2)
+    snap = compile_snapshot(parse_text(POLICIES, "p.yaml"), version=1,
+                            options=PolicyOptions(caches=sizes))
+    auth = with_jwt_rule(key, POLICIES, options=PolicyOptions(caches=sizes))
+    for s in (snap, auth):
+        v = view(path="/private/x", namespace="shop", token=token)
+        first = s.evaluate(v, NOW)
+        assert s.evaluate(v, NOW) == first
+        assert len(s.recent) == 0 and len(s.responses) == 0
+        assert response_bytes(first, s.responses) == response_bytes(first, s.responses)
+        assert len(s.responses) == 0
+    assert len(auth.authenticator.cache) == 0 and auth.authenticator.cache.misses == 2
+    for i in range(3):
+        snap.evaluate(view(path="/a", namespace=f"ns{i}"), NOW)
+    assert len(snap.inputs) <= 2
+
+
+def test_each_snapshot_owns_its_peer_and_scope_parsers() -> None:
+    a = compile_snapshot((), 1)
+    b = compile_snapshot((), 2)
+    assert a.peer("10.0.0.1", 80, "x") is a.peer("10.0.0.1", 80, "x")
+    assert b.peer("10.0.0.1", 80, "x") is not a.peer("10.0.0.1", 80, "x")
+    assert a.scope("shop", "app=a", "", "d") is a.scope("shop", "app=a", "", "d")
+    off = compile_snapshot((), 3, options=PolicyOptions(caches=CacheSizes(scopes=0)))
+    assert off.peer("10.0.0.1", 80, "x") is not off.peer("10.0.0.1", 80, "x")

@@ -69,9 +69,9 @@ async def test_in_flight_gauge_counts_a_check_while_it_runs(
     seen: list[float | None] = []
     real = service.decide
 
-    def decide(request: external_auth_pb2.CheckRequest) -> object:
+    def decide(request: external_auth_pb2.CheckRequest, peer: str = "") -> object:
         seen.append(registry.get_sample_value("authz_check_in_flight"))
-        return real(request)
+        return real(request, peer)
 
     service.decide = decide  # type: ignore[assignment,method-assign]
     await service.Check(external_auth_pb2.CheckRequest(), None)  # type: ignore[arg-type]
