@@ -82,8 +82,9 @@ SERVE_OPTIONS = (
     Option("--decision-log-sample-rate", "decision_log_sample_rate", "fraction of allows "
            "logged with --decision-log sample", 0.01, float),
     Option("--decision-log-header", "decision_log_header", "request header to include in "
-           "decision lines (repeatable; authorization, cookie and other sensitive headers are "
-           "always redacted)", repeat=True, metavar="NAME"),
+           "decision lines (repeatable; a header any rule reads tokens from, and JWT-shaped "
+           "text in any header, appear as a [sha256:...] fingerprint; cookie and other "
+           "sensitive headers as [redacted])", repeat=True, metavar="NAME"),
     Option("--redact-header", "redact_header", "another header to redact in logs (repeatable)",
            repeat=True, metavar="NAME"),
     Option("--otel-endpoint", "otel_endpoint", "OTLP/gRPC collector (e.g. "
