@@ -99,7 +99,7 @@ def test_a_source_ip_that_is_no_address_exits_two_with_one_line(
     proc = check(policy, "--url", "http://api.local/orders", "--source-ip", address)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"authz check: --source-ip must be an IPv4 or IPv6 address (got {address!r})"]
+        f"authz: error: --source-ip must be an IPv4 or IPv6 address (got {address!r})"]
 
 
 def test_build_request_shapes_like_envoy() -> None:
