@@ -6,7 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -151,3 +154,25 @@ def validate_istio(obj: dict[str, Any]) -> None:
     assert key in schemas, f"no Istio CRD schema for {key}"
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     jsonschema.Draft7Validator(strict_schema(schemas[key])).validate(body)
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """GET on loopback: status and body, error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``check`` (connection errors count as not yet) until it holds or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

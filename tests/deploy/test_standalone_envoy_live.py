@@ -11,10 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +19,13 @@ import pytest
 import yaml
 
 from authz.testing.ports import free_port
-from tests.deploy.helpers import KUSTOMIZATIONS, tool
+from tests.deploy.helpers import KUSTOMIZATIONS, get, tool, wait_for
 from tests.policies import deny_path
 
 pytestmark = pytest.mark.e2e
 
 POLICY = deny_path("/admin")
 
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def socket_address(item: dict[str, Any]) -> dict[str, Any]:
