@@ -231,7 +231,11 @@ def bootstrap(
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
-    from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, RegexMatcher, StringMatcher
+    from envoy_data_plane.envoy.type.matcher.v3 import (
+        ListStringMatcher,
+        RegexMatcher,
+        StringMatcher,
+    )
     from envoy_data_plane.google.protobuf import Any as PbAny
     from envoy_data_plane.google.protobuf import Struct, Value
 
