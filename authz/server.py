@@ -608,6 +608,8 @@ class AuthzServer:
         await self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_period=self.settings.grace_period,
                  drain_delay=self.settings.drain_delay)
+        if self._http is not None:
+            self._http.begin_drain()
         if self.settings.drain_delay:
             await self._drain_delay()
         # Both listeners stop accepting together and share the grace period.

@@ -213,8 +213,6 @@ class CheckProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip, self._peer_port = str(peer[0]), int(peer[1])
         self._owner.open.add(self)
-        if self._owner.draining:
-            self._closing = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
