@@ -150,6 +150,7 @@ def _query_scope(query: str) -> Mapping[str, str]:
 
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_XFCC = ("", "")
 
 
 def _headers(given: Mapping[str, str], drop: frozenset[str], method: str, host: str,
@@ -183,11 +184,15 @@ def view_from_http(
             target = "/" + target
         method, host = request.method, given.get("host", "")
         scheme = given.get("x-forwarded-proto", "")
-        by, uri = parse_xfcc(given.get(XFCC, ""))
+        xfcc = given.get(XFCC)
+        by, uri = parse_xfcc(xfcc) if xfcc else _NO_XFCC
         source_ip = given.get(SOURCE_HEADER, "").strip() or request.peer_ip
-        extensions = {key: given[header] for key, header in
-                      ((NAMESPACE_KEY, NAMESPACE_HEADER), (LABELS_KEY, LABELS_HEADER))
-                      if given.get(header)}
+        extensions = {}
+        namespace, labels = given.get(NAMESPACE_HEADER), given.get(LABELS_HEADER)
+        if namespace:
+            extensions[NAMESPACE_KEY] = namespace
+        if labels:
+            extensions[LABELS_KEY] = labels
         drop = _ENVOY_CONTROL
     elif door is Door.NGINX:
         url = given.get("x-original-url", "")
