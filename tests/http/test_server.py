@@ -164,3 +164,19 @@ async def test_scope_error_is_403_like_grpc(
     assert status == 403 and body.startswith("authz: invalid scope:")
     status, _, _ = await get(server, "/nginx?labels=broken")
     assert status == 403
+
+
+async def test_reload_applies_to_the_http_port(
+        start_server: StartServer, tmp_path: Path, jwks_policy: JwksPolicy) -> None:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    policies(directory, jwks_policy.source)
+    server = await start_server(directory, http_check_address="127.0.0.1:0",
+                                watch_interval=0.0)
+    assert (await get(server, "/nginx", {"x-original-uri": "/open"}))[0] == 200
+    (directory / "more.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: close-open, namespace: default}\n"
+        "spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/open]}\n")
+    assert await server.reload()
+    assert (await get(server, "/nginx", {"x-original-uri": "/open"}))[0] == 403
