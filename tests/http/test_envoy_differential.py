@@ -24,6 +24,22 @@ pytestmark = pytest.mark.e2e
 
 __all__ = ["jwks_server", "keys"]
 
+DESTINATION_POLICY = """\
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: local-only, namespace: dest}
+spec:
+  rules:
+  - when:
+    - key: destination.ip
+      values: ["127.0.0.1"]
+  - to:
+    - operation: {ports: ["1"]}
+"""
+"""Reads the address the downstream connection arrived on (the Envoys' listener ports
+differ, so ports are compared only where neither matches)."""
+
 VOLATILE = frozenset({"x-request-id", "x-envoy-expected-rq-timeout-ms"})
 """Upstream headers that differ between any two requests."""
 
@@ -106,9 +122,9 @@ async def test_policy_cases_answer_alike(
     tmp_path: Path,
 ) -> None:
     policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICIES)
+    policy.write_text(POLICIES + DESTINATION_POLICY)
     _, grpc_envoy, http_envoy = await both(start_authz, start_envoy, echo_upstream, policy,
-                                           ROUTES)
+                                           (*ROUTES, Route("/dest/", {"namespace": "dest"})))
     cases: dict[str, tuple[str, str, Any]] = {
         "default-route": ("GET", "/hello?x=1", {"x-custom": "kept", "authorization": "Bearer t"}),
         "root-namespace-deny": ("GET", "/admin", {}),
@@ -123,6 +139,8 @@ async def test_policy_cases_answer_alike(
         "post-with-body": ("POST", "/web/?a=b", {"x-team": "blue", "content-type": "text/plain"}),
         "spoofed-scope-header": ("GET", "/shop/cart", {"x-authz-namespace": "default"}),
         "spoofed-scope-default-route": ("GET", "/admin", {"x-authz-namespace": "nowhere"}),
+        "destination-ip": ("GET", "/dest/x", {}),
+        "spoofed-destination": ("GET", "/dest/x", {"x-authz-destination-address": "10.9.9.9:1"}),
     }
     differences = await compare(grpc_envoy, http_envoy, cases)
     assert not differences, f"{len(differences)} differences\n" + "\n".join(differences)

@@ -84,7 +84,8 @@ def test_http_transport_sends_scope_headers_and_copies_claim_headers() -> None:
     added = {h["key"]: h["value"] for h in service["authorizationRequest"]["headersToAdd"]}
     assert added == {"x-authz-namespace": "%METADATA(ROUTE:authz:namespace)%",
                      "x-authz-labels": "%METADATA(ROUTE:authz:labels)%",
-                     "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+                     "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                     "x-authz-destination-address": "%DOWNSTREAM_LOCAL_ADDRESS%"}
     # Clients never name a scope or an address: the same headers are disallowed.
     assert {p["exact"] for p in ext_authz["disallowedHeaders"]["patterns"]} == set(added)
     assert service["authorizationResponse"]["allowedUpstreamHeaders"]["patterns"] == [
