@@ -118,3 +118,14 @@ def test_unreadable_labels_raise_scope_error() -> None:
         view_from_http(Door.NGINX, request("/nginx?labels=novalue", {}), "default")
     with pytest.raises(ScopeError):
         view_from_http(Door.ENVOY, request("/envoy/x", {"x-authz-labels": "=x"}), "default")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9000", "127.0.0.1:9090", "nope", "h:99999"])
+def test_http_check_address_is_checked(address: str) -> None:
+    from authz.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="--http-check-address"):
+        Settings(grpc_address="127.0.0.1:9000", http_address="127.0.0.1:9090",
+                 http_check_address=address)
+    Settings(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0",
+             http_check_address="127.0.0.1:0")  # port 0 each: no clash
