@@ -46,6 +46,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "encode_response",
+    "prepared",
 ]
 
 log = structlog.get_logger("authz.http")
@@ -81,6 +82,14 @@ class HttpResponse(NamedTuple):
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    wire: bytes = b""
+    """The whole keep-alive answer, encoded in advance (``prepared``), or empty."""
+
+
+def prepared(response: HttpResponse) -> HttpResponse:
+    """``response`` carrying its keep-alive encoding: an answer given many times (a
+    decision-cache hit) is then written without encoding it again."""
+    return response._replace(wire=encode_response(response, close=False))
 
 
 Handler = Callable[[HttpRequest], HttpResponse]
@@ -93,7 +102,7 @@ _CLOSE_HEAD = b"connection: close\r\n"
 def encode_response(response: HttpResponse, close: bool, head_only: bool = False) -> bytes:
     """The bytes of one HTTP/1.1 response; ``content-length`` always, so the
     connection can carry the next one."""
-    status, headers, body = response
+    status, headers, body, _ = response
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
     for name, value in headers:
         lines.append(f"{name}: {value}\r\n")
@@ -297,7 +306,10 @@ class CheckProtocol(asyncio.Protocol):
         self._started = None
         self._last_active = time.monotonic()
         if self._transport is not None:
-            self._transport.write(encode_response(response, close, method == "HEAD"))
+            head_only = method == "HEAD"
+            self._transport.write(
+                response.wire if response.wire and not close and not head_only
+                else encode_response(response, close, head_only))
         if close:
             self._close()
             raise _Closed

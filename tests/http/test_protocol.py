@@ -232,3 +232,10 @@ async def test_a_flood_of_connections_is_answered(server: Server) -> None:
         return status
 
     assert await asyncio.gather(*(one(i) for i in range(300))) == [200] * 300
+
+
+def test_prepared_answer_is_the_keep_alive_encoding() -> None:
+    from authz.http.protocol import prepared
+
+    answer = prepared(HttpResponse(200, (("x-user", "alice"),)))
+    assert answer.wire == encode_response(HttpResponse(200, (("x-user", "alice"),)), False)

@@ -180,3 +180,22 @@ async def test_reload_applies_to_the_http_port(
         "spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/open]}\n")
     assert await server.reload()
     assert (await get(server, "/nginx", {"x-original-uri": "/open"}))[0] == 403
+
+
+async def test_repeated_decision_reuses_its_answer_per_door(
+        start_server: StartServer, tmp_path: Path, jwks_policy: JwksPolicy) -> None:
+    from authz.http.frontdoors import Door, door_of
+    from authz.http.protocol import HttpRequest
+
+    server = await start(start_server, tmp_path, jwks_policy)
+    service = server.service
+    assert service is not None
+    good = {"authorization": f"Bearer {token()}"}
+    envoy = HttpRequest("GET", "/envoy/secure", good, "127.0.0.1", 1)
+    nginx = HttpRequest("GET", "/nginx", {**good, "x-original-uri": "/secure"}, "127.0.0.1", 1)
+    assert door_of(nginx.target) is Door.NGINX
+    first, again = service.check_http(envoy), service.check_http(envoy)
+    assert first is again and first.wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    other = service.check_http(nginx)
+    assert b"x-envoy-auth-headers-to-remove" in first.wire
+    assert b"x-envoy-auth-headers-to-remove" not in other.wire  # each door its own answer
