@@ -494,6 +494,9 @@ class Authenticator:
                     claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
             return found, math.inf
         run = _Run(self, RequestParts(view.headers, view.query), now)
+        # jwt_authn first removes every provider's output headers from the request
+        # (measured on Envoy 1.40: also of providers that never run).
+        run.outputs = {name: [] for name in plan.output_headers}
         status = run.evaluate(plan.tree)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until

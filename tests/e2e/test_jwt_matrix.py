@@ -189,10 +189,24 @@ def view(reply: Reply, envoy: Envoy, case: Case) -> dict[str, Any]:
         return {"status": reply.status, "body": reply.body,
                 "www-authenticate": realm and realm.replace(f"127.0.0.1:{envoy.port}", "HOST")}
     names = set(COMPARED) | case.output_headers()
-    seen = [(k, v) for k, v in reply.upstream["header_list"]
-            if k in names or k.startswith(f"x-{case.index}-")]
+    seen: dict[str, list[str]] = {}
+    for k, v in reply.upstream["header_list"]:
+        if k in names or k.startswith(f"x-{case.index}-"):
+            seen.setdefault(k, []).append(v)
+    # ext_authz can only append a value to a header line (``a,b``), where jwt_authn
+    # adds a second line of the same name: the same field value (RFC 9110 5.3).
     return {"status": reply.status, "path": reply.upstream["path"],
-            "headers": sorted(seen, key=lambda kv: kv[0])}
+            "headers": sorted((k, comparable(",".join(v))) for k, v in seen.items())}
+
+
+def comparable(value: str) -> Any:
+    """A claim header holding an object, parsed: Envoy writes an object's members in
+    protobuf's map order, which nothing may rely on. Everything else exactly."""
+    try:
+        parsed = json.loads(base64.b64decode(value, validate=True))
+    except ValueError:
+        return value
+    return ("json", json.dumps(parsed, sort_keys=True)) if "{" in json.dumps(parsed) else value
 
 
 def ra_document(case: Case, jwks_uri: str) -> dict[str, Any]:
