@@ -233,8 +233,9 @@ class _Run:
         self.failures: list[tuple[_Provider, ExtractedToken, Status]] = []
         self.outputs: dict[str, list[tuple[str, _Good]]] = {}
         """Output header -> values added, for every name some provider that ran removed."""
-        self.removed_headers: set[str] = set()
-        self.removed_params: set[str] = set()
+        self.removed_headers: dict[str, None] = {}
+        self.removed_params: dict[str, None] = {}
+        """Places removed so far, in the order removed (dicts as ordered sets)."""
         self.ran = 0
         """Bit i: provider i ran (and removed the client's headers of its output names)."""
         self.until = math.inf
@@ -285,17 +286,18 @@ class _Run:
         """``verifyKey``'s side effects for one token."""
         rule, jwt = good.provider.rule, good.jwt
         if rule.output_payload_to_header:
-            self.outputs[rule.output_payload_to_header].append((jwt.payload_segment, good))
+            self.outputs[rule.output_payload_to_header.lower()].append(
+                (jwt.payload_segment, good))
         for c in rule.output_claim_to_headers:
             value = claim_value(jwt.payload, c.claim)
             if value is not None:
-                self.outputs[c.header].append((value, good))
+                self.outputs[c.header.lower()].append((value, good))
         if not rule.forward_original_token:
             loc = good.token.location
             if loc.kind is LocationKind.HEADER:
-                self.removed_headers.add(loc.name)
+                self.removed_headers[loc.name] = None
             elif loc.kind is LocationKind.PARAM:
-                self.removed_params.add(loc.name)
+                self.removed_params[loc.name] = None
         mark = (good.provider.index, good.token.token, good.token.location)
         self.goods.pop(mark, None)
         self.goods[mark] = good
@@ -528,7 +530,7 @@ class Authenticator:
                 spaced=frozenset(rule.space_delimited_claims), inline_keys=inline,
                 outputs=tuple(dict.fromkeys(rule.output_headers)),
             ))
-        outputs = sorted({h for r in rules for h in r.output_headers})
+        outputs = dict.fromkeys(h for r in rules for h in r.output_headers)  # rule order
         plan = _Plan(tuple(providers), requirement_tree(providers), Extractor(rules),
                      tuple(outputs), next(_plan_serials))
         return self._plans.put(rules, plan)
@@ -637,7 +639,7 @@ class Authenticator:
         replaces the client's, later ones are appended, as Envoy's ``addCopy`` after
         the provider's removal), and the removals of the rest."""
         set_headers: list[Header] = []
-        remove: list[str] = []
+        remove = [name for name in run.removed_headers if name not in run.outputs]
         for name, values in run.outputs.items():
             if not values:
                 remove.append(name)
@@ -646,9 +648,6 @@ class Authenticator:
                 if not header_value_ok(value):
                     raise UnsendableClaim(good, name)
                 set_headers.append(Header(name, value, append=k > 0))
-        for name in sorted(run.removed_headers):
-            if name not in run.outputs:
-                remove.append(name)
         claims: Mapping[str, Any] | None = None
         principal: str | None = None
         if run.goods:
@@ -661,7 +660,7 @@ class Authenticator:
             claims=claims,
             upstream_headers=tuple(set_headers),
             upstream_headers_to_remove=tuple(remove),
-            query_parameters_to_remove=tuple(sorted(run.removed_params)),
+            query_parameters_to_remove=tuple(run.removed_params),
             dynamic_metadata=metadata,
             principal=principal,
         )

@@ -259,17 +259,25 @@ def test_required_beside_optional_rules() -> None:
         "Jwt is expired")
 
 
-def test_only_providers_that_ran_strip_their_output_headers() -> None:
-    """As Envoy: a provider removes the client's headers of its output names when it
-    runs. When the first provider passes the request, later ones never run."""
-    r1 = rule("issuer-1", output_claim_to_headers=(ClaimToHeader("x-one", "sub"),))
+def test_output_headers_of_every_rule_are_stripped_and_a_later_provider_resets_its_own(
+) -> None:
+    """As Envoy 1.40: every rule's output names are removed first, even for a provider
+    that never runs; a provider that runs removes its names again, dropping values an
+    earlier provider added under a shared name."""
+    r1 = rule("issuer-1", output_claim_to_headers=(ClaimToHeader("x-one", "sub"),
+                                                   ClaimToHeader("X-Sub", "sub")))
     r2 = rule("issuer-2", from_headers=(HeaderLocation("x-two"),),
-              output_claim_to_headers=(ClaimToHeader("x-two-sub", "sub"),))
-    res = ok(auth(r1, r2).authenticate(view(headers=bearer(KEY.sign(claims()))), NOW))
-    assert res.upstream_headers == (Header("x-one", "sub-1"),)
-    assert "x-two-sub" not in res.upstream_headers_to_remove
-    none = ok(auth(r1, r2).authenticate(view(), NOW))
-    assert set(none.upstream_headers_to_remove) == {"x-one", "x-two-sub"}
+              output_claim_to_headers=(ClaimToHeader("x-sub", "sub"),
+                                       ClaimToHeader("x-two-sub", "sub")))
+    one = bearer(KEY.sign(claims()))
+    res = ok(auth(r1, r2).authenticate(view(headers=one), NOW))
+    assert res.upstream_headers == (Header("x-one", "sub-1"), Header("x-sub", "sub-1"))
+    assert res.upstream_headers_to_remove == ("authorization", "x-two-sub")
+    two = {"x-two": KEY.sign(claims(iss="issuer-2", sub="sub-2"))}
+    required = replace(r2, presence=Presence.REQUIRED)
+    res = ok(auth(r1, required).authenticate(view(headers=one | two), NOW))
+    assert res.upstream_headers == (Header("x-one", "sub-1"), Header("x-sub", "sub-2"),
+                                    Header("x-two-sub", "sub-2"))
 
 
 # -- outputs -------------------------------------------------------------------------
