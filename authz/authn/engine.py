@@ -218,7 +218,7 @@ class _Run:
     """One request's evaluation: extraction and verification memoized, and the
     request's changes so far (as Envoy makes them while the tree runs)."""
 
-    __slots__ = ("auth", "failures", "goods", "now", "outputs", "parts", "ran",
+    __slots__ = ("auth", "events", "failures", "goods", "log", "now", "parts",
                  "removed_headers", "removed_params", "tokens", "until", "verdicts")
 
     def __init__(self, auth: Authenticator, parts: RequestParts, now: float) -> None:
@@ -231,13 +231,16 @@ class _Run:
         """Verified tokens in the order of their last verification (the last one's
         payload is the metadata)."""
         self.failures: list[tuple[_Provider, ExtractedToken, Status]] = []
-        self.outputs: dict[str, list[tuple[str, _Good]]] = {}
-        """Output header -> values added, for every name some provider that ran removed."""
+        self.log: list[_Good] = []
+        """Every verification, in order (a token verified twice is here twice)."""
         self.removed_headers: dict[str, None] = {}
         self.removed_params: dict[str, None] = {}
         """Places removed so far, in the order removed (dicts as ordered sets)."""
-        self.ran = 0
-        """Bit i: provider i ran (and removed the client's headers of its output names)."""
+        self.events: list[int] = []
+        """What changed the output headers, in order: ``i >= 0`` provider i ran (and
+        removed its output names); ``~k`` the verification ``log[k]`` added its values.
+        Replayed only to build a response (``Authenticator._outputs``); as a tuple, it
+        is part of the key a built response is remembered by."""
         self.until = math.inf
         """When the time checks of the tokens read so far can first answer differently."""
 
@@ -268,9 +271,7 @@ class _Run:
     def provider(self, p: _Provider) -> Status:
         """Envoy's ``ProviderVerifierImpl``: remove the client's output headers, then
         verify every token at the provider's places, last found first."""
-        self.ran |= 1 << p.index
-        for name in p.outputs:
-            self.outputs[name] = []
+        self.events.append(p.index)
         tokens = self.tokens_for(p)
         if not tokens:
             return Status.JWT_MISSED
@@ -283,15 +284,11 @@ class _Run:
         return Status.OK
 
     def _verified(self, good: _Good) -> None:
-        """``verifyKey``'s side effects for one token."""
-        rule, jwt = good.provider.rule, good.jwt
-        if rule.output_payload_to_header:
-            self.outputs[rule.output_payload_to_header.lower()].append(
-                (jwt.payload_segment, good))
-        for c in rule.output_claim_to_headers:
-            value = claim_value(jwt.payload, c.claim)
-            if value is not None:
-                self.outputs[c.header.lower()].append((value, good))
+        """``verifyKey``'s side effects for one token: the place is removed now (a later
+        provider must not find it); the output headers are recorded, built on demand."""
+        rule = good.provider.rule
+        self.events.append(~len(self.log))
+        self.log.append(good)
         if not rule.forward_original_token:
             loc = good.token.location
             if loc.kind is LocationKind.HEADER:
@@ -496,9 +493,6 @@ class Authenticator:
                     claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
             return found, math.inf
         run = _Run(self, RequestParts(view.headers, view.query), now)
-        # jwt_authn first removes every provider's output headers from the request
-        # (measured on Envoy 1.40: also of providers that never run).
-        run.outputs = {name: [] for name in plan.output_headers}
         status = run.evaluate(plan.tree)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until
@@ -620,27 +614,52 @@ class Authenticator:
         the providers that ran, the token's place and the (cached, shared) parsed token:
         built once per token and reused while the token cache hands out the same ``Jwt``."""
         if not run.goods:
-            found = self._per_plan.get(plan, (_NO_TOKEN, run.ran))
+            events = tuple(run.events)
+            found = self._per_plan.get(plan, (_NO_TOKEN, events))
             if found is None:
                 found = self._per_plan.put(plan, self._build_success(plan, run),
-                                           (_NO_TOKEN, run.ran))
+                                           (_NO_TOKEN, events))
             return found
         if len(run.goods) != 1:
             return self._build_success(plan, run)
         good = next(iter(run.goods.values()))
-        where = (plan.serial, good.provider.index, good.token.location.key, run.ran)
+        where = (plan.serial, good.provider.index, good.token.location.key, tuple(run.events))
         found = self._successes.get(good.jwt, where)
         if found is None:
             found = self._successes.put(good.jwt, self._build_success(plan, run), where)
         return found
+
+    @staticmethod
+    def _outputs(plan: _Plan, run: _Run) -> dict[str, list[tuple[str, _Good]]]:
+        """Output header -> the values that reach upstream, replaying ``run.events``:
+        jwt_authn first removes every rule's output names (measured on Envoy 1.40: also
+        those of providers that never run), a provider that runs removes its own again,
+        and each verified token adds its values (``addCopy``)."""
+        outputs: dict[str, list[tuple[str, _Good]]] = {name: [] for name in plan.output_headers}
+        for event in run.events:
+            if event >= 0:
+                for name in plan.providers[event].outputs:
+                    outputs[name] = []
+                continue
+            good = run.log[~event]
+            rule, jwt = good.provider.rule, good.jwt
+            if rule.output_payload_to_header:
+                outputs[rule.output_payload_to_header.lower()].append(
+                    (jwt.payload_segment, good))
+            for c in rule.output_claim_to_headers:
+                value = claim_value(jwt.payload, c.claim)
+                if value is not None:
+                    outputs[c.header.lower()].append((value, good))
+        return outputs
 
     def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         """The request's changes as ``upstream_headers`` (the first value of a name
         replaces the client's, later ones are appended, as Envoy's ``addCopy`` after
         the provider's removal), and the removals of the rest."""
         set_headers: list[Header] = []
-        remove = [name for name in run.removed_headers if name not in run.outputs]
-        for name, values in run.outputs.items():
+        outputs = self._outputs(plan, run)
+        remove = [name for name in run.removed_headers if name not in outputs]
+        for name, values in outputs.items():
             if not values:
                 remove.append(name)
                 continue
