@@ -19,6 +19,7 @@ requests.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from authz.testing.jwt_authn import envoy_jwt_filter_routes
+from authz.testing.jwt_authn import JWT_AUTHN_FILTER, RBAC, envoy_jwt_filter_routes
 from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, Rule, SigningKey, jwks_of, rsa_key
@@ -64,6 +65,9 @@ class Case:
     rules: tuple[Rule, ...]
     places: tuple[str, ...]
     """Every place some rule reads (``default`` brings ``default-param``)."""
+    denied: str = ""
+    """A DENY policy refuses a request whose principal's ``sub`` starts with this: which
+    token became the principal shows in the status (a token's ``sub`` names its place)."""
 
     @property
     def prefix(self) -> str:
@@ -110,7 +114,8 @@ def make_case(rng: random.Random, index: int) -> Case:
             presence="REQUIRED" if rng.random() < 0.3 else "OPTIONAL",
             **fields,
         ))
-    return Case(index, tuple(rules), tuple(dict.fromkeys(places)))
+    places = list(dict.fromkeys(places))
+    return Case(index, tuple(rules), tuple(places), f"{rng.choice(places)}-valid-")
 
 
 def b64(data: bytes) -> str:
@@ -222,6 +227,30 @@ def ra_document(case: Case, jwks_uri: str) -> dict[str, Any]:
     }
 
 
+def deny_document(case: Case) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-sub", "namespace": case.namespace},
+        "spec": {"action": "DENY", "rules": [{"when": [
+            {"key": "request.auth.claims[sub]", "values": [case.denied + "*"]}]}]},
+    }
+
+
+def deny_filter(cases: Sequence[Case]) -> dict[str, Any]:
+    """Envoy RBAC as Istio translates each case's ``deny_document`` (one filter for all:
+    each policy also matches its case's path prefix)."""
+    return {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": RBAC,
+        "rules": {"action": "DENY", "policies": {
+            f"ns[{c.namespace}]-policy[deny-sub]-rule[0]": {
+                "permissions": [{"url_path": {"path": {"prefix": c.prefix}}}],
+                "principals": [{"metadata": {
+                    "filter": JWT_AUTHN_FILTER, "path": [{"key": "payload"}, {"key": "sub"}],
+                    "value": {"string_match": {"prefix": c.denied}}}}],
+            } for c in cases if c.denied}}}}
+
+
 @pytest.fixture(scope="module")
 def keys() -> tuple[SigningKey, SigningKey]:
     return rsa_key("m-1"), rsa_key("m-1")
@@ -247,22 +276,25 @@ def describe(case: Case) -> str:
 
 async def run_cases(cases: Sequence[Case], jwks_server: JwksServer, keys: tuple[
         SigningKey, SigningKey], start_authz: StartAuthz, start_envoy: StartEnvoy,
-        echo_upstream: EchoUpstream, tmp_path: Path, rng: random.Random) -> list[str]:
+        echo_upstream: EchoUpstream, tmp_path: Path, rng: random.Random,
+        seen: collections.Counter[str]) -> list[str]:
     policy = tmp_path / "ra.yaml"
-    policy.write_text("\n---\n".join(json.dumps(ra_document(c, jwks_server.uri))
-                                      for c in cases))
+    policy.write_text("\n---\n".join(json.dumps(doc) for c in cases for doc in (
+        ra_document(c, jwks_server.uri), *([deny_document(c)] if c.denied else []))))
     authz = await start_authz(policy)
     routes = [Route(c.prefix, {"namespace": c.namespace}) for c in cases]
     ours = await start_envoy(authz.port, echo_upstream.port, routes)
     reference = await start_envoy(free_port(), echo_upstream.port, wait_healthy=False,
                                   filters=[envoy_jwt_filter_routes(
-                                      [(c.prefix, c.rules) for c in cases], jwks_server.jwks)])
+                                      [(c.prefix, c.rules) for c in cases], jwks_server.jwks),
+                                      deny_filter(cases)])
     minter = Minter(*keys)
     differences = []
     for case in cases:
         for req in requests_for(rng, case, minter):
             expected = view(await reference.send("GET", req.path, req.headers), reference, case)
             got = view(await ours.send("GET", req.path, req.headers), ours, case)
+            seen[f"{expected['status']} {expected.get('body', '')}".strip()] += 1
             if expected != got:
                 differences.append(f"case {case.index} ({describe(case)}) | {req.label}:\n"
                                    f"  envoy jwt_authn: {expected}\n  authz:           {got}")
@@ -275,8 +307,14 @@ async def test_generated_rules_places_and_token_states(
 ) -> None:
     rng = random.Random(SEED)
     cases = [make_case(rng, i) for i in range(CASES)]
+    seen: collections.Counter[str] = collections.Counter()
     differences = await run_cases(cases, jwks_server, keys, start_authz, start_envoy,
-                                  echo_upstream, tmp_path, rng)
+                                  echo_upstream, tmp_path, rng, seen)
+    # The sample reaches every kind of answer, the principal DENY included.
+    for answer in ("200", "401 Jwt is missing", "401 Jwt issuer is not configured",
+                   "401 Jwt is expired", "401 Jwt verification fails",
+                   "403 Audiences in Jwt are not allowed", "403 RBAC: access denied"):
+        assert seen[answer], f"seed {SEED}: no request answered {answer!r}: {dict(seen)}"
     assert not differences, f"seed {SEED}: {len(differences)} differences\n" + "\n".join(
         differences[:40])
 
