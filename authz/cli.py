@@ -97,7 +97,8 @@ SERVE_OPTIONS = (
            "SIGTERM", 10.0, float),
     Option("--drain-delay", "drain_delay", "seconds to keep answering after SIGTERM while "
            "health reports NOT_SERVING, so callers move away before the listener closes; "
-           "ends early once no Check arrived for 100 ms", 5.0, float),
+           "ends early once polling health checkers were told and no Check arrived for 100 ms",
+           5.0, float),
     Option("--workers", "workers", "server processes sharing the gRPC port (SO_REUSEPORT, "
            "Linux) under one supervisor that handles signals, restarts crashed workers and "
            "serves the admin port with merged metrics; auto = CPUs available (affinity and "

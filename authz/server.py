@@ -544,17 +544,21 @@ class AuthzServer:
 
     async def _drain_delay(self) -> None:
         """Keep answering while health checkers (Envoy's, the kubelet's) notice
-        NOT_SERVING and callers move away; once no Check has arrived for
-        ``DRAIN_IDLE`` seconds they have, and the delay ends early."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_delay
+        NOT_SERVING and callers move away. The delay ends early once every
+        health checker that polls over a kept connection and is due back within
+        the delay has been told NOT_SERVING, and no Check has arrived for
+        ``DRAIN_IDLE`` seconds since: a lull alone does not end it, because a
+        proxy that has not yet seen NOT_SERVING still routes here."""
         start = time.perf_counter()
-        while loop.time() < deadline:
-            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - loop.time()))
+        deadline = start + self.settings.drain_delay
+        while (now := time.perf_counter()) < deadline:
+            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - now))
+            if self.health.untold_pollers(deadline):
+                continue
             last = self.service.last_arrival if self.service is not None else 0.0
-            now = time.perf_counter()
-            if now - max(last, start) >= DRAIN_IDLE:
-                log.info("drain_idle", waited=round(now - start, 3))
+            quiet_since = max(last, start, self.health.told_at or start)
+            if time.perf_counter() - quiet_since >= DRAIN_IDLE:
+                log.info("drain_idle", waited=round(time.perf_counter() - start, 3))
                 return
 
     async def serve(self, install_signals: bool = True) -> None:
