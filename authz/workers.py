@@ -227,12 +227,13 @@ class Supervisor:
             "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),
             "grpc_experiments": next((w["grpc_experiments"] for w in workers
                                       if "grpc_experiments" in w), None),
-            # Each worker reloads the same files; the first one's view stands for all.
+            # Each worker reloads the same files: the first one's view stands for all
+            # here, and each worker's own is in ``workers`` (one may lag a rotation).
             "tls": next((w["tls"] for w in workers if "tls" in w), None),
             "restarts": self.restarts,
             "workers": [{k: w.get(k) for k in ("worker", "pid", "alive", "ready",
                                                "snapshot_version", "last_reload_error",
-                                               "event_loop", "grpc_experiments")}
+                                               "event_loop", "grpc_experiments", "tls")}
                         for w in workers],
         }
 
