@@ -17,7 +17,7 @@ from authz import __version__, eventloop
 from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
 from authz.errors import AuthzError
 from authz.observe import LOG_LEVELS, configure_logging
-from authz.tools import check, commands, envoy_config, validate
+from authz.tools import check, commands, envoy_config, testsuite, validate
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=lambda args: serve_command(settings_from_args(args)))
     validate.register(sub)
     check.register(sub)
+    testsuite.register(sub)
     envoy_config.register(sub)
     commands.register(sub)
     return parser
