@@ -9,6 +9,7 @@ which field decided a rule's match. The decision itself is the engine's own
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from authz.policy.authorization import (
     Source,
 )
 from authz.policy.errors import Location
+from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule
 from authz.rbac.context import AuthzContext, RequestAuth
 from authz.rbac.rules import (
@@ -53,12 +55,35 @@ from authz.request.address import original_client_ip
 from authz.request.view import RequestView
 
 __all__ = [
-    "Explanation", "FieldResult", "Locator", "PolicyReport", "RuleReport", "TokenReport",
-    "JwtRuleReport", "explain",
+    "RULE_NAME", "Explanation", "FieldResult", "JwtRuleReport", "Locator", "PolicyReport",
+    "ResourceLocator", "RuleReport", "TokenReport", "explain",
 ]
 
 Locator = Callable[[str, str], Location | None]
 """(``Kind ns/name``, field path like ``spec.rules[1]``) -> where it is written."""
+RULE_NAME = re.compile(r"ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<i>\d+)\]")
+"""Istio's RBAC rule name, as ``Decision.policy`` carries it."""
+
+
+class ResourceLocator:
+    """A ``Locator`` over loaded resources: the line of any field of any policy (only
+    tools that loaded the files have it; the snapshot keeps no specs)."""
+
+    def __init__(self, resources: Iterable[Resource]) -> None:
+        self._by_ref = {r.ref: r for r in resources}
+
+    def __call__(self, ref: str, path: str) -> Location | None:
+        res = self._by_ref.get(ref)
+        if res is None:
+            return None
+        return res.where(path) if path else res.location
+
+    def rule(self, rule_name: str | None) -> Location | None:
+        """Where ``ns[..]-policy[..]-rule[i]`` is written."""
+        m = RULE_NAME.fullmatch(rule_name or "")
+        if m is None:
+            return None
+        return self(f"AuthorizationPolicy {m['ns']}/{m['name']}", f"spec.rules[{m['i']}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +102,8 @@ class FieldResult:
 
     def __str__(self) -> str:
         verb = "matched" if self.matched else "did not match"
-        patterns = ", ".join(json.dumps(p) for p in self.patterns)
+        patterns = (json.dumps(self.patterns[0]) if len(self.patterns) == 1
+                    else json.dumps(list(self.patterns)))
         text = f"{self.path}: {patterns} {verb} {self.actual}"
         if self.held is self.matched:
             return text
@@ -220,11 +246,11 @@ class Explanation:
             out.append(f"  {p.action}{mode} {p.ref}{where}")
             if p.note:
                 out.append(f"    {p.note}")
-            for r in p.rules:
-                state = "MATCHED" if r.matched else "no match"
-                skipped = "" if r.evaluated else " [not reached by the engine]"
-                where = f" ({r.location})" if r.location else ""
-                out.append(f"    rule[{r.index}]{where}: {state}{skipped}: {r.decided_by}")
+            for rule in p.rules:
+                state = "MATCHED" if rule.matched else "no match"
+                skipped = "" if rule.evaluated else " [not reached by the engine]"
+                where = f" ({rule.location})" if rule.location else ""
+                out.append(f"    rule[{rule.index}]{where}: {state}{skipped}: {rule.decided_by}")
         d = self.decision
         out.append(f"decision: {'ALLOW' if d.allowed else 'DENY'} {d.status}: {self.why}")
         return "\n".join(out)

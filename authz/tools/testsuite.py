@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
@@ -30,10 +31,10 @@ from authz.decision import Decision
 from authz.errors import AuthzError
 from authz.explain.coverage import Coverage
 from authz.explain.request import RequestSpec, RequestSpecError
-from authz.explain.walk import Explanation, explain
+from authz.explain.walk import RULE_NAME, Explanation, ResourceLocator, explain
 from authz.pipeline.snapshot import PolicyOptions, Snapshot, compile_snapshot
 from authz.policy.errors import Location, PolicyError, PolicyErrors
-from authz.policy.load import Resource, load_paths
+from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
 from authz.tools.jwks import jwk_entry, jwks_document
 from authz.tools.keys import PrivateKey, ToolError, generate_private_key, load_private_key
@@ -49,8 +50,7 @@ DEFAULT_NOW = 1_893_456_000
 """2030-01-01T00:00:00Z: the clock of a file that names none, so no test depends on
 the date it runs."""
 DEFAULT_URL = "http://api.local/"
-MALFORMED_TOKEN = "not-a-valid-token"
-RULE_NAME = re.compile(r"ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<i>\d+)\]")
+MALFORMED_TOKEN = "not-a-valid-token"  # noqa: S105 - a deliberately broken token
 
 
 class SuiteError(AuthzError, ValueError):
@@ -586,25 +586,6 @@ class FileResult:
     """The suite's keys (``generate``/``keys``): what a live server would need to agree."""
 
 
-class _Locator:
-    """Resources by ``Kind ns/name``: rules' ``file:line`` for reports."""
-
-    def __init__(self, resources: Sequence[Resource]) -> None:
-        self._by_ref = {r.ref: r for r in resources}
-
-    def __call__(self, ref: str, path: str) -> Location | None:
-        res = self._by_ref.get(ref)
-        if res is None:
-            return None
-        return res.where(path) if path else res.location
-
-    def rule(self, rule_name: str | None) -> Location | None:
-        m = RULE_NAME.fullmatch(rule_name or "")
-        if m is None:
-            return None
-        return self(f"AuthorizationPolicy {m['ns']}/{m['name']}", f"spec.rules[{m['i']}]")
-
-
 def _upstream_headers(request: RequestSpec, d: Decision) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in request.headers:
@@ -648,7 +629,7 @@ def check_expectation(exp: Expectation, d: Decision, request: RequestSpec) -> li
     return problems
 
 
-def compile_for(tf: TestFile) -> tuple[Snapshot, _Locator, Signers | None]:
+def compile_for(tf: TestFile) -> tuple[Snapshot, ResourceLocator, Signers | None]:
     resources = load_paths(tf.policies, tf.default_namespace)
     options = PolicyOptions(root_namespace=tf.root_namespace)
     probe = compile_snapshot(resources, 1, options)
@@ -662,7 +643,7 @@ def compile_for(tf: TestFile) -> tuple[Snapshot, _Locator, Signers | None]:
         signers = _signers(tf, probe.jwt_rules) if (tf.generate or tf.private_keys) else None
         snapshot = compile_snapshot(resources, 1, options,
                                     signers.provider() if signers else IssuerKeys({}))
-    return snapshot, _Locator(resources), signers
+    return snapshot, ResourceLocator(resources), signers
 
 
 def run_file(tf: TestFile, coverage: Coverage | None = None, explain_failures: bool = False
@@ -744,7 +725,8 @@ def junit_xml(files: Sequence[FileResult]) -> bytes:
     root.set("tests", str(total))
     root.set("failures", str(failed))
     root.set("errors", "0")
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data
 
 
 # --- the starter ------------------------------------------------------------------
@@ -770,8 +752,7 @@ def init_text(policy_paths: Sequence[str], test_file: Path) -> str:
     one case the rule matches and one it does not, with what the engine answers now."""
     resources = load_paths(policy_paths)
     snapshot = compile_snapshot(resources, 1, PolicyOptions())
-    rel = [str(Path(p).resolve().relative_to(test_file.resolve().parent, walk_up=True))
-           for p in policy_paths]
+    rel = [os.path.relpath(Path(p).resolve(), test_file.resolve().parent) for p in policy_paths]
     issuers = sorted({r.issuer for r in snapshot.jwt_rules})
     probe = TestFile(test_file, (), DEFAULT_NOW, None, bool(issuers), {}, "istio-system",
                      "default", ())
