@@ -3,7 +3,7 @@
 It reads what the snapshot compiled (jwtRules in scope, token locations, rules in
 Envoy's name order) and asks each compiled check again, field by field, to say
 which field decided a rule's match. The decision itself is the engine's own
-(``Snapshot.decide``): the walk never decides differently, it only tells why.
+(``Snapshot.evaluate``): the walk never decides differently, it only tells why.
 """
 
 from __future__ import annotations
@@ -498,9 +498,9 @@ def _why(decision: Decision, authorized: bool) -> str:
 
 def explain(snapshot: Snapshot, view: RequestView, now: float,
             locate: Locator | None = None) -> Explanation:
-    """Walk one request through ``snapshot`` the way its engines do, and decide it
-    with the engines themselves (``Snapshot.decide``, no cached answer)."""
-    decision, _ = snapshot.decide(view, now)
+    """Walk one request through ``snapshot`` the way its engines do; the decision is
+    the one a ``Check`` gets (``Snapshot.evaluate``)."""
+    decision = snapshot.evaluate(view, now)
     jwt_rules = _jwt_rules(snapshot, view, now, locate)
     authn = snapshot.authenticator.authenticate(view, now)
     authorized = not isinstance(authn, AuthnFailure)
