@@ -113,3 +113,16 @@ async def test_debug_explain_is_served_only_when_enabled(
     assert rule["matched"] and rule["decided_by"] == (
         'to[0].operation.paths: "/api/*" matched "/api/orders"')
     assert json.dumps(body).count("snapshot_version") == 1
+
+
+async def test_debug_explain_under_workers_is_answered_by_a_worker(
+    start_authz: StartAuthz,
+) -> None:
+    supervisor = await start_authz(ROOT / "examples" / "policies",
+                                   args=["--workers", "2", "--enable-debug-endpoints"])
+    async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{supervisor.admin_port}/debug/explain",
+            json={"url": "http://api.local/admin"}) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["decision"]["policy"] == "ns[istio-system]-policy[block-admin]-rule[0]"
