@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.explain.walk import Explanation
+from authz.explain.walk import Explanation, Locator
 from authz.pipeline.snapshot import Snapshot
 from authz.policy.errors import Location
 
@@ -59,8 +59,7 @@ class Coverage:
 
     items: dict[tuple[str, str], CoverageItem] = field(default_factory=dict)
 
-    def add_snapshot(self, snapshot: Snapshot,
-                     locate: Any = None) -> None:
+    def add_snapshot(self, snapshot: Snapshot, locate: Locator | None = None) -> None:
         """List every rule up front, so rules no case reached appear with zeros."""
         for policy in snapshot.authorization.policies:
             if policy.action.value == "CUSTOM" or policy.target_refs:

@@ -416,12 +416,15 @@ def load_test_file(path: Path) -> TestFile:
 
 
 def discover(paths: Sequence[str]) -> list[Path]:
-    """``*.authz-test.yaml`` under each directory (recursively), or the files given."""
+    """``*.authz-test.yaml`` under each directory (recursively, hidden folders such as
+    ``.git`` or a ``.venv`` and ``node_modules`` skipped), or the files given."""
     found: list[Path] = []
     for raw in paths or ["."]:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(x for x in p.rglob(f"*{SUFFIX}") if x.is_file()))
+            found.extend(sorted(x for x in p.rglob(f"*{SUFFIX}") if x.is_file() and not any(
+                part.startswith(".") or part == "node_modules"
+                for part in x.relative_to(p).parts[:-1])))
         elif p.is_file():
             found.append(p)
         else:
