@@ -33,6 +33,7 @@ from authz.explain.coverage import Coverage
 from authz.explain.request import RequestSpec, RequestSpecError
 from authz.explain.walk import RULE_NAME, Explanation, ResourceLocator, explain
 from authz.pipeline.snapshot import PolicyOptions, Snapshot, compile_snapshot
+from authz.policy.authorization import Rule
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
@@ -735,24 +736,56 @@ def junit_xml(files: Sequence[FileResult]) -> bytes:
 # --- the starter ------------------------------------------------------------------
 
 
-def _example_path(paths: Sequence[str]) -> str:
-    if not paths:
-        return "/"
-    p = paths[0]
-    if p.endswith("*"):
-        return p[:-1] + "example"
-    if p.startswith("*"):
-        return "/example" + p[1:]
-    return re.sub(r"\{[^}]*\}", "x", p)
+ELSEWHERE = "/authz-test-elsewhere"
 
 
-def _other_path(paths: Sequence[str]) -> str:
-    return "/authz-test-elsewhere" if paths else "/"
+def _concrete(pattern: str) -> str:
+    """A value an Istio pattern (``*`` prefix/suffix, ``{*}`` templates) matches."""
+    return re.sub(r"\{[^}]*\}", "x", pattern).replace("*", "x")
+
+
+@dataclass(slots=True)
+class _Draft:
+    """One request of the starter, built up from a rule's fields."""
+
+    path: str = "/"
+    method: str = "GET"
+    token: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+def _drafts(rule: Rule) -> tuple[_Draft, _Draft]:
+    """(a request the rule should match, one it should not), from its first ``to``,
+    its first ``from`` (requestPrincipals or not) and its header/claim conditions."""
+    hit, miss = _Draft(), _Draft()
+    op = rule.to[0] if rule.to else None
+    if op is not None:
+        if op.paths:
+            hit.path, miss.path = _concrete(op.paths[0]), ELSEWHERE
+        elif op.not_paths:
+            hit.path, miss.path = ELSEWHERE, _concrete(op.not_paths[0])
+        if op.methods:
+            hit.method = op.methods[0].upper()
+            if not op.paths and not op.not_paths:
+                miss.method = "DELETE" if hit.method != "DELETE" else "PATCH"
+    src = rule.from_[0] if rule.from_ else None
+    if src is not None and src.not_request_principals and not src.request_principals:
+        hit.token, miss.token = False, True
+    for cond in rule.when:
+        if not cond.values:
+            continue
+        value = _concrete(cond.values[0])
+        if cond.key.startswith("request.headers[") and cond.names:
+            hit.headers[cond.names[0]] = value
+        elif cond.key.startswith("request.auth.claims[") and len(cond.names) == 1:
+            hit.claims[cond.names[0]] = [value] if cond.names[0] == "groups" else value
+    return hit, miss
 
 
 def init_text(policy_paths: Sequence[str], test_file: Path) -> str:
-    """A commented starter that passes: for every rule it can derive a request for,
-    one case the rule matches and one it does not, with what the engine answers now."""
+    """A commented starter that passes: for every rule, a request it should match and
+    one it should not, each expecting what the engine answers now."""
     resources = load_paths(policy_paths)
     snapshot = compile_snapshot(resources, 1, PolicyOptions())
     rel = [os.path.relpath(Path(p).resolve(), test_file.resolve().parent) for p in policy_paths]
@@ -765,14 +798,22 @@ def init_text(policy_paths: Sequence[str], test_file: Path) -> str:
     cases: list[dict[str, Any]] = []
     comments: list[str] = []
 
-    def add(name: str, ns: str, path: str, method: str, token: dict[str, Any] | None) -> None:
-        request: dict[str, Any] = {"method": method, "path": path, "namespace": ns}
-        req = RequestSpec(DEFAULT_URL.rstrip("/") + path, method, (), namespace=ns)
-        if token is not None:
-            assert signers is not None
-            spec = MintSpec(issuer=token["issuer"], sub=token.get("sub", "test-user"))
-            req = place_token(req, TokenSpec(None, spec),
-                              mint_token(spec, signers, DEFAULT_NOW))
+    def add(name: str, ns: str, draft: _Draft) -> None:
+        request: dict[str, Any] = {"method": draft.method, "path": draft.path, "namespace": ns}
+        if draft.headers:
+            request["headers"] = dict(draft.headers)
+        req = RequestSpec(DEFAULT_URL.rstrip("/") + draft.path, draft.method,
+                          tuple(draft.headers.items()), namespace=ns)
+        token: dict[str, Any] | None = None
+        if draft.token and issuers and signers is not None:
+            token = {"issuer": issuers[0], "sub": "alice"}
+            extra = {k: v for k, v in draft.claims.items() if k != "groups"}
+            if "groups" in draft.claims:
+                token["groups"] = draft.claims["groups"]
+            if extra:
+                token["claims"] = extra
+            spec = MintSpec(issuer=issuers[0], sub="alice", claims=dict(draft.claims))
+            req = place_token(req, TokenSpec(None, spec), mint_token(spec, signers, DEFAULT_NOW))
         d = snap.evaluate(req.view(), float(DEFAULT_NOW))
         case: dict[str, Any] = {"name": name, "request": request}
         if token is not None:
@@ -793,21 +834,26 @@ def init_text(policy_paths: Sequence[str], test_file: Path) -> str:
         if policy.selector:
             comments.append(f"{policy.ref} has a selector: add request.labels to its cases")
         for i, rule in enumerate(policy.rules):
-            op = rule.to[0] if rule.to else None
-            paths = op.paths if op else ()
-            method = op.methods[0] if op and op.methods else "GET"
-            needs_token = bool(rule.from_ and rule.from_[0].request_principals)
-            token = {"issuer": issuers[0], "sub": "alice"} if issuers and needs_token else None
+            hit, miss = _drafts(rule)
             label = f"{policy.ref} rule {i}"
-            add(f"{label}: a request it should match", policy.namespace,
-                _example_path(paths), method, token)
-            other_token = None if needs_token else (
-                {"issuer": issuers[0], "sub": "alice"} if issuers else None)
-            add(f"{label}: a request it should not match", policy.namespace,
-                _other_path(paths), "GET" if method != "GET" else "POST", other_token)
-            if rule.when:
-                comments.append(f"{label} has when conditions: give the 'match' case the "
-                                "headers or claims they test")
+            add(f"{label}: a request it should match", policy.namespace, hit)
+            add(f"{label}: a request it should not match", policy.namespace, miss)
+            if rule.from_ and any(
+                    getattr(rule.from_[0], f) for f in ("principals", "namespaces", "ip_blocks",
+                                                        "remote_ip_blocks", "service_accounts")):
+                comments.append(f"{label} tests the peer: give its cases request.source")
+    for jwt_rule in snapshot.jwt_rules:
+        ns = jwt_rule.source.split(" ")[1].split("/")[0] if " " in jwt_rule.source else "default"
+        spoiled = MintSpec(issuer=jwt_rule.issuer, sub="alice", expired=True)
+        assert signers is not None
+        req = place_token(RequestSpec(DEFAULT_URL, namespace=ns), TokenSpec(None, spoiled),
+                          mint_token(spoiled, signers, DEFAULT_NOW))
+        d = snap.evaluate(req.view(), float(DEFAULT_NOW))
+        cases.append({
+            "name": f"{jwt_rule.source}: an expired token", "request": {"path": "/",
+                                                                        "namespace": ns},
+            "token": {"issuer": jwt_rule.issuer, "sub": "alice", "expired": True},
+            "expect": {"status": d.status, **({"body": d.body} if not d.allowed else {})}})
     doc: dict[str, Any] = {"policies": rel, "now": "2030-01-01T00:00:00Z"}
     if issuers:
         doc["jwks"] = {"generate": True}

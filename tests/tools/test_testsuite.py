@@ -255,6 +255,8 @@ def test_init_writes_a_starter_that_passes(
     out = capsys.readouterr().out.splitlines()[-1]
     passed = int(out.split()[0])
     assert passed >= 2 and out.endswith(" passed, 0 failed")
+    if policies == TUTORIAL / "policies":  # a match and a miss per rule, a bad token per issuer
+        assert main(["test", str(target), "--min-coverage", "100"]) == 0
     assert main(["test", "--init", "--policy", str(policies), str(target)]) == 2  # not overwritten
 
 
