@@ -124,8 +124,8 @@ class RuleReport:
     """Whether the engine itself reached this rule (it stops at the first match of
     each action), as opposed to being walked only for this explanation."""
     decided_by: str
-    """The first field that decided the match: the first that failed, or for a match
-    the field that held last (``every field held``)."""
+    """The field that decided the match: the first that failed (in the engine's order:
+    ``when``, then ``from``, then ``to``), or for a match the last field that held."""
     fields: tuple[FieldResult, ...]
     location: Location | None
 
