@@ -35,6 +35,7 @@ from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
 from authz.errors import ListenError
 from authz.eventloop import current_loop_name
+from authz.explain.debug import explain_request
 from authz.health import HealthServicer
 from authz.memo import CacheSizes
 from authz.observe import Metrics, resolved_format
@@ -337,6 +338,12 @@ class AuthzServer:
     async def metrics_text(self) -> bytes:
         return generate_latest(self.metrics.registry)
 
+    async def debug_explain(self, body: bytes) -> tuple[int, bytes]:
+        """``POST /debug/explain`` (``--enable-debug-endpoints``): against the snapshot
+        serving now; as synchronous as a Check, and as short."""
+        return explain_request(self.store.current, body, time.time(),
+                               self.settings.default_namespace)
+
     # -- lifecycle -------------------------------------------------------------
     def _compile_unchanged(self, version: int) -> Snapshot:
         """``_compile``, discarded (``ChangedDuringRead``) if the files moved meanwhile."""
@@ -494,7 +501,8 @@ class AuthzServer:
         await server.start()
         self._grpc = server
         if self.settings.http_address:
-            self._admin = AdminServer(self)
+            self._admin = AdminServer(
+                self, self.debug_explain if self.settings.enable_debug_endpoints else None)
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
