@@ -35,6 +35,7 @@ from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
 from authz.errors import ListenError
 from authz.eventloop import current_loop_name
+from authz.explain.debug import explain_request
 from authz.health import HealthServicer
 from authz.memo import CacheSizes
 from authz.observe import Metrics, resolved_format
@@ -337,6 +338,12 @@ class AuthzServer:
     async def metrics_text(self) -> bytes:
         return generate_latest(self.metrics.registry)
 
+    async def debug_explain(self, body: bytes) -> tuple[int, bytes]:
+        """``POST /debug/explain`` (``--enable-debug-endpoints``): against the snapshot
+        serving now; as synchronous as a Check, and as short."""
+        return explain_request(self.store.current, body, time.time(),
+                               self.settings.default_namespace)
+
     # -- lifecycle -------------------------------------------------------------
     def _compile_unchanged(self, version: int) -> Snapshot:
         """``_compile``, discarded (``ChangedDuringRead``) if the files moved meanwhile."""
@@ -494,7 +501,8 @@ class AuthzServer:
         await server.start()
         self._grpc = server
         if self.settings.http_address:
-            self._admin = AdminServer(self)
+            self._admin = AdminServer(
+                self, self.debug_explain if self.settings.enable_debug_endpoints else None)
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
@@ -544,17 +552,21 @@ class AuthzServer:
 
     async def _drain_delay(self) -> None:
         """Keep answering while health checkers (Envoy's, the kubelet's) notice
-        NOT_SERVING and callers move away; once no Check has arrived for
-        ``DRAIN_IDLE`` seconds they have, and the delay ends early."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_delay
+        NOT_SERVING and callers move away. The delay ends early once every
+        health checker that polls over a kept connection and is due back within
+        the delay has been told NOT_SERVING, and no Check has arrived for
+        ``DRAIN_IDLE`` seconds since: a lull alone does not end it, because a
+        proxy that has not yet seen NOT_SERVING still routes here."""
         start = time.perf_counter()
-        while loop.time() < deadline:
-            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - loop.time()))
+        deadline = start + self.settings.drain_delay
+        while (now := time.perf_counter()) < deadline:
+            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - now))
+            if self.health.untold_pollers(deadline):
+                continue
             last = self.service.last_arrival if self.service is not None else 0.0
-            now = time.perf_counter()
-            if now - max(last, start) >= DRAIN_IDLE:
-                log.info("drain_idle", waited=round(now - start, 3))
+            quiet_since = max(last, start, self.health.told_at or start)
+            if time.perf_counter() - quiet_since >= DRAIN_IDLE:
+                log.info("drain_idle", waited=round(time.perf_counter() - start, 3))
                 return
 
     async def serve(self, install_signals: bool = True) -> None:
