@@ -41,7 +41,6 @@ from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule
 from authz.rbac.context import AuthzContext, RequestAuth
 from authz.rbac.rules import (
-    AbsentCheck,
     AllOf,
     Check,
     ClaimCheck,
@@ -353,8 +352,6 @@ def _actual(check: Check, ctx: AuthzContext) -> str:
         if ctx.claims is None:
             return "(no verified token)"
         return _show(check.claim.lookup(ctx.claims))
-    if isinstance(check, AbsentCheck):
-        return "(never available to ext_authz)"
     return "(unknown)"
 
 
