@@ -154,7 +154,6 @@ class _Provider:
     rule: JwtRule
     rule_id: int
     extractor: Extractor
-    locations: frozenset[TokenLocation]
     audiences: frozenset[str]
     spaced: frozenset[str]
     inline_keys: KeySet | None
@@ -510,8 +509,6 @@ class Authenticator:
         providers: list[_Provider] = []
         for i, rule in enumerate(rules):
             extractor = Extractor((rule,))
-            locations = frozenset(
-                loc for loc, _ in (*extractor.headers, *extractor.params, *extractor.cookies))
             rule_id = self._rule_ids.setdefault(rule, len(self._rule_ids))
             inline = None
             if rule.jwks:
@@ -519,7 +516,7 @@ class Authenticator:
                 if inline is None:
                     inline = self._inline.setdefault(rule.jwks, parse_jwks(rule.jwks))
             providers.append(_Provider(
-                index=i, rule=rule, rule_id=rule_id, extractor=extractor, locations=locations,
+                index=i, rule=rule, rule_id=rule_id, extractor=extractor,
                 audiences=frozenset(sanitize_audience(a) for a in rule.audiences),
                 spaced=frozenset(rule.space_delimited_claims), inline_keys=inline,
                 outputs=tuple(dict.fromkeys(rule.output_headers)),
