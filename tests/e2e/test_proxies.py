@@ -13,6 +13,7 @@ when that changes.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from tests.e2e.proxies import StartNginx, StartTraefik
 from tests.e2e.rig import EchoUpstream, Front, Reply, Route
 from tests.e2e.test_check import POLICIES, ROUTES
 from tests.e2e.test_jwt import COMPARED_HEADERS, VARIANTS, token_cases
+from tests.policies import documents, require_jwt
+from tests.shared_data import require_shared
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxies]
 
@@ -239,3 +242,40 @@ async def test_token_cases_match_the_grpc_path(
     assert not differences, f"{variant}: {len(differences)} differences\n" + "\n".join(
         differences)
     assert applied <= set(RULES)
+
+
+async def test_seed_tutorial_through_ingress_nginx_auth_url(
+    start_authz: StartAuthz, start_nginx: StartNginx, echo_upstream: EchoUpstream,
+    tmp_path: Path,
+) -> None:
+    """Istio's samples: a bad token 401, a good token 200 (token removed upstream), no
+    token 403 under DENY notRequestPrincipals ["*"], through ingress-nginx's auth-url."""
+    samples = require_shared("conformance/istio-jwt-samples")
+    jwks = JwksServer(json.loads((samples / "jwks.json").read_text()))
+    await jwks.start()
+    try:
+        (tmp_path / "p.yaml").write_text(documents(f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt-example, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwksUri: {jwks.uri}
+    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+""", require_jwt(namespace="foo")))
+        authz = await start_authz(tmp_path / "p.yaml", http_check=True)
+        nginx = await start_nginx(authz.http_check_port, echo_upstream.port,
+                                  [NginxRoute("/", "foo")], ["x-jwt-sub", "authorization"])
+        demo = (samples / "demo.jwt").read_text().strip()
+        bad = await nginx.send("GET", "/headers", {"authorization": "Bearer deadbeef"})
+        assert bad.status == 401
+        assert bad.headers["www-authenticate"].endswith('error="invalid_token"')
+        good = await nginx.send("GET", "/headers", {"authorization": f"Bearer {demo}",
+                                                    "x-jwt-sub": "forged"})
+        assert good.status == 200 and good.upstream is not None
+        assert "authorization" not in good.upstream["headers"]
+        assert good.upstream["headers"]["x-jwt-sub"] == "testing@secure.istio.io"
+        assert (await nginx.send("GET", "/headers")).status == 403
+    finally:
+        await jwks.stop()
