@@ -80,6 +80,9 @@ READ_ATTEMPTS = 10
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 NOT_A_DOOR = HttpResponse(404, (("content-type", "text/plain"),),
                           b"authz: no front door here; use /envoy/..., /nginx or /traefik\n")
+HEALTH_PATH = "/readyz"
+READY = HttpResponse(200, (("content-type", "text/plain"),), b"ready\n")
+NOT_READY = HttpResponse(503, (("content-type", "text/plain"),), b"not ready\n")
 INTERNAL_ERROR = HttpResponse(500, (("content-type", "text/plain"),), b"authz internal error\n")
 
 
@@ -193,6 +196,8 @@ class AuthorizationService:
         """Checks answered with a decision (logged at shutdown)."""
         self.last_arrival = time.perf_counter()
         """When the latest Check arrived: the drain delay ends early once calls stop."""
+        self.ready = False
+        """What the HTTP check port's /readyz says (the server sets it with health)."""
 
     def flush_log(self) -> None:
         self._decision_log.flush()
@@ -255,11 +260,16 @@ class AuthorizationService:
         """One HTTP check, synchronously on the loop (the protocol calls it as soon as
         the request is parsed): the same decision, counters, log line and span as
         ``Check``, rendered for the front door the path names."""
-        start = self.last_arrival = time.perf_counter()
         door = door_of(request.target)
         if door is None:
+            if request.target == HEALTH_PATH:
+                # Envoy's active health check of the check port (envoy-config
+                # --transport http): what the gRPC health service says. Not a Check:
+                # it does not hold the drain delay open.
+                return READY if self.ready else NOT_READY
             self._metrics.check_errors.labels("bad_request", "http").inc()
             return NOT_A_DOOR
+        start = self.last_arrival = time.perf_counter()
         start_ns = time.time_ns() if self._tracing.enabled else 0
         self.in_flight += 1
         try:
@@ -574,6 +584,8 @@ class AuthzServer:
             self.load_policies()
         await self._fetch_keys_for(self.store.current)
         self.ready = True
+        if self.service is not None:
+            self.service.ready = True
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
         if self.settings.watch_interval > 0:
@@ -589,11 +601,15 @@ class AuthzServer:
             return
         self.draining = True
         self.ready = False
+        if self.service is not None:
+            self.service.ready = False
         await self._watcher.stop()
         self.metrics.ready.set(0)
         await self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_period=self.settings.grace_period,
                  drain_delay=self.settings.drain_delay)
+        if self._http is not None:
+            self._http.begin_drain()
         if self.settings.drain_delay:
             await self._drain_delay()
         # Both listeners stop accepting together and share the grace period.

@@ -77,7 +77,9 @@ def door_of(target: str) -> Door | None:
 
 
 _ENVOY_CONTROL = frozenset({NAMESPACE_HEADER, LABELS_HEADER, SOURCE_HEADER, "host",
-                            "content-length"})
+                            "content-length",
+                            # What Envoy's HTTP client adds to every check it sends.
+                            "x-envoy-internal", "x-envoy-expected-rq-timeout-ms"})
 _NGINX_CONTROL = frozenset({"x-original-url", "x-original-uri", "x-original-method", "host",
                             "x-real-ip", "content-length"})
 _TRAEFIK_CONTROL = frozenset({"x-forwarded-method", "x-forwarded-uri", "host",

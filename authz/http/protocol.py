@@ -57,6 +57,8 @@ HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0
 """Seconds a keep-alive connection may wait for its next request (nginx's default);
 proxies keep their own idle timeout below it (the generated Envoy configuration: 60 s)."""
+LINGER = 2.0
+"""Seconds a refused client may go on sending before its connection is cut."""
 SWEEP_INTERVAL = 1.0
 """How often the timeouts are checked: one timer per listener, none per request."""
 
@@ -123,10 +125,12 @@ class Connections:
     """Every open connection of one listener: the timeout sweep and the drain."""
 
     def __init__(self, handler: Handler, header_timeout: float = HEADER_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, sweep_interval: float = SWEEP_INTERVAL
+                 ) -> None:
         self.handler = handler
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.sweep_interval = sweep_interval
         self.open: set[CheckProtocol] = set()
         self.draining = False
         self.all_closed = asyncio.Event()
@@ -143,7 +147,7 @@ class Connections:
 
     def _schedule(self) -> None:
         if self._loop is not None:
-            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self.sweep)
+            self._sweeper = self._loop.call_later(self.sweep_interval, self.sweep)
 
     def sweep(self) -> None:
         """Answer 408 to requests that are too slow; close idle connections."""
@@ -199,6 +203,7 @@ class CheckProtocol(asyncio.Protocol):
         """When the request in progress began (None: between requests)."""
         self._last_active = time.monotonic()
         self._closing = False
+        self._lingering: float | None = None
         self._paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -208,8 +213,6 @@ class CheckProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip, self._peer_port = str(peer[0]), int(peer[1])
         self._owner.open.add(self)
-        if self._owner.draining:
-            self._closing = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -308,7 +311,22 @@ class CheckProtocol(asyncio.Protocol):
         if response.status >= 500:
             log.error("http_request_failed", status=response.status)
         self._transport.write(encode_response(response, close=True))
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing the answer: a client still sending (a
+        body we refused) would get a reset instead of our answer if we closed with its
+        bytes unread. Send the answer and our FIN, drop what still arrives, and close
+        when the client does, or after ``LINGER`` seconds."""
+        self._closing = True
+        self._started = None
+        self._lingering = time.monotonic()
+        transport = self._transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
 
     def _close(self) -> None:
         self._closing = True
@@ -335,6 +353,8 @@ class CheckProtocol(asyncio.Protocol):
 
     def expire(self, now: float) -> None:
         if self._closing:
+            if self._lingering is not None and now - self._lingering > LINGER:
+                self.abort()
             return
         if self._started is not None:
             if now - self._started > self._owner.header_timeout:
