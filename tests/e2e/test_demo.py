@@ -16,6 +16,7 @@ import pytest
 
 from authz.testing.nginx import nginx_binary
 from tests.e2e.rig import envoy_binary
+from tests.shared_data import in_ci
 
 pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
@@ -92,6 +93,8 @@ def test_the_demo_directory_is_removed_only_after_a_clean_run(
 def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
     if envoy_binary() is None:
         pytest.skip("envoy not found")
+    if in_ci():  # .ci/run installs nginx: the demo's auth_request part must run there
+        assert nginx_binary() is not None, "nginx not found (CI=true: .ci/run installs it)"
     proc = subprocess.run([sys.executable, str(DEMO), "--once"], capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -24,6 +24,7 @@ import pytest
 
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
 from authz.testing.nginx import NginxRoute
+from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, SigningKey, ec_key, ed_key, jwks_of, rsa_key
 from tests.e2e.jwt_rig import request_authentication as ra_policy
@@ -279,3 +280,17 @@ spec:
         assert (await nginx.send("GET", "/headers")).status == 403
     finally:
         await jwks.stop()
+
+
+async def test_authz_down_fails_closed_through_both_proxies(
+    start_nginx: StartNginx, start_traefik: StartTraefik, echo_upstream: EchoUpstream,
+) -> None:
+    """No authz behind the auth URL: nginx and Traefik answer 500, the upstream sees
+    nothing (Envoy, with failure_mode_allow false, answers 403)."""
+    nobody = free_port()
+    for front in (await start_nginx(nobody, echo_upstream.port),
+                  await start_nginx(nobody, echo_upstream.port, style="plain"),
+                  await start_traefik(nobody, echo_upstream.port)):
+        reply = await front.send("GET", "/anything", {"authorization": "Bearer t"})
+        assert (reply.status, reply.upstream) == (500, None), reply.body
+    assert echo_upstream.seen == []
