@@ -32,6 +32,7 @@ from typing import NamedTuple, cast
 import httptools
 import structlog
 
+from authz.errors import AuthzError
 from authz.request.view import join_header
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "CheckProtocol",
     "Connections",
+    "Handler",
     "HttpRequest",
     "HttpResponse",
     "encode_response",
@@ -113,8 +115,9 @@ _HEADERS_TOO_LARGE = _plain(431, "authz: request headers too large\n")
 _INTERNAL = _plain(500, "authz: internal error\n")
 
 
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing; ``response`` says why."""
+class _Refused(AuthzError):
+    """Raised inside a parser callback to stop parsing; ``response`` says why. Never
+    leaves the protocol: the client gets the response, nobody else sees it."""
 
     def __init__(self, response: HttpResponse) -> None:
         super().__init__(response.status)
