@@ -6,9 +6,10 @@ behind real Traefik) with the same policies; every e2e request of tests/e2e/test
 and test_jwt.py goes through each, and the status, body, ``www-authenticate`` and the
 headers the upstream receives must equal Envoy's.
 
-What a proxy cannot express is listed in ``DEVIATIONS`` (and in docs/http-proxies.md);
-each such case checks the proxy's own documented behaviour instead, so it still fails
-when that changes.
+What a proxy cannot express is written down here and in docs/http-proxies.md: ``RULES``
+(applied to Envoy's answer before comparing: nginx's error page, the path a proxy cannot
+rewrite...) and ``DEVIATIONS`` (single cases, each checking the proxy's own behaviour
+instead, so it still fails when that changes).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from tests.policies import documents, require_jwt
 from tests.shared_data import require_shared
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxies]
-
-PROXIES = ("nginx-ingress", "nginx-plain", "traefik")
 
 # Requests of tests/e2e/test_check.py: name -> (method, path, headers).
 CHECK_CASES: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
