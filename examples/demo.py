@@ -5,6 +5,8 @@
 3. `authz serve` loads a RequestAuthentication, a DENY notRequestPrincipals ["*"]
    policy and a claim-based ALLOW; `authz envoy-config` writes Envoy's bootstrap.
 4. Real Envoy runs it; the tutorial's requests are sent and their answers printed.
+5. When nginx is installed, the same authz answers nginx's auth_request on its HTTP
+   listener, configured as ingress-nginx's auth-url is: the 401/200/403 again, through nginx.
 
 Then it keeps running (Ctrl-C stops everything) with curl commands to try.
 `--once` sends the requests and exits (exit 1 if an answer was not the expected one).
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from authz.testing.nginx import NginxRoute, nginx_argv, nginx_binary, nginx_config, write_prefix
 
 ISSUER = "https://demo.authz.local"
 NAMESPACE = "demo"
@@ -70,6 +74,24 @@ async def serve_app(app: web.Application, port: int) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
+
+
+async def wait_for_port(port: int, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until something accepts connections on ``port`` (nginx answers 403 without a token)."""
+    for _ in range(600):
+        if proc.poll() is not None:
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            raise SystemExit(f"{what} exited early (code {proc.returncode}); "
+                             f"the end of {log}:\n{text[-2000:]}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise SystemExit(f"{what} did not become ready")
 
 
 async def wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
@@ -161,7 +183,9 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
     for name, token in tokens.items():
         (work / f"{name}.jwt").write_text(token + "\n")
     jwks = json.loads((work / "jwks.json").read_text())
-    ports = free_ports(("jwks", "upstream", "grpc", "admin", "envoy", "envoy_admin"))
+    ports = free_ports(("jwks", "upstream", "grpc", "admin", "envoy", "envoy_admin",
+                        "http_check", "nginx"))
+    nginx_bin = nginx_binary()
     jwks_uri = f"http://127.0.0.1:{ports['jwks']}/jwks.json"
     (work / "policies").mkdir()
     (work / "policies" / "demo.yaml").write_text(policies(jwks_uri))
@@ -185,14 +209,18 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
                       "--health-check-interval", "1", cwd=work)
     (work / "envoy.json").write_text(bootstrap)
     log = (work / "authz.log").open("w")
+    # With nginx on this machine authz also serves HTTP checks (nginx auth_request).
+    http_check = (["--http-check-address", f"127.0.0.1:{ports['http_check']}"]
+                  if nginx_bin else [])
     procs = [
         subprocess.Popen([sys.executable, "-m", "authz", "serve", "--policy",
                           str(work / "policies"),
                           "--grpc-address", f"127.0.0.1:{ports['grpc']}", "--http-address",
-                          f"127.0.0.1:{ports['admin']}", "--log-format", "json"],
+                          f"127.0.0.1:{ports['admin']}", "--log-format", "json", *http_check],
                          cwd=work, stdout=log, stderr=log),
     ]
     envoy_log = (work / "envoy.log").open("w")
+    nginx_log = (work / "nginx.log").open("w")
     try:
         await wait_for(f"http://127.0.0.1:{ports['admin']}/readyz", "authz", procs[0],
                        work / "authz.log")
@@ -214,14 +242,24 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
             ("/admin, token in the admins group", "/admin",
              {"Authorization": f"Bearer {tokens['alice']}"}, 200),
         ]
-        ok = True
-        async with aiohttp.ClientSession() as session:
-            for what, path, headers, expected in cases:
-                async with session.get(base + path, headers=headers) as r:
-                    body = (await r.text()).strip()
-                mark = "ok" if r.status == expected else f"UNEXPECTED, wanted {expected}"
-                ok &= r.status == expected
-                print(f"{r.status}  GET {path} with {what}: {body[:90]}  [{mark}]")
+        ok = await send(base, cases, "")
+        if nginx_bin is None:
+            print("\nnginx not found: install it (apt-get install nginx) to see the same answers "
+                  "through nginx's auth_request")
+        else:
+            prefix = work / "nginx"
+            prefix.mkdir(mode=0o755)
+            write_prefix(prefix, nginx_config(
+                prefix=prefix, listen_port=ports["nginx"], authz_port=ports["http_check"],
+                upstream_port=ports["upstream"], routes=[NginxRoute("/", NAMESPACE)],
+                response_headers=["x-user", "authorization"], style="ingress"))
+            procs.append(subprocess.Popen(nginx_argv(nginx_bin, prefix), cwd=work,
+                                          stdout=nginx_log, stderr=nginx_log))
+            await wait_for_port(ports["nginx"], "nginx", procs[-1], work / "nginx.log")
+            nginx_base = f"http://127.0.0.1:{ports['nginx']}"
+            print(f"\nThe same authz behind nginx's auth_request ({prefix / 'nginx.conf'}, "
+                  "ingress-nginx's auth-url headers):")
+            ok &= await send(nginx_base, cases[:3], " via nginx")
         if once:
             return 0 if ok else 1
         stop = asyncio.Event()
@@ -233,6 +271,8 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
             print("  curl -i -H \"Authorization: Bearer $(cat "
                   f"{shlex.quote(str(work / (name + '.jwt')))})\" {base}/admin")
         print(f"  curl -i {base}/headers")
+        if nginx_bin is not None:
+            print(f"  curl -i {nginx_base}/headers   (through nginx)")
         watcher = asyncio.create_task(watch_reader(stop))
         await stop.wait()
         watcher.cancel()
@@ -251,7 +291,24 @@ async def demo(work: Path, envoy_bin: str, once: bool) -> int:
             await runner.cleanup()
         log.close()
         envoy_log.close()
+        nginx_log.close()
         print(f"stopped {len(procs)} processes")
+
+
+async def send(base: str, cases: list[tuple[str, str, dict[str, str], int]],
+               via: str) -> bool:
+    """Send the tutorial's requests to ``base``; print each answer; whether all were expected."""
+    ok = True
+    async with aiohttp.ClientSession() as session:
+        for what, path, headers, expected in cases:
+            async with session.get(base + path, headers=headers) as r:
+                body = (await r.text()).strip()
+            if via and r.status != 200:
+                body = f"(nginx's {r.status} page)"
+            mark = "ok" if r.status == expected else f"UNEXPECTED, wanted {expected}"
+            ok &= r.status == expected
+            print(f"{r.status}  GET {path}{via} with {what}: {body[:90]}  [{mark}]")
+    return ok
 
 
 if __name__ == "__main__":

@@ -30,9 +30,21 @@ KUSTOMIZATIONS = {
     "istio-sample": MANIFESTS / "overlays" / "istio" / "sample",
     "standalone-envoy": MANIFESTS / "overlays" / "standalone-envoy",
     "standalone-envoy-tls": MANIFESTS / "overlays" / "standalone-envoy-tls",
+    "ingress-nginx": MANIFESTS / "overlays" / "ingress-nginx",
+    "ingress-nginx-sample": MANIFESTS / "overlays" / "ingress-nginx" / "sample",
+    "traefik": MANIFESTS / "overlays" / "traefik",
+    "traefik-sample": MANIFESTS / "overlays" / "traefik" / "sample",
 }
-# Kustomizations that run authz (istio-sample is only an Istio policy).
-WITH_AUTHZ = ("base", "istio", "standalone-envoy")
+# Kustomizations that run authz (the samples are only what a user applies beside it).
+WITH_AUTHZ = ("base", "istio", "standalone-envoy", "ingress-nginx", "traefik")
+# Those that also open the HTTP authorization listener (components/http-check), and the
+# pod labels of the one proxy their NetworkPolicy admits to it.
+HTTP_CHECK_PORT = 9001
+HTTP_PROXIES = {
+    "ingress-nginx": {"app.kubernetes.io/name": "ingress-nginx",
+                      "app.kubernetes.io/component": "controller"},
+    "traefik": {"app.kubernetes.io/name": "traefik"},
+}
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 GRPC_PORT = 9000
@@ -99,6 +111,11 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 def is_istio(obj: dict[str, Any]) -> bool:
     return str(obj["apiVersion"]).split("/")[0].endswith(".istio.io")
+
+
+def is_traefik(obj: dict[str, Any]) -> bool:
+    """Traefik's CRDs (Middleware): no schema bundled; tests/deploy checks their wiring."""
+    return str(obj["apiVersion"]).split("/")[0] == "traefik.io"
 
 
 def containers(deployment: dict[str, Any]) -> Iterator[dict[str, Any]]:

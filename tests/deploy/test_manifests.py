@@ -19,12 +19,15 @@ from tests.deploy.helpers import (
     AUTHZ_SELECTOR,
     GRPC_PORT,
     HEALTH_SERVICE,
+    HTTP_CHECK_PORT,
+    HTTP_PROXIES,
     KUSTOMIZATIONS,
     MANIFESTS,
     WITH_AUTHZ,
     containers,
     env,
     is_istio,
+    is_traefik,
     of_kind,
     one,
     render,
@@ -77,7 +80,7 @@ def test_kustomization_renders(name: str) -> None:
 def test_kubernetes_objects_match_the_schema(name: str, version: str) -> None:
     checked = 0
     for obj in render(KUSTOMIZATIONS[name]):
-        if is_istio(obj):
+        if is_istio(obj) or is_traefik(obj):
             continue
         k8s_validate(obj, version)
         checked += 1
@@ -174,12 +177,22 @@ def test_authz_probes_are_native_grpc_health(name: str) -> None:
     assert c["readinessProbe"]["periodSeconds"] <= 5
 
 
+def expected_ports(name: str) -> list[tuple[str, int]]:
+    """gRPC; and the HTTP authorization listener in the overlays for HTTP proxies."""
+    return [("grpc", GRPC_PORT), *([("http-check", HTTP_CHECK_PORT)]
+                                   if name in HTTP_PROXIES else [])]
+
+
 @pytest.mark.parametrize("name", WITH_AUTHZ)
 def test_authz_exposes_grpc_only(name: str) -> None:
     objs = render(KUSTOMIZATIONS[name])
     c = authz_container(objs)
-    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", GRPC_PORT)]
+    assert sorted((p["name"], p["containerPort"]) for p in c["ports"]) == expected_ports(name)
     variables = env(c)
+    if name in HTTP_PROXIES:
+        assert variables["AUTHZ_HTTP_CHECK_ADDRESS"] == f"0.0.0.0:{HTTP_CHECK_PORT}"
+    else:
+        assert "AUTHZ_HTTP_CHECK_ADDRESS" not in variables
     assert variables["AUTHZ_GRPC_ADDRESS"].endswith(f":{GRPC_PORT}")
     # The admin HTTP server binds loopback: unreachable from outside the pod.
     assert variables["AUTHZ_HTTP_ADDRESS"].startswith("127.0.0.1:")
@@ -194,8 +207,10 @@ def test_services_expose_grpc_only_and_never_an_admin_port(name: str) -> None:
     assert authz_services
     for svc in authz_services:
         ports = svc["spec"]["ports"]
+        http = [(HTTP_CHECK_PORT, "http", "http-check")] if (
+            name in HTTP_PROXIES and svc["metadata"]["name"] == "authz") else []
         assert [(p["port"], p["appProtocol"], p["targetPort"]) for p in ports] == [
-            (GRPC_PORT, "grpc", "grpc")], svc["metadata"]["name"]
+            (GRPC_PORT, "grpc", "grpc"), *http], svc["metadata"]["name"]
     for svc in services:
         for p in svc["spec"]["ports"]:
             assert p["port"] not in ADMIN_PORTS and p.get("targetPort") not in ADMIN_PORTS
@@ -294,13 +309,58 @@ def test_networkpolicy_admits_only_proxies_to_grpc(name: str) -> None:
     labels = authz_deployment(objs)["spec"]["template"]["metadata"]["labels"]
     assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert ingress_ports(policy) == {GRPC_PORT}
+    assert ingress_ports(policy) == {port for _, port in expected_ports(name)}
     for rule in policy["spec"]["ingress"]:
         assert rule["from"], "a rule without `from` admits every pod"
         for peer in rule["from"]:
             selector = peer.get("podSelector")
             assert selector and (selector.get("matchLabels") or selector.get(
                 "matchExpressions")), f"peer {peer} admits whole namespaces"
+
+
+@pytest.mark.parametrize("name", list(HTTP_PROXIES))
+def test_only_the_proxy_is_admitted_to_the_http_listener(name: str) -> None:
+    policy = one(render(KUSTOMIZATIONS[name]), "NetworkPolicy", "authz")
+    http_rules = [r for r in policy["spec"]["ingress"]
+                  if {p["port"] for p in r["ports"]} & {HTTP_CHECK_PORT}]
+    assert len(http_rules) == 1
+    (rule,) = http_rules
+    assert [p["port"] for p in rule["ports"]] == [HTTP_CHECK_PORT]
+    assert [peer["podSelector"] for peer in rule["from"]] == [
+        {"matchLabels": HTTP_PROXIES[name]}]
+
+
+def test_ingress_nginx_sample_asks_the_rendered_service() -> None:
+    (ingress,) = of_kind(render(KUSTOMIZATIONS["ingress-nginx-sample"]), "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    url = notes["nginx.ingress.kubernetes.io/auth-url"]
+    assert url == (f"http://{service_host()}:{HTTP_CHECK_PORT}/nginx"
+                   f"?namespace={ingress['metadata']['namespace']}")
+    listed = [h.strip() for h in notes["nginx.ingress.kubernetes.io/auth-response-headers"]
+              .split(",")]
+    assert "Authorization" in listed  # how authz's token removal reaches the upstream
+
+
+def test_traefik_sample_middleware_is_used_and_asks_the_rendered_service() -> None:
+    objs = render(KUSTOMIZATIONS["traefik-sample"])
+    (middleware,) = [o for o in objs if o["kind"] == "Middleware"]
+    assert middleware["apiVersion"] == "traefik.io/v1alpha1"
+    forward = middleware["spec"]["forwardAuth"]
+    namespace = middleware["metadata"]["namespace"]
+    assert forward["address"] == (f"http://{service_host()}:{HTTP_CHECK_PORT}/traefik"
+                                  f"?namespace={namespace}")
+    assert "Authorization" in forward["authResponseHeaders"]
+    assert set(forward) <= {"address", "authResponseHeaders", "trustForwardHeader"}
+    (ingress,) = of_kind(objs, "Ingress")
+    assert ingress["metadata"]["annotations"][
+        "traefik.ingress.kubernetes.io/router.middlewares"] == (
+        f"{namespace}-{middleware['metadata']['name']}@kubernetescrd")
+
+
+def service_host() -> str:
+    svc = one(render(KUSTOMIZATIONS["traefik"]), "Service", "authz")
+    assert svc == one(render(KUSTOMIZATIONS["ingress-nginx"]), "Service", "authz")
+    return f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
 
 
 def test_standalone_envoy_is_admitted_by_the_networkpolicy() -> None:

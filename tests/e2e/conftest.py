@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.e2e.proxies import start_nginx, start_traefik
 from tests.e2e.rig import (
     EchoUpstream,
     Envoy,
@@ -30,10 +31,13 @@ StartEnvoy = Callable[..., Awaitable[Envoy]]
 
 
 class AuthzProcess:
-    def __init__(self, process: Process, port: int, admin_port: int) -> None:
+    def __init__(self, process: Process, port: int, admin_port: int,
+                 http_check_port: int = 0) -> None:
         self.process = process
         self.port = port
         self.admin_port = admin_port
+        self.http_check_port = http_check_port
+        """The HTTP authorization listener (``--http-check-address``), 0 when off."""
 
     async def ready(self) -> bool:
         try:
@@ -64,16 +68,20 @@ async def echo_upstream() -> AsyncIterator[EchoUpstream]:
 async def start_authz(request: pytest.FixtureRequest) -> AsyncIterator[StartAuthz]:
     started: list[AuthzProcess] = []
 
-    async def start(*policies: Path | str, args: Sequence[str] = ()) -> AuthzProcess:
+    async def start(*policies: Path | str, args: Sequence[str] = (),
+                    http_check: bool = False) -> AuthzProcess:
         port, admin = free_port(), free_port()
+        http_check_port = free_port() if http_check else 0
         argv = [sys.executable, "-m", "authz", "serve",
                 "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{admin}",
                 "--log-format", "json", "--grace-period", "5"]
+        if http_check:
+            argv += ["--http-check-address", f"127.0.0.1:{http_check_port}"]
         if "--workers" not in args:  # one process unless a test asks (tests/test_workers.py)
             argv += ["--workers", "1"]
         for p in policies:
             argv += ["--policy", str(p)]
-        server = AuthzProcess(Process("authz", [*argv, *args]), port, admin)
+        server = AuthzProcess(Process("authz", [*argv, *args]), port, admin, http_check_port)
         started.append(server)
         await wait_until("authz /readyz", server.ready, server.process)
         return server
@@ -131,4 +139,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # Keep Route importable from the fixtures module for tests that build routes.
-__all__ = ["AuthzProcess", "Route"]
+__all__ = ["AuthzProcess", "Route", "start_nginx", "start_traefik"]

@@ -29,8 +29,8 @@ from authz.testing.envoy_bootstrap import Route, bootstrap, envoy_binary
 from authz.testing.ports import free_port
 
 __all__ = [
-    "AUTHZ_SERVICE", "STARTUP_TIMEOUT", "EchoUpstream", "Envoy", "Process", "Reply", "Route",
-    "bootstrap", "envoy_binary", "wait_until",
+    "AUTHZ_SERVICE", "STARTUP_TIMEOUT", "EchoUpstream", "Envoy", "Front", "Process", "Reply",
+    "Route", "bootstrap", "envoy_binary", "wait_until",
 ]
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
@@ -122,10 +122,28 @@ class EchoUpstream:
             await self._runner.cleanup()
 
 
-class Envoy:
-    def __init__(self, process: Process, port: int, admin_port: int) -> None:
+class Front:
+    """A proxy a client talks to on a loopback port (Envoy, nginx, Traefik)."""
+
+    def __init__(self, process: Process, port: int) -> None:
         self.process = process
         self.port = port
+
+    async def send(self, method: str, path: str, headers: Mapping[str, str] | Sequence[
+            tuple[str, str]] | None = None, body: bytes | None = None) -> Reply:
+        async with aiohttp.ClientSession(auto_decompress=False) as s, s.request(
+            method, f"http://127.0.0.1:{self.port}{path}", headers=headers, data=body,
+            allow_redirects=False,
+        ) as r:
+            text = await r.text()
+            hdrs = {k.lower(): v for k, v in r.headers.items()}
+            upstream = json.loads(text) if hdrs.get("x-echo") == "1" else None
+            return Reply(r.status, text, hdrs, upstream)
+
+
+class Envoy(Front):
+    def __init__(self, process: Process, port: int, admin_port: int) -> None:
+        super().__init__(process, port)
         self.admin_port = admin_port
 
     async def admin(self, path: str) -> str:
@@ -141,14 +159,3 @@ class Envoy:
             return False
         return any(line.startswith("authz::") and line.endswith("health_flags::healthy")
                    for line in clusters.splitlines())
-
-    async def send(self, method: str, path: str, headers: Mapping[str, str] | Sequence[
-            tuple[str, str]] | None = None, body: bytes | None = None) -> Reply:
-        async with aiohttp.ClientSession(auto_decompress=False) as s, s.request(
-            method, f"http://127.0.0.1:{self.port}{path}", headers=headers, data=body,
-            allow_redirects=False,
-        ) as r:
-            text = await r.text()
-            hdrs = {k.lower(): v for k, v in r.headers.items()}
-            upstream = json.loads(text) if hdrs.get("x-echo") == "1" else None
-            return Reply(r.status, text, hdrs, upstream)

