@@ -141,11 +141,13 @@ def scrape_ours(server: Server) -> dict[str, float] | None:
 
 
 def envoy_bootstrap(listener: int, admin: int, authz_port: int,
-                    filters: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+                    filters: Sequence[Mapping[str, Any]] | None,
+                    **options: Any) -> dict[str, Any]:
+    """The bootstrap of ``authz envoy-config`` (``options`` go to it as they are)."""
     config = bootstrap(listener_port=listener, admin_port=admin, authz_port=authz_port,
                        upstream_port=authz_port,
                        routes=[Route("/", {"namespace": workloads.NAMESPACE})],
-                       filters=filters)
+                       filters=filters, **options)
     manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
     for vhost in manager["typedConfig"]["routeConfig"]["virtualHosts"]:
         for route in vhost["routes"]:
@@ -170,12 +172,14 @@ def jwt_authn_filters(ctx: Context) -> list[dict[str, Any]]:
 
 
 def start_envoy(ctx: Context, label: str, authz_port: int,
-                filters: Sequence[Mapping[str, Any]] | None) -> tuple[Proc, int]:
+                filters: Sequence[Mapping[str, Any]] | None,
+                **options: Any) -> tuple[Proc, int]:
     binary = envoy_binary()
     assert binary is not None
     listener, admin = free_port(), free_port()
     path = ctx.work / f"envoy-{label}.json"
-    path.write_text(json.dumps(envoy_bootstrap(listener, admin, authz_port, filters)))
+    path.write_text(json.dumps(envoy_bootstrap(listener, admin, authz_port, filters,
+                                               **options)))
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-envoy-{label}",
                 [binary, "-c", str(path), "--concurrency", "1", "--log-level", "warn",

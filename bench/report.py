@@ -123,6 +123,23 @@ def workers_table(data: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def spread_table(data: Mapping[str, Any]) -> list[str]:
+    if "skipped" in data and not data.get("runs"):
+        return [f"skipped: {data['skipped']}"]
+    out = [f"{data['workload']} through one Envoy (--concurrency 1), wrk concurrency "
+           f"{data['concurrency']}, authz --workers {data['workers']}; Checks counted by each "
+           "worker's own /metrics, connections from /proc.", "",
+           "| Envoy's authz cluster | RPS | p99 ms | Checks per worker | busiest share "
+           "| connections per process | CPU s per process |", "|---|--:|--:|---|--:|---|---|"]
+    for r in data["runs"]:
+        checks = " / ".join(f"{w['checks']:,.0f}" for w in r["workers"])
+        conns = " / ".join(str(p["connections"]) for p in r["processes"])
+        cpu = " / ".join(f"{p['cpu_s']:.2f}" for p in r["processes"])
+        out.append(f"| {r['config']} | {fmt(r['rps'], 0)} | {fmt(r['p99_ms'])} | {checks} "
+                   f"| {r['busiest_share']:.0%} | {conns} | {cpu} |")
+    return out
+
+
 def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
     if data and "skipped" in data[0]:
         return [str(data[0]["skipped"])]
@@ -196,6 +213,9 @@ def render(report: Mapping[str, Any]) -> str:
     lines += [e2e, ""] if e2e else [*e2e_table(report["rows"], titles), ""]
     if report.get("workers") is not None:
         lines += ["## Workers (--workers 1 vs 2)", "", *workers_table(report["workers"]), ""]
+    if report.get("spreading") is not None:
+        lines += ["## Spreading over workers (Envoy → authz --workers 2)", "",
+                  *spread_table(report["spreading"]), ""]
     if report.get("h2load_check") is not None:
         lines += ["## Load generator vs h2load (w1)", "", *h2load_table(report["h2load_check"]),
                   ""]

@@ -51,9 +51,11 @@ from context import CONCURRENCY, TARGET_CONCURRENCY, Context, workers_flag_avail
 from procs import BENCH, loadavg, log
 from report import finite, machine, render
 from sections import SERVER_KINDS, end_to_end, h2load_check, server_only, workers_compare
+from spread import spread_section
 from verdicts import runtime_reference, targets
 
 from authz.config import EVENT_LOOPS
+from authz.testing.envoy_bootstrap import envoy_binary
 
 RESULTS = BENCH / "results"
 
@@ -88,6 +90,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-e2e", action="store_true", help="no Envoy/wrk measurements")
     parser.add_argument("--skip-h2load", action="store_true",
                         help="no h2load cross-check of the load generator")
+    parser.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure how one Envoy's Checks spread over authz --workers 2 "
+                        "(default: on, off with --quick or --skip-e2e)")
     parser.add_argument("--duration", type=float, help="measured seconds per row "
                         "(default 5, quick 1)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per row "
@@ -117,6 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              ("elsewhere", 10_000, 200)):
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)
+    if args.spread is None:
+        args.spread = not (quick or args.skip_e2e)
     return args
 
 
@@ -169,6 +176,14 @@ def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
             e2e_status = f"failed: {exc}"
             ctx.failures.append(f"end-to-end: {type(exc).__name__}: {exc}")
             log(e2e_status)
+    spreading: dict[str, Any] | None = None
+    if args.spread:
+        if envoy_binary() is None or shutil.which("wrk") is None:
+            spreading = {"skipped": "needs envoy and wrk"}
+        else:
+            spreading = {"skipped": "failed (see Failures)"}
+            with ctx.failing("spreading"):
+                spreading = spread_section(ctx)
     workers: dict[str, Any] | None = None
     if args.workers_compare:
         workers = {"skipped": "failed (see Failures)"}
@@ -178,7 +193,8 @@ def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
     if not args.quick and not args.skip_h2load:
         with ctx.failing("h2load check"):
             h2 = h2load_check(ctx, (TARGET_CONCURRENCY,))
-    return {"rows": rows, "e2e_status": e2e_status, "workers": workers, "h2load_check": h2}
+    return {"rows": rows, "e2e_status": e2e_status, "workers": workers, "h2load_check": h2,
+            "spreading": spreading}
 
 
 def exit_status(report: Mapping[str, Any]) -> int:
@@ -246,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),
             },
             **measured, "failures": ctx.failures,
-            "targets": targets(rows, measured["workers"], args.elsewhere),
+            "targets": targets(rows, measured["workers"], args.elsewhere,
+                               measured["spreading"]),
             "runtime_reference": runtime_reference(rows),
         }
         report["meta"]["elapsed_s"] = time.monotonic() - started

@@ -57,8 +57,14 @@ def runtime_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
+SPREAD_BUSIEST = 0.75
+"""Through Envoy with authz --workers 2, the busiest worker answers at most this
+share of the Checks with the connection limits authz envoy-config writes."""
+
+
 def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None,
-            elsewhere: int) -> list[dict[str, Any]]:
+            elsewhere: int, spreading: Mapping[str, Any] | None = None,
+            ) -> list[dict[str, Any]]:
     c = TARGET_CONCURRENCY
     out: list[dict[str, Any]] = []
 
@@ -136,4 +142,27 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
             detail += ("; not judged: on this machine the second CPU also runs the load "
                        "generator, so the target cannot be shown here")
         add(name, None if shared else r2 >= 1.6, detail)
+    if spreading is not None:
+        spread_target(spreading, add)
     return out
+
+
+def spread_target(spreading: Mapping[str, Any], add: Any) -> None:
+    """The busiest worker's share of one Envoy's Checks with the generated limits,
+    beside the same with Envoy's defaults (the reason for the limits)."""
+    name = f"through Envoy, busiest of 2 workers ≤ {SPREAD_BUSIEST:.0%} of Checks"
+    runs = spreading.get("runs", [])
+    if "skipped" in spreading and not runs:
+        add(name, None, f"skipped: {spreading['skipped']}")
+        return
+    default = next((r for r in runs if r["config"].startswith("Envoy defaults")), None)
+    limited = next((r for r in runs if not r["config"].startswith("Envoy defaults")), None)
+    if limited is None:
+        add(name, None, "not measured")
+        return
+    detail = (f"{limited['busiest_share']:.0%} over {limited['connections']} connections "
+              f"({limited['rps']:.0f} rps)")
+    if default is not None:
+        detail += (f"; Envoy defaults: {default['busiest_share']:.0%} over "
+                   f"{default['connections']} connection(s) ({default['rps']:.0f} rps)")
+    add(name, limited["busiest_share"] <= SPREAD_BUSIEST, detail)

@@ -25,9 +25,23 @@ from authz.config import ConfigError, parse_address
 from authz.errors import MissingExtraError
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
 
-__all__ = ["RouteScope", "bootstrap", "register", "run"]
+__all__ = ["REQUESTS_PER_CONNECTION", "STREAMS_PER_CONNECTION", "RouteScope", "bootstrap",
+           "register", "run"]
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
+
+STREAMS_PER_CONNECTION = 8
+"""Concurrent Checks Envoy puts on one HTTP/2 connection to authz before it opens
+another. With ``--workers N`` the kernel spreads connections, not requests, over
+authz's processes, and without a limit each Envoy worker thread keeps a single
+connection: every Check it sends lands on one authz process. A small limit makes a
+busy Envoy open several connections, which the kernel spreads over every worker
+(docs/envoy-contract.md, "Spreading load over workers")."""
+
+REQUESTS_PER_CONNECTION = 10_000
+"""Checks per connection before Envoy replaces it: a new connection is hashed to a
+worker afresh, so an uneven draw, or a worker that restarted after Envoy connected,
+evens out within seconds at load instead of lasting as long as the connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +161,12 @@ def bootstrap(
     xff_num_trusted_hops: int = 0,
     health_check_interval: float = 5.0,
     authz_tls: AuthzTls | None = None,
+    streams_per_connection: int | None = STREAMS_PER_CONNECTION,
+    requests_per_connection: int | None = REQUESTS_PER_CONNECTION,
 ) -> dict[str, Any]:
+    """The bootstrap as Envoy's JSON. ``streams_per_connection`` and
+    ``requests_per_connection`` (None: Envoy's default, no limit) spread Checks over
+    authz's worker processes (see :data:`STREAMS_PER_CONNECTION`)."""
     try:
         import envoy_data_plane  # noqa: F401 - the extra, asked for by name
     except ImportError as exc:
@@ -167,6 +186,9 @@ def bootstrap(
         HealthCheckGrpcHealthCheck,
         Http2ProtocolOptions,
         SocketAddress,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HttpProtocolOptions as CommonHttpProtocolOptions,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
@@ -244,10 +266,16 @@ def bootstrap(
         ],
     )
     authz = cluster("authz", *authz_address)
+    http2 = Http2ProtocolOptions()
+    if streams_per_connection is not None:
+        http2.max_concurrent_streams = streams_per_connection
+    protocol = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+        http2_protocol_options=http2))
+    if requests_per_connection is not None:
+        protocol.common_http_protocol_options = CommonHttpProtocolOptions(
+            max_requests_per_connection=requests_per_connection)
     authz.typed_extension_protocol_options = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(HttpProtocolOptions(
-            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                http2_protocol_options=Http2ProtocolOptions())))}
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(protocol)}
     interval = timedelta(seconds=health_check_interval)
     authz.health_checks = [HealthCheck(
         timeout=timedelta(seconds=1), interval=interval,
@@ -278,6 +306,11 @@ def bootstrap(
 def run(args: argparse.Namespace) -> int:
     try:
         routes = [RouteScope.parse(r) for r in args.route or []]
+        for flag, value in (("--authz-streams-per-connection", args.authz_streams_per_connection),
+                            ("--authz-requests-per-connection",
+                             args.authz_requests_per_connection)):
+            if value < 0:
+                raise ConfigError(f"{flag}: expected 0 (no limit) or more, got {value}")
         authz_address = parse_address(args.authz_address, "--authz-address")
         authz_tls = None
         if args.authz_tls_ca:
@@ -300,6 +333,8 @@ def run(args: argparse.Namespace) -> int:
             xff_num_trusted_hops=args.xff_num_trusted_hops,
             health_check_interval=args.health_check_interval,
             authz_tls=authz_tls,
+            streams_per_connection=args.authz_streams_per_connection or None,
+            requests_per_connection=args.authz_requests_per_connection or None,
         )
     except ConfigError as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)
@@ -334,6 +369,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--encode-raw-headers", action="store_true")
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--health-check-interval", type=float, default=5.0)
+    p.add_argument("--authz-streams-per-connection", type=int, default=STREAMS_PER_CONNECTION,
+                   metavar="N", help="concurrent Checks per HTTP/2 connection to authz before "
+                   "Envoy opens another, so that a busy Envoy reaches every --workers process "
+                   "(0: no limit, one connection per Envoy worker thread)")
+    p.add_argument("--authz-requests-per-connection", type=int,
+                   default=REQUESTS_PER_CONNECTION, metavar="N",
+                   help="Checks per connection to authz before Envoy replaces it, which "
+                   "evens out the kernel's spreading over workers (0: no limit)")
     tls = p.add_argument_group(
         "TLS to authz", "when authz serves --tls-cert (and --tls-client-ca for mutual TLS)")
     tls.add_argument("--authz-tls-ca", metavar="PATH",
