@@ -40,6 +40,21 @@ def check_once(port: int, message: bytes, timeout: float = 5.0) -> str:
     return f"http {response.denied_response.status.code}"
 
 
+HTTP_PREFIX = "/envoy"
+"""The HTTP front door Envoy's ``http_service`` calls (``path_prefix``)."""
+HTTP_SCOPE = {"x-authz-namespace": workloads.NAMESPACE}
+"""The scope header the generated Envoy configuration adds to each check request."""
+
+
+def http_check_once(port: int, token: str | None) -> int | None:
+    """One check through the HTTP front door as Envoy's ``http_service`` sends it: the
+    status (None when nothing answered)."""
+    headers = {"host": workloads.HOST, **HTTP_SCOPE}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return http_status(f"http://127.0.0.1:{port}{HTTP_PREFIX}{workloads.PATH}", headers)
+
+
 def grpc_ready(port: int, message: bytes) -> Callable[[], bool]:
     def probe() -> bool:
         try:
@@ -52,22 +67,29 @@ def grpc_ready(port: int, message: bytes) -> Callable[[], bool]:
 
 
 def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | None = 1,
-               cpus: Sequence[int] | None = None) -> Server:
+               cpus: Sequence[int] | None = None, http_check: bool = False) -> Server:
+    """``authz serve`` pinned and ready; with ``http_check`` its HTTP front door too."""
     port, admin = free_port(), free_port()
     argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
             "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{admin}",
             "--decision-log", "none", "--log-format", "json", "--log-level", "warning"]
+    http_port = free_port() if http_check else None
+    if http_port is not None:
+        argv += ["--http-check-address", f"127.0.0.1:{http_port}"]
     if ctx.has_workers and workers is not None:
         argv += ["--workers", str(workers)]
     if ctx.args.event_loop != "auto":
         argv += ["--event-loop", ctx.args.event_loop]
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-{label}", argv, cpus or ctx.server_cpus, ctx.work)
-    server = Server("ours", label, proc, port, admin)
+    server = Server("ours", label, proc, port, admin, http_port)
     try:
         wait_for("/readyz", lambda: http_status(
             f"http://127.0.0.1:{admin}/readyz") == 200, proc)
         wait_for("a Check", grpc_ready(port, workloads.check_request(None)), proc, 30)
+        if http_port is not None:
+            wait_for("an HTTP check", lambda: http_check_once(http_port, None) is not None,
+                     proc, 30)
         ready = json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
         ctx.note_loop("ours", ready["event_loop"], ready.get("grpc_experiments"))
     except Exception:

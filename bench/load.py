@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import workloads
-from authorizers import CHECK_PATH, scrape_ours
+from authorizers import CHECK_PATH, HTTP_PREFIX, HTTP_SCOPE, scrape_ours
 from context import Context, Server
 from procs import BENCH, PY, ROOT, busy_seconds, log
 
@@ -85,7 +86,7 @@ local i = 0
 init = function(args)
   for line in io.lines(args[1]) do
     n = n + 1
-    local headers = {["Host"] = "%(host)s"}
+    local headers = {["Host"] = "%(host)s"%(extra)s}
     if line ~= "" then headers["Authorization"] = "Bearer " .. line end
     reqs[n] = wrk.format("GET", "%(path)s", headers)
   end
@@ -109,14 +110,20 @@ end
 
 
 def wrk_run(ctx: Context, listener: int, tokens: Path, concurrency: int,
-            duration: float) -> dict[str, Any]:
-    script = ctx.work / "bench.lua"
+            duration: float, *, prefix: str = "",
+            headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """wrk -t1 -c``concurrency`` (one connection per request in flight, keep-alive)
+    at ``prefix`` + the workloads' path, cycling ``tokens``, with ``headers`` added."""
+    extra = "".join(f', ["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    text = WRK_SCRIPT % {"host": workloads.HOST, "path": prefix + workloads.PATH,
+                         "extra": extra}
+    script = ctx.work / f"bench-{hashlib.sha1(text.encode()).hexdigest()[:8]}.lua"
     if not script.exists():
-        script.write_text(WRK_SCRIPT % {"host": workloads.HOST, "path": workloads.PATH})
+        script.write_text(text)
     seconds = max(1, round(duration))
     argv = ["taskset", "-c", str(ctx.load_cpu), "wrk", "-t1", f"-c{concurrency}",
             f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-            f"http://127.0.0.1:{listener}{workloads.PATH}", "--", str(tokens)]
+            f"http://127.0.0.1:{listener}{prefix}{workloads.PATH}", "--", str(tokens)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -176,3 +183,51 @@ def mean_of(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str,
         values = [float(r[k]) for r in runs if isinstance(r.get(k), int | float)]
         out[k] = sum(values) / len(values) if values else None
     return out
+
+
+def http_run(ctx: Context, server: Server, name: str, concurrency: int, *,
+             duration: float | None = None, warmup: float | None = None) -> dict[str, Any]:
+    """wrk straight at our HTTP front door (``/envoy`` + the path, the scope header
+    Envoy's generated configuration adds), cycling the workload's tokens over
+    ``concurrency`` keep-alive connections; the server's CPU and /metrics around the
+    measured run, as loadgen_run reports them."""
+    assert server.http_port is not None
+    tokens = ctx.work / f"tokens-{name}.txt"
+    if not tokens.exists():
+        tokens.write_text("".join(f"{t or ''}\n" for t in ctx.workloads[name].tokens))
+    warm = ctx.args.warmup if warmup is None else warmup
+    if warm > 0:
+        wrk_run(ctx, server.http_port, tokens, concurrency, warm, prefix=HTTP_PREFIX,
+                headers=HTTP_SCOPE)
+    ours_before = scrape_ours(server)
+    cpu0, busy0 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
+    data = wrk_run(ctx, server.http_port, tokens, concurrency,
+                   ctx.args.duration if duration is None else duration, prefix=HTTP_PREFIX,
+                   headers=HTTP_SCOPE)
+    cpu1, busy1 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
+    ours_after = scrape_ours(server)
+    requests = data["requests"]
+    window = data["duration_us"] / 1e6 or 1.0
+    errors = (data["connect_errors"] + data["read_errors"] + data["write_errors"]
+              + data["timeouts"])
+    rss_sum, rss_max, nproc = server.proc.peak_rss_mib()
+    result: dict[str, Any] = {
+        "requests": requests, "errors": errors, "non_2xx_3xx": data["non_2xx_3xx"],
+        "rps": requests / window, "p50_ms": data["p50_us"] / 1000,
+        "p90_ms": data["p90_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
+        "mean_ms": data["mean_us"] / 1000, "max_ms": data["max_us"] / 1000,
+        "duration_s": window, "server_cpu_s": cpu1 - cpu0,
+        "cpu_s_per_1k": (cpu1 - cpu0) / requests * 1000 if requests else None,
+        "server_cpu_util": (cpu1 - cpu0) / window,
+        "other_cpu_util": max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / window,
+        "peak_rss_mib": rss_sum, "peak_rss_max_mib": rss_max, "server_processes": nproc,
+        "tool": "wrk",
+    }
+    if ours_before and ours_after:
+        delta = {k: ours_after[k] - ours_before[k] for k in ours_after}
+        for cache in ("token", "decision"):
+            lookups = delta[f"{cache}_hit"] + delta[f"{cache}_miss"]
+            result[f"{cache}_cache_hit_ratio"] = (
+                delta[f"{cache}_hit"] / lookups if lookups else None)
+        result["handler_us"] = delta["sum"] / delta["count"] * 1e6 if delta["count"] else None
+    return result

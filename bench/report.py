@@ -79,6 +79,24 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
     return out
 
 
+def http_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
+    """Our HTTP front door beside our gRPC Check, workload by workload."""
+    out = ["| workload | conc | gRPC RPS | HTTP RPS | HTTP/gRPC | gRPC p99 ms | HTTP p99 ms "
+           "| gRPC CPU s/1k | HTTP CPU s/1k | HTTP in handler µs | HTTP answer |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in rows:
+        if r["section"] != "server" or r["server"] != "ours-http":
+            continue
+        grpc = find(rows, "server", "ours", r["workload"], r["concurrency"]) or {}
+        out.append(
+            f"| {workload_title(r, titles)} | {r['concurrency']} | {fmt(grpc.get('rps'), 0)} "
+            f"| {fmt(r['rps'], 0)} | {fmt(ratio(r, grpc))} | {fmt(grpc.get('p99_ms'))} "
+            f"| {fmt(r['p99_ms'])} | {fmt(grpc.get('cpu_s_per_1k'), 3)} "
+            f"| {fmt(r.get('cpu_s_per_1k'), 3)} | {fmt(r.get('handler_us'), 0)} "
+            f"| {r.get('probe', '')} |")
+    return out
+
+
 def e2e_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     out = ["| workload | authorizer | conc | RPS | p50 ms | p99 ms | authz CPU s/1k "
            "| Envoy CPU s/1k | authz RSS MiB | Envoy RSS MiB | vs ext_authz→bare "
@@ -89,7 +107,9 @@ def e2e_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> l
             continue
         bare = find(rows, "e2e", "ext_authz → bare", r["workload"], r["concurrency"])
         jwt = find(rows, "e2e", "jwt_authn+RBAC (in Envoy)", r["workload"], r["concurrency"])
-        notes = row_notes(r, "socket errors")
+        apart = r.get("authz_cpus") and r["authz_cpus"] != r.get("envoy_cpus")
+        notes = row_notes(r, "socket errors", [f"authz on CPU {cpulist(r['authz_cpus'])}, "
+                                               "beside wrk"] if apart else [])
         wl = workload_title(r, titles)
         out.append(
             f"| {wl} | {r['server']} | {r['concurrency']} | {fmt(r['rps'], 0)} "
@@ -207,6 +227,9 @@ def render(report: Mapping[str, Any]) -> str:
         "## Server only (gRPC Check, bench/loadgen.py, 1 HTTP/2 connection)", "",
         *(server_table(report["rows"], titles) if any(
             r["section"] == "server" for r in report["rows"]) else ["skipped"]), "",
+        *(["## Server only, HTTP front door beside gRPC (wrk, 32 keep-alive connections)",
+           "", *http_table(report["rows"], titles), ""]
+          if any(r["server"] == "ours-http" for r in report["rows"]) else []),
         "## End to end (wrk → Envoy → authorizer; Envoy answers 200 itself)", "",
     ]
     e2e = report.get("e2e_status")

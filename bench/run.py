@@ -47,10 +47,23 @@ from typing import Any
 import loadgen
 import workloads
 from authorizers import preload_envoy_config
-from context import CONCURRENCY, TARGET_CONCURRENCY, Context, workers_flag_available
+from context import (
+    CONCURRENCY,
+    TARGET_CONCURRENCY,
+    Context,
+    http_check_available,
+    workers_flag_available,
+)
 from procs import BENCH, loadavg, log
 from report import finite, machine, render
-from sections import SERVER_KINDS, end_to_end, h2load_check, server_only, workers_compare
+from sections import (
+    HTTP_KIND,
+    SERVER_KINDS,
+    end_to_end,
+    h2load_check,
+    server_only,
+    workers_compare,
+)
 from spread import spread_section
 from verdicts import runtime_reference, targets
 
@@ -139,17 +152,20 @@ class Matrix:
     e2e_names: Sequence[str]
 
 
-def matrix(quick: bool) -> Matrix:
+def matrix(quick: bool, http: bool = False) -> Matrix:
+    """The rows of a run; with ``http`` (authz serve has --http-check-address) our HTTP
+    front door too, server only and through Envoy's http_service (quick: w1 only)."""
     if quick:
         return Matrix((TARGET_CONCURRENCY,),
                       {"bare": ["w1", "w2", "w3", "w4"], "bare-tuned": ["w1"], "naive": ["w2"],
-                       "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"]},
-                      ["ours", "jwt_authn"], ["w1"])
+                       "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"],
+                       **({HTTP_KIND: ["w1"]} if http else {})},
+                      ["ours", *(["http"] if http else []), "jwt_authn"], ["w1"])
     every = ["w1", "w2", "w3", "w4"]
     return Matrix(CONCURRENCY,
                   {"bare": every, "bare-tuned": every, "naive": every, "ours": every,
-                   "w5": ["w5"]},
-                  ["ours", "bare", "naive", "jwt_authn"], every)
+                   "w5": ["w5"], **({HTTP_KIND: every} if http else {})},
+                  ["ours", *(["http"] if http else []), "bare", "naive", "jwt_authn"], every)
 
 
 def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
@@ -237,10 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         messages["w5"] = work / "w5.bin"
         loadgen.write_messages(messages["w5"], [workloads.W5_REQUEST()])
         ctx = Context(args, work, server_cpus, load_cpu, server_cpus, k, jwks, wls, messages,
-                      workers_flag_available(), cpus)
+                      workers_flag_available(), cpus, has_http=http_check_available())
         log(f"server CPUs {server_cpus}, load generator CPU {load_cpu}, Envoy CPUs "
             f"{server_cpus}; --workers flag {'present' if ctx.has_workers else 'absent'}")
-        measured = measure(ctx, matrix(args.quick))
+        measured = measure(ctx, matrix(args.quick, ctx.has_http))
         jwks.stop()
         rows = measured["rows"]
         report = {
@@ -252,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "e2e_warmup_s": args.e2e_warmup, "repeat": args.repeat,
                 "tokens": args.tokens, "fresh_tokens": args.fresh_tokens,
                 "elsewhere": args.elsewhere,
-                "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
+                "workers_flag": ctx.has_workers, "http_front_door": ctx.has_http,
+                "pinning": ctx.pinning,
                 "event_loops": {kind: "/".join(sorted(ctx.loops.get(kind, ()))) or "not started"
                                 for kind in SERVER_KINDS},
                 "grpc_experiments": {kind: "/".join(sorted(ctx.grpc_experiments[kind]))
