@@ -50,7 +50,7 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
            "| vs bare | vs bare-tuned | vs naive | answer | notes |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
-        if r["section"] != "server":
+        if r["section"] != "server" or r["server"] == "ours-http":  # its own table
             continue
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
         bare_uv = find(rows, "server", "bare-tuned", r["workload"], r["concurrency"])
