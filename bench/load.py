@@ -151,6 +151,29 @@ def h2load_run(ctx: Context, server: Server, body: Path, concurrency: int, durat
     return result
 
 
+def h2load_http_run(ctx: Context, server: Server, token: str | None, concurrency: int,
+                    duration: float, warmup: float) -> dict[str, Any]:
+    """``h2load --h1`` at our HTTP front door: ``concurrency`` keep-alive connections, one
+    request in flight on each, one fixed request (h2load cannot vary a header, so only
+    w1's single token; wrk cycles tokens for the rows)."""
+    assert server.http_port is not None
+    headers = [":authority: " + workloads.HOST, *(f"{k}: {v}" for k, v in HTTP_SCOPE.items())]
+    if token:
+        headers.append(f"authorization: Bearer {token}")
+    argv = ["taskset", "-c", str(ctx.load_cpu), "h2load", "--h1",
+            "-D", f"{round(duration * 1000)}ms", "--warm-up-time", f"{round(warmup * 1000)}ms",
+            "-c", str(concurrency), "-m", "1", "-t", "1",
+            *(a for h in headers for a in ("-H", h)),
+            f"http://127.0.0.1:{server.http_port}{HTTP_PREFIX}{workloads.PATH}"]
+    cpu0 = server.proc.cpu_seconds()
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    cpu1 = server.proc.cpu_seconds()
+    result = parse_h2load(text)
+    rate = result["rps"]
+    result["cpu_s_per_1k"] = (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None
+    return result
+
+
 def parse_h2load(text: str) -> dict[str, Any]:
     """RPS, request counts and latency (in ms, whatever unit h2load chose) of h2load's
     summary; a summary that does not parse is an error, not a row of blanks."""

@@ -82,8 +82,9 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
 def http_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     """Our HTTP front door beside our gRPC Check, workload by workload."""
     out = ["| workload | conc | gRPC RPS | HTTP RPS | HTTP/gRPC | gRPC p99 ms | HTTP p99 ms "
-           "| gRPC CPU s/1k | HTTP CPU s/1k | HTTP in handler µs | HTTP answer |",
-           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+           "| gRPC CPU s/1k | HTTP CPU s/1k | gRPC/HTTP CPU | HTTP in handler µs "
+           "| HTTP answer | notes |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
         if r["section"] != "server" or r["server"] != "ours-http":
             continue
@@ -92,8 +93,9 @@ def http_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> 
             f"| {workload_title(r, titles)} | {r['concurrency']} | {fmt(grpc.get('rps'), 0)} "
             f"| {fmt(r['rps'], 0)} | {fmt(ratio(r, grpc))} | {fmt(grpc.get('p99_ms'))} "
             f"| {fmt(r['p99_ms'])} | {fmt(grpc.get('cpu_s_per_1k'), 3)} "
-            f"| {fmt(r.get('cpu_s_per_1k'), 3)} | {fmt(r.get('handler_us'), 0)} "
-            f"| {r.get('probe', '')} |")
+            f"| {fmt(r.get('cpu_s_per_1k'), 3)} | {fmt(ratio(grpc, r, 'cpu_s_per_1k'))} "
+            f"| {fmt(r.get('handler_us'), 0)} | {r.get('probe', '')} "
+            f"| {'; '.join(n for n in row_notes(r, 'socket errors') if n)} |")
     return out
 
 
@@ -169,7 +171,9 @@ def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
            "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in data:
         lg, h2 = r["loadgen"], r["h2load"]
-        out.append(f"| {r['server']} | {r['concurrency']} | {fmt(lg['rps'], 0)} "
+        # The HTTP front door's row compares wrk (its rows' tool) with h2load --h1.
+        server = f"{r['server']} (wrk vs --h1)" if r.get("tool") == "wrk" else r["server"]
+        out.append(f"| {server} | {r['concurrency']} | {fmt(lg['rps'], 0)} "
                    f"| {fmt(h2.get('rps'), 0)} | {fmt(ratio(h2, lg))} | {fmt(lg['mean_ms'])} "
                    f"| {fmt(h2.get('mean_ms'))} | {fmt(lg.get('cpu_s_per_1k'), 3)} "
                    f"| {fmt(h2.get('cpu_s_per_1k'), 3)} |")

@@ -23,7 +23,7 @@ from authorizers import (
     start_reference,
 )
 from context import TARGET_CONCURRENCY, Context, Server
-from load import h2load_run, http_run, loadgen_run, mean_of, wrk_run
+from load import h2load_http_run, h2load_run, http_run, loadgen_run, mean_of, wrk_run
 from procs import Proc, busy_seconds, cpulist, http_status, log
 from workloads import EXPECTED
 
@@ -329,6 +329,39 @@ def h2load_check(ctx: Context, concurrencies: Sequence[int]) -> list[dict[str, A
     for kind in ("bare", "ours"):
         with ctx.failing(f"h2load check {kind}"):
             out.extend(h2load_server(ctx, kind, policy, body, concurrencies))
+    if ctx.has_http:
+        with ctx.failing(f"h2load check {HTTP_KIND}"):
+            out.extend(h2load_http(ctx, policy, concurrencies))
+    return out
+
+
+def h2load_http(ctx: Context, policy: Path, concurrencies: Sequence[int],
+                rounds: int = 2) -> list[dict[str, Any]]:
+    """Our HTTP front door on w1 by wrk (the rows' tool) and ``h2load --h1`` in
+    alternating rounds, as h2load_server does for loadgen on gRPC."""
+    out = []
+    seconds, warmup = min(3.0, ctx.args.duration), min(1.0, ctx.args.warmup)
+    server = start_ours(ctx, "ours-http-h2load", policy, http_check=True)
+    try:
+        for c in concurrencies:
+            wrk_runs, h2_runs = [], []
+            for i in range(rounds):
+                log(f"h2load check: {HTTP_KIND} w1 c={c} round {i + 1}/{rounds}")
+                wrk_runs.append(http_run(ctx, server, "w1", c, duration=seconds,
+                                         warmup=warmup))
+                h2_runs.append(h2load_http_run(ctx, server, ctx.workloads["w1"].tokens[0], c,
+                                               seconds, warmup))
+                log(f"  wrk {wrk_runs[-1]['rps']:.0f} rps, h2load --h1 "
+                    f"{h2_runs[-1].get('rps', 0):.0f} rps")
+            keys = ("rps", "mean_ms", "p50_ms", "p99_ms", "max_ms", "errors", "cpu_s_per_1k")
+            out.append({"server": HTTP_KIND, "workload": "w1", "concurrency": c,
+                        "rounds": rounds, "tool": "wrk", "loadgen": mean_of(wrk_runs, keys),
+                        "h2load": mean_of(h2_runs, ("rps", "mean_ms", "max_ms", "failed",
+                                                    "errored", "cpu_s_per_1k")),
+                        "loadgen_runs": [{k: r.get(k) for k in keys} for r in wrk_runs],
+                        "h2load_runs": h2_runs})
+    finally:
+        server.stop()
     return out
 
 

@@ -168,8 +168,12 @@ def http_targets(rows: Sequence[Mapping[str, Any]], add: Any) -> None:
         if r is None or http is None or grpc is None:
             add(name, None, "not measured")
         else:
-            add(name, r >= factor, f"{http['rps']:.0f} vs {grpc['rps']:.0f} rps = {r:.2f}x",
-                per_round(http, grpc))
+            detail = f"{http['rps']:.0f} vs {grpc['rps']:.0f} rps = {r:.2f}x"
+            cpu = ratio(grpc, http, "cpu_s_per_1k")
+            if cpu is not None:
+                # On a shared machine the server's CPU share varies; CPU per request does not.
+                detail += f" (CPU per request {cpu:.2f}x less)"
+            add(name, r >= factor, detail, per_round(http, grpc))
     pairs = [(wl, find(rows, "server", "ours-http", wl, c), find(rows, "server", "ours", wl, c))
              for wl in HTTP_RPS_FACTORS]
     measured = [(wl, h, g) for wl, h, g in pairs if h is not None and g is not None]
