@@ -51,6 +51,10 @@ SERVE_OPTIONS = (
            "(repeatable)", repeat=True, metavar="PATH"),
     Option("--grpc-address", "grpc_address", "gRPC listen address (Check, health, reflection)",
            "0.0.0.0:9000"),
+    Option("--http-check-address", "http_check_address", "HTTP authorization listen address "
+           "for the front doors /envoy (Envoy http_service, Istio envoyExtAuthzHttp), /nginx "
+           "(auth_request, ingress-nginx auth-url) and /traefik (forwardAuth); empty disables "
+           "it (docs/http-front-door.md)", ""),
     Option("--http-address", "http_address", "admin HTTP address for /healthz /readyz /metrics; "
            "keep it on loopback unless a scraper needs it; empty disables it", "127.0.0.1:9090"),
     Option("--root-namespace", "root_namespace", "Istio root namespace: its policies apply "
@@ -222,6 +226,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         policy_paths=tuple(_repeated(args, "policy")),
         grpc_address=args.grpc_address,
         http_address=args.http_address,
+        http_check_address=args.http_check_address,
         root_namespace=args.root_namespace,
         default_namespace=args.default_namespace,
         trust_domain=args.trust_domain,

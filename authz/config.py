@@ -88,6 +88,8 @@ class Settings:
     grpc_address: str = "0.0.0.0:9000"
     http_address: str = "127.0.0.1:9090"
     """Admin port (health, readiness, metrics). Loopback unless told otherwise."""
+    http_check_address: str = ""
+    """The HTTP front doors (``/envoy``, ``/nginx``, ``/traefik``); empty: off."""
     root_namespace: str = "istio-system"
     default_namespace: str = "default"
     """Scope namespace when neither context_extensions nor a SPIFFE peer name one."""
@@ -128,7 +130,8 @@ class Settings:
     event_loop: str = "auto"
     """auto (uvloop when installed) | uvloop | asyncio: see authz/eventloop.py."""
     reuse_port: bool = False
-    """Bind the gRPC port with SO_REUSEPORT: set for the processes of ``--workers``."""
+    """Bind the gRPC (and HTTP check) port with SO_REUSEPORT: set for the processes of
+    ``--workers``."""
     # -- TLS on the gRPC listener (authz/tls.py) --
     tls_cert: str | None = None
     """PEM certificate chain: set with ``tls_key``, the gRPC port speaks TLS only."""
@@ -148,6 +151,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
+        if self.http_check_address:
+            parse_address(self.http_check_address, "--http-check-address")
         if self.http_address and not self.http_address.startswith("unix:"):
             parse_address(self.http_address, "--http-address")
         if self.log_format not in ("auto", "json", "console"):

@@ -46,4 +46,4 @@ class MissingExtraError(AuthzError, ImportError):
 class ListenError(AuthzError, OSError):
     """A listen address cannot be bound: another process holds the port or the host
     is not an address of this machine. Stop the other process or pick another
-    address (``--grpc-address``, ``--http-address``)."""
+    address (``--grpc-address``, ``--http-address``, ``--http-check-address``)."""

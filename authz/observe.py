@@ -26,6 +26,7 @@ __all__ = [
     "JSON_PROCESSORS",
     "LOG_LEVELS",
     "SHARED_PROCESSORS",
+    "TRANSPORTS",
     "CacheCollector",
     "JwksCollector",
     "LocalCounter",
@@ -198,34 +199,64 @@ class LocalCounter(Collector):
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
-class LocalHistogram(Collector):
-    """A histogram for the ``Check`` path: one C bisect and two additions per
-    observation, no lock (see ``LocalCounter``)."""
+TRANSPORTS = ("grpc", "http")
+"""The ``transport`` label's values: the gRPC ``Check`` and the HTTP front doors."""
 
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
-                 registry: CollectorRegistry) -> None:
-        self.name, self.documentation = name, documentation
-        self.bounds = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+
+class _Buckets:
+    """One labelled series of a ``LocalHistogram``."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
-        registry.register(self)
 
     def observe(self, value: float) -> None:
         # bisect_left: the first bound >= value, Prometheus's "le" bucket.
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+
+class LocalHistogram(Collector):
+    """A histogram for the ``Check`` path: one C bisect and two additions per
+    observation, no lock (see ``LocalCounter``). With ``labelnames``, ``labels()``
+    gives each label set's series; without, ``observe`` is the one series."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry, labelnames: tuple[str, ...] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.bounds = tuple(sorted(buckets))
+        self._series: dict[tuple[str, ...], _Buckets] = {}
+        if not labelnames:
+            self._series[()] = _Buckets(self.bounds)
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Buckets:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Buckets(self.bounds)
+        return series
+
+    def observe(self, value: float) -> None:
+        self.labels().observe(value)
+
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation)
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(_le, self.bounds), "+Inf"), self.counts, strict=True):
-            cumulative += count
-            buckets.append((bound, float(cumulative)))
-        family.add_metric([], buckets, sum_value=self.sum)
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, series in list(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*map(_le, self.bounds), "+Inf"), series.counts,
+                                    strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            family.add_metric(list(values), buckets, sum_value=series.sum)
         yield family
 
     def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self.name, self.documentation)
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
 def _le(bound: float) -> str:
@@ -239,8 +270,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.checks = LocalCounter(
             "authz_check_requests",
-            "Check calls answered, by decision, HTTP status and reason.",
-            ("decision", "status", "reason"),
+            "Check calls answered, by decision, HTTP status, reason and transport "
+            "(grpc, or http for the HTTP front doors).",
+            ("decision", "status", "reason", "transport"),
             registry=self.registry,
         )
         self.jwt_results = LocalCounter(
@@ -252,18 +284,22 @@ class Metrics:
         )
         self.check_errors = Counter(
             "authz_check_errors",
-            "Check calls answered with a gRPC error, by reason: internal (INTERNAL, "
-            "a bug) or bad_request (INVALID_ARGUMENT, bytes that are not a CheckRequest).",
-            ("reason",),
+            "Check calls answered with an error rather than a decision, by reason and "
+            "transport: internal (gRPC INTERNAL or HTTP 500, a bug) or bad_request "
+            "(gRPC INVALID_ARGUMENT: bytes that are not a CheckRequest; HTTP: a check "
+            "request on no front door's path).",
+            ("reason", "transport"),
             registry=self.registry,
         )
         for reason in ("internal", "bad_request"):  # exported at 0 from the start
-            self.check_errors.labels(reason)
+            for transport in TRANSPORTS:
+                self.check_errors.labels(reason, transport)
         self.check_latency = LocalHistogram(
             "authz_check_duration_seconds",
-            "Time to decide one Check, from request to response.",
+            "Time to decide one Check, from request to response, by transport.",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=self.registry,
+            labelnames=("transport",),
         )
         self.in_flight = Gauge(
             "authz_check_in_flight", "Check calls being answered now.", registry=self.registry

@@ -36,8 +36,12 @@ from authz.envoy.response import response_bytes
 from authz.errors import ListenError
 from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
+from authz.http.frontdoors import Door, door_of, view_from_http
+from authz.http.listener import HttpCheckListener
+from authz.http.protocol import HttpRequest, HttpResponse
+from authz.http.render import render
 from authz.memo import CacheSizes
-from authz.observe import Metrics, resolved_format
+from authz.observe import TRANSPORTS, Metrics, resolved_format
 from authz.pipeline.snapshot import (
     PolicyOptions,
     Snapshot,
@@ -74,6 +78,12 @@ moved away: stop waiting and go on to stop accepting."""
 READ_ATTEMPTS = 10
 """Reads of the policy files retried when the files change during a read."""
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+NOT_A_DOOR = HttpResponse(404, (("content-type", "text/plain"),),
+                          b"authz: no front door here; use /envoy/..., /nginx or /traefik\n")
+HEALTH_PATH = "/readyz"
+READY = HttpResponse(200, (("content-type", "text/plain"),), b"ready\n")
+NOT_READY = HttpResponse(503, (("content-type", "text/plain"),), b"not ready\n")
+INTERNAL_ERROR = HttpResponse(500, (("content-type", "text/plain"),), b"authz internal error\n")
 
 
 class _Undecodable:
@@ -177,29 +187,48 @@ class AuthorizationService:
         self._tracing = tracing or Tracing()
         self._default_namespace = settings.default_namespace
         self._metrics = metrics
-        self._counters: dict[tuple[bool, int, Reason], Any] = {}
+        self._counters: dict[tuple[bool, int, Reason, str], Any] = {}
+        self._latency = {t: metrics.check_latency.labels(t) for t in TRANSPORTS}
         self.in_flight = 0
         """Checks between arrival and answer (read by the in-flight gauge at scrape)."""
         metrics.in_flight.set_function(lambda: self.in_flight)
         self.answered = 0
-        """Checks answered with a CheckResponse (logged at shutdown)."""
+        """Checks answered with a decision (logged at shutdown)."""
         self.last_arrival = time.perf_counter()
         """When the latest Check arrived: the drain delay ends early once calls stop."""
+        self.ready = False
+        """What the HTTP check port's /readyz says (the server sets it with health)."""
 
     def flush_log(self) -> None:
         self._decision_log.flush()
 
-    def _counter(self, decision: Decision) -> Any:
+    def _counter(self, decision: Decision, transport: str) -> Any:
         """The labelled child for a decision, keyed by the decision's own fields so a
         Check does not format the label strings (the set is small and fixed)."""
-        key = (decision.allowed, decision.status, decision.reason)
+        key = (decision.allowed, decision.status, decision.reason, transport)
         child = self._counters.get(key)
         if child is None:
             child = self._metrics.checks.labels(
                 "allow" if decision.allowed else "deny", str(decision.status),
-                decision.reason.value)
+                decision.reason.value, transport)
             self._counters[key] = child
         return child
+
+    def _count(self, decision: Decision, transport: str) -> None:
+        self._counter(decision, transport).inc()
+        if decision.issuer is not None:
+            # Issuers are the configured ones: a bounded label set.
+            self._metrics.jwt_results.labels(decision.issuer, "verified").inc()
+        elif decision.reason in _JWT_FAILURES:
+            self._metrics.jwt_results.labels("", decision.reason.value).inc()
+
+    def _after(self, view: RequestView | None, decision: Decision, latency: float,
+               start_ns: int) -> None:
+        """The decision line and the span, once the answer is built."""
+        self._decision_log.emit(view, decision, latency)
+        if start_ns:
+            self._tracing.record(view, decision, start_ns, start_ns + int(latency * 1e9))
+        self.answered += 1
 
     def decide(
         self, request: external_auth_pb2.CheckRequest, peer: str = ""
@@ -214,6 +243,53 @@ class AuthorizationService:
             return None, denied
         return view, snapshot.evaluate(view, time.time())
 
+    def decide_http(self, door: Door, request: HttpRequest
+                    ) -> tuple[RequestView | None, Decision]:
+        """``decide`` for an HTTP front door's check request (authz/http/)."""
+        snapshot = self._store.current  # read once: a reload never splits a Check
+        try:
+            view = view_from_http(door, request, self._default_namespace,
+                                  snapshot.peer, snapshot.scope)
+        except ScopeError as exc:
+            # The scope headers or query are wrong: fail closed, say why.
+            denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
+            return None, denied
+        return view, snapshot.evaluate(view, time.time())
+
+    def check_http(self, request: HttpRequest) -> HttpResponse:
+        """One HTTP check, synchronously on the loop (the protocol calls it as soon as
+        the request is parsed): the same decision, counters, log line and span as
+        ``Check``, rendered for the front door the path names."""
+        door = door_of(request.target)
+        if door is None:
+            if request.target == HEALTH_PATH:
+                # Envoy's active health check of the check port (envoy-config
+                # --transport http): what the gRPC health service says. Not a Check:
+                # it does not hold the drain delay open.
+                return READY if self.ready else NOT_READY
+            self._metrics.check_errors.labels("bad_request", "http").inc()
+            return NOT_A_DOOR
+        start = self.last_arrival = time.perf_counter()
+        start_ns = time.time_ns() if self._tracing.enabled else 0
+        self.in_flight += 1
+        try:
+            view, decision = self.decide_http(door, request)
+            response = render(decision, door)
+        except Exception as exc:
+            # Not a deny: 500, so Envoy applies status_on_error / failure_mode_allow
+            # and nginx its own error (500), closed by default.
+            self._metrics.check_errors.labels("internal", "http").inc()
+            log.error("check_failed", error=type(exc).__name__, at=_where(exc),
+                      request_id=request.headers.get("x-request-id", ""), transport="http")
+            return INTERNAL_ERROR
+        finally:
+            self.in_flight -= 1
+            latency = time.perf_counter() - start
+            self._latency["http"].observe(latency)
+        self._count(decision, "http")
+        self._after(view, decision, latency, start_ns)
+        return response
+
     async def Check(
         self, request: external_auth_pb2.CheckRequest | _Undecodable,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -223,14 +299,12 @@ class AuthorizationService:
         if isinstance(request, _Undecodable):
             # Bytes that are no CheckRequest: the caller's bug, not ours, and no
             # stack trace (it would say nothing). One line, counted, INVALID_ARGUMENT.
-            self._metrics.check_errors.labels("bad_request").inc()
+            self._metrics.check_errors.labels("bad_request", "grpc").inc()
             log.warning("check_request_undecodable", size=request.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "authz: the request is not a CheckRequest")
             raise AssertionError("abort() raises")  # for the type checker
-        tracing = self._tracing.enabled
-        start_ns = time.time_ns() if tracing else 0
-        metrics = self._metrics
+        start_ns = time.time_ns() if self._tracing.enabled else 0
         self.in_flight += 1
         try:
             # Envoy's own identity (its mTLS client certificate) stands in for a
@@ -242,29 +316,20 @@ class AuthorizationService:
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy
             # applies its own failure_mode_allow / status_on_error (closed by default).
-            metrics.check_errors.labels("internal").inc()
+            self._metrics.check_errors.labels("internal", "grpc").inc()
             log.error("check_failed", error=type(exc).__name__, at=_where(exc),
                       request_id=request.attributes.request.http.id)
             failed = True
         else:
             failed = False
-            self._counter(decision).inc()
-            if decision.issuer is not None:
-                # Issuers are the configured ones: a bounded label set.
-                metrics.jwt_results.labels(decision.issuer, "verified").inc()
-            elif decision.reason in _JWT_FAILURES:
-                metrics.jwt_results.labels("", decision.reason.value).inc()
+            self._count(decision, "grpc")
         finally:
             self.in_flight -= 1
             latency = time.perf_counter() - start
-            metrics.check_latency.observe(latency)
-        if not failed:
-            self._decision_log.emit(view, decision, latency)
-            if tracing:
-                self._tracing.record(view, decision, start_ns, start_ns + int(latency * 1e9))
+            self._latency["grpc"].observe(latency)
         if failed:
             await context.abort(grpc.StatusCode.INTERNAL, "authz internal error")
-        self.answered += 1
+        self._after(view, decision, latency, start_ns)
         return response
 
 
@@ -307,6 +372,8 @@ class AuthzServer:
         self.service: AuthorizationService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._admin: AdminServer | None = None
+        self._http: HttpCheckListener | None = None
+        self.http_check_port: int | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[bool]] = set()
@@ -493,11 +560,20 @@ class AuthzServer:
         self.grpc_port = bound
         await server.start()
         self._grpc = server
+        http_check = None
+        if self.settings.http_check_address:
+            check_host, check_port = parse_address(self.settings.http_check_address,
+                                                   "--http-check-address")
+            self._http = HttpCheckListener(self.service.check_http)
+            self.http_check_port = await self._http.start(check_host, check_port,
+                                                          self.settings.reuse_port)
+            http_check = format_address(check_host, self.http_check_port)
         if self.settings.http_address:
             self._admin = AdminServer(self)
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
+                 http_check_address=http_check,
                  event_loop=current_loop_name(),
                  grpc_experiments=os.environ.get("GRPC_EXPERIMENTS"),
                  tls="mutual" if self.tls and self.tls.mutual else bool(self.tls))
@@ -508,6 +584,8 @@ class AuthzServer:
             self.load_policies()
         await self._fetch_keys_for(self.store.current)
         self.ready = True
+        if self.service is not None:
+            self.service.ready = True
         self.metrics.ready.set(1)
         await self._set_health(SERVING)
         if self.settings.watch_interval > 0:
@@ -523,6 +601,8 @@ class AuthzServer:
             return
         self.draining = True
         self.ready = False
+        if self.service is not None:
+            self.service.ready = False
         await self._watcher.stop()
         self.metrics.ready.set(0)
         await self.health.enter_graceful_shutdown()
@@ -530,8 +610,13 @@ class AuthzServer:
                  drain_delay=self.settings.drain_delay)
         if self.settings.drain_delay:
             await self._drain_delay()
+        # Both listeners stop accepting together and share the grace period.
+        stops = []
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.grace_period)
+            stops.append(self._grpc.stop(self.settings.grace_period))
+        if self._http is not None:
+            stops.append(self._http.stop(self.settings.grace_period))
+        await asyncio.gather(*stops)
         if self._admin is not None:
             await self._admin.stop()
         await self.jwks.stop()

@@ -108,11 +108,12 @@ class Worker:
     crashes: int = 0
 
 
-def reserve_port(address: str) -> tuple[socket.socket, str]:
-    """Bind (not listen) the gRPC address with SO_REUSEPORT: it fixes port 0 to a real
-    port for every worker, fails early if another program owns the port, and keeps
-    the port ours while workers restart."""
-    host, port = parse_address(address, "--grpc-address")
+def reserve_port(address: str, flag: str = "--grpc-address",
+                 what: str = "gRPC") -> tuple[socket.socket, str]:
+    """Bind (not listen) the gRPC (or HTTP check) address with SO_REUSEPORT: it fixes
+    port 0 to a real port for every worker, fails early if another program owns the
+    port, and keeps the port ours while workers restart."""
+    host, port = parse_address(address, flag)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -120,7 +121,7 @@ def reserve_port(address: str) -> tuple[socket.socket, str]:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot bind gRPC address {address}: {exc.strerror}") from None
+        raise OSError(f"cannot bind {what} address {address}: {exc.strerror}") from None
     return sock, format_address(host, sock.getsockname()[1])
 
 
@@ -136,12 +137,14 @@ class Supervisor:
         self._ready_logged = False
         self._admin: AdminServer | None = None
         self._grpc_address = settings.grpc_address
+        self._http_check_address = settings.http_check_address
         self._monitors: list[asyncio.Task[None]] = []
 
     # -- workers ---------------------------------------------------------------
     def _worker_settings(self, worker: Worker) -> Settings:
         return dataclasses.replace(
             self.settings, workers=1, reuse_port=True, grpc_address=self._grpc_address,
+            http_check_address=self._http_check_address,
             http_address=UNIX_PREFIX + worker.socket_path)
 
     async def _spawn(self, worker: Worker) -> None:
@@ -257,9 +260,17 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        reservations: list[socket.socket] = []
         try:
             reservation, self._grpc_address = reserve_port(self.settings.grpc_address)
+            reservations.append(reservation)
+            if self.settings.http_check_address:
+                reservation, self._http_check_address = reserve_port(
+                    self.settings.http_check_address, "--http-check-address", "HTTP check")
+                reservations.append(reservation)
         except OSError as exc:
+            for reservation in reservations:
+                reservation.close()
             print(f"authz: {exc}", file=sys.stderr)
             return 1
         try:
@@ -268,6 +279,7 @@ class Supervisor:
                 await self._admin.start(self.settings.http_address)
             log.info("supervisor_started", workers=len(self._workers),
                      grpc_address=self._grpc_address,
+                     http_check_address=self._http_check_address or None,
                      http_address=self.settings.http_address or None)
             waiter = asyncio.create_task(self._stop.wait())
             # The first worker alone proves the policies and the port; only then the
@@ -289,7 +301,8 @@ class Supervisor:
             await waiter
             return await self._shutdown()
         finally:
-            reservation.close()
+            for reservation in reservations:
+                reservation.close()
 
     def _on_stop(self, sig: signal.Signals) -> None:
         log.info("signal_received", signal=sig.name)

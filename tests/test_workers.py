@@ -251,9 +251,9 @@ def test_merge_adds_counters_and_histograms_and_merges_gauges_by_meaning() -> No
         metrics = Metrics()
         for name in ("token_cache", "decision_cache"):
             metrics.watch_cache(name, name, lambda: _Cache(checks, 10 * checks))
-        metrics.checks.labels("allow", "200", "allowed").inc(checks)
+        metrics.checks.labels("allow", "200", "allowed", "grpc").inc(checks)
         for _ in range(checks):
-            metrics.check_latency.observe(0.0005)
+            metrics.check_latency.labels("grpc").observe(0.0005)
         metrics.in_flight.set(in_flight)
         metrics.ready.set(ready)
         metrics.snapshot_version.set(version)
@@ -267,9 +267,10 @@ def test_merge_adds_counters_and_histograms_and_merges_gauges_by_meaning() -> No
               for m in merge_metrics([worker(3, 1, 1, 4, 10.0), worker(5, 2, 0, 3, 30.0)])}
     assert merged["authz_check_requests"][
         ("authz_check_requests_total",
-         (("decision", "allow"), ("reason", "allowed"), ("status", "200")))] == 8
+         (("decision", "allow"), ("reason", "allowed"), ("status", "200"),
+          ("transport", "grpc")))] == 8
     assert merged["authz_check_duration_seconds"][
-        ("authz_check_duration_seconds_bucket", (("le", "+Inf"),))] == 8
+        ("authz_check_duration_seconds_bucket", (("le", "+Inf"), ("transport", "grpc")))] == 8
     assert merged["authz_check_in_flight"][("authz_check_in_flight", ())] == 3
     assert merged["authz_ready"][("authz_ready", ())] == 0  # ready only if every worker is
     assert merged["authz_policy_snapshot_version"][("authz_policy_snapshot_version", ())] == 3

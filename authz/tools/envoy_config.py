@@ -21,14 +21,29 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from authz.config import ConfigError, parse_address
+from authz.config import ConfigError, format_address, parse_address
 from authz.errors import MissingExtraError
+from authz.policy.errors import PolicyErrors
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
 
 __all__ = ["REQUESTS_PER_CONNECTION", "STREAMS_PER_CONNECTION", "RouteScope", "bootstrap",
            "register", "run"]
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
+TRANSPORTS = ("grpc", "http")
+ENVOY_PATH_PREFIX = "/envoy"
+"""authz's front door for Envoy ``http_service`` (authz/http/frontdoors.py)."""
+SCOPE_METADATA = "authz"
+"""Route metadata namespace whose ``namespace``/``labels`` the HTTP check carries."""
+HTTP_CHECK_HEADERS = {
+    "x-authz-namespace": f"%METADATA(ROUTE:{SCOPE_METADATA}:namespace)%",
+    "x-authz-labels": f"%METADATA(ROUTE:{SCOPE_METADATA}:labels)%",
+    "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+}
+"""What Envoy adds to each HTTP check: the route's scope and the downstream peer
+(the same names are never taken from the client: ``disallowed_headers``)."""
+HTTP_IDLE_TIMEOUT = 60.0
+HTTP_HEALTH_PATH = "/readyz"
 
 STREAMS_PER_CONNECTION = 8
 """Concurrent Checks Envoy puts on one HTTP/2 connection to authz before it opens
@@ -161,12 +176,20 @@ def bootstrap(
     xff_num_trusted_hops: int = 0,
     health_check_interval: float = 5.0,
     authz_tls: AuthzTls | None = None,
+    transport: str = "grpc",
+    upstream_headers: Sequence[str] = (),
     streams_per_connection: int | None = STREAMS_PER_CONNECTION,
     requests_per_connection: int | None = REQUESTS_PER_CONNECTION,
 ) -> dict[str, Any]:
-    """The bootstrap as Envoy's JSON. ``streams_per_connection`` and
-    ``requests_per_connection`` (None: Envoy's default, no limit) spread Checks over
-    authz's worker processes (see :data:`STREAMS_PER_CONNECTION`)."""
+    """``transport``: ``grpc`` (ext_authz ``grpc_service``) or ``http`` (``http_service``
+    at authz's ``--http-check-address``, path prefix ``/envoy``). ``upstream_headers``:
+    for ``http``, the headers authz's allow may set upstream (``outputClaimToHeaders``,
+    ``outputPayloadToHeader``): Envoy copies only those it is told about.
+    ``streams_per_connection`` (HTTP/2, so gRPC only) and ``requests_per_connection``
+    (None: Envoy's default, no limit) spread Checks over authz's worker processes (see
+    :data:`STREAMS_PER_CONNECTION`)."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"--transport: expected {' or '.join(TRANSPORTS)}, got {transport!r}")
     try:
         import envoy_data_plane  # noqa: F401 - the extra, asked for by name
     except ImportError as exc:
@@ -182,13 +205,18 @@ def bootstrap(
         ApiVersion,
         GrpcService,
         GrpcServiceEnvoyGrpc,
+        HeaderValue,
         HealthCheck,
         HealthCheckGrpcHealthCheck,
+        HealthCheckHttpHealthCheck,
+        Http1ProtocolOptions,
         Http2ProtocolOptions,
+        HttpUri,
+        Metadata,
         SocketAddress,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
-        HttpProtocolOptions as CommonHttpProtocolOptions,
+        HttpProtocolOptions as CoreHttpProtocolOptions,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
@@ -205,9 +233,12 @@ def bootstrap(
         VirtualHost,
     )
     from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+        AuthorizationRequest,
+        AuthorizationResponse,
         CheckSettings,
         ExtAuthz,
         ExtAuthzPerRoute,
+        HttpService,
     )
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -219,7 +250,13 @@ def bootstrap(
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
+    from envoy_data_plane.envoy.type.matcher.v3 import (
+        ListStringMatcher,
+        RegexMatcher,
+        StringMatcher,
+    )
     from envoy_data_plane.google.protobuf import Any as PbAny
+    from envoy_data_plane.google.protobuf import Struct, Value
 
     def address(host: str, port: int) -> Address:
         return Address(socket_address=SocketAddress(address=host, port_value=port))
@@ -234,25 +271,58 @@ def bootstrap(
                     LbEndpoint(endpoint=Endpoint(address=address(host, port)))])]),
         )
 
+    http = transport == "http"
+
+    def route_scope(scope: RouteScope) -> dict[str, Any]:
+        """gRPC: the scope in ``context_extensions``. HTTP: in the route's metadata,
+        which the filter's ``headers_to_add`` sends as ``x-authz-namespace``/``-labels``."""
+        if http:
+            fields = {k: Value(string_value=v) for k, v in scope.context_extensions().items()}
+            return {"metadata": Metadata(
+                filter_metadata={SCOPE_METADATA: Struct(fields=fields)})}
+        return {"typed_per_filter_config": {
+            "envoy.filters.http.ext_authz": PbAny.pack(ExtAuthzPerRoute(
+                check_settings=CheckSettings(context_extensions=scope.context_extensions())))}}
+
     route_list = [
-        Route(
-            match=RouteMatch(prefix=scope.prefix),
-            route=RouteAction(cluster="upstream"),
-            typed_per_filter_config={"envoy.filters.http.ext_authz": PbAny.pack(ExtAuthzPerRoute(
-                check_settings=CheckSettings(context_extensions=scope.context_extensions())))},
-        )
+        Route(match=RouteMatch(prefix=scope.prefix), route=RouteAction(cluster="upstream"),
+              **route_scope(scope))
         for scope in routes
     ]
     route_list.append(Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster="upstream")))
-    ext_authz = ExtAuthz(
-        grpc_service=GrpcService(
-            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="authz"),
-            timeout=timedelta(seconds=timeout),
-        ),
-        transport_api_version=ApiVersion.V3,
-        failure_mode_allow=False,
-        encode_raw_headers=encode_raw_headers,
-    )
+    if http:
+        ext_authz = ExtAuthz(
+            http_service=HttpService(
+                server_uri=HttpUri(uri=f"http://{format_address(*authz_address)}",
+                                   cluster="authz", timeout=timedelta(seconds=timeout)),
+                path_prefix=ENVOY_PATH_PREFIX,
+                authorization_request=AuthorizationRequest(headers_to_add=[
+                    HeaderValue(key=header, value=value)
+                    for header, value in HTTP_CHECK_HEADERS.items()]),
+                authorization_response=AuthorizationResponse(
+                    allowed_upstream_headers=ListStringMatcher(patterns=[
+                        StringMatcher(exact=h.lower(), ignore_case=True)
+                        for h in upstream_headers])
+                    if upstream_headers else None),
+            ),
+            transport_api_version=ApiVersion.V3,
+            failure_mode_allow=False,
+            # Every request header goes to authz, as the gRPC check sends them (policies
+            # and token locations may read any); none that would name a scope.
+            allowed_headers=ListStringMatcher(patterns=[StringMatcher(safe_regex=RegexMatcher(regex=".*"))]),
+            disallowed_headers=ListStringMatcher(patterns=[
+                StringMatcher(exact=h) for h in HTTP_CHECK_HEADERS]),
+        )
+    else:
+        ext_authz = ExtAuthz(
+            grpc_service=GrpcService(
+                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="authz"),
+                timeout=timedelta(seconds=timeout),
+            ),
+            transport_api_version=ApiVersion.V3,
+            failure_mode_allow=False,
+            encode_raw_headers=encode_raw_headers,
+        )
     manager = HttpConnectionManager(
         stat_prefix="ingress",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -266,23 +336,46 @@ def bootstrap(
         ],
     )
     authz = cluster("authz", *authz_address)
-    http2 = Http2ProtocolOptions()
-    if streams_per_connection is not None:
-        http2.max_concurrent_streams = streams_per_connection
-    protocol = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-        http2_protocol_options=http2))
-    if requests_per_connection is not None:
-        protocol.common_http_protocol_options = CommonHttpProtocolOptions(
-            max_requests_per_connection=requests_per_connection)
-    authz.typed_extension_protocol_options = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(protocol)}
     interval = timedelta(seconds=health_check_interval)
-    authz.health_checks = [HealthCheck(
-        timeout=timedelta(seconds=1), interval=interval,
-        no_traffic_interval=interval,  # else Envoy probes an idle cluster once a minute
-        unhealthy_threshold=1, healthy_threshold=1,
-        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=HEALTH_SERVICE),
-    )]
+    if http:
+        # HTTP/1.1 keep-alive, closed by Envoy before authz's idle timeout can race a
+        # request (authz/http/protocol.py IDLE_TIMEOUT).
+        # One connection per Check in flight (HTTP/1.1): the kernel spreads them over
+        # authz's --workers without a stream limit.
+        common = CoreHttpProtocolOptions(idle_timeout=timedelta(seconds=HTTP_IDLE_TIMEOUT))
+        if requests_per_connection is not None:
+            common.max_requests_per_connection = requests_per_connection
+        authz.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(
+                HttpProtocolOptions(
+                    common_http_protocol_options=common,
+                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                        http_protocol_options=Http1ProtocolOptions())))}
+        # The check port's /readyz: 503 while authz is not ready or drains, as the
+        # gRPC health service says NOT_SERVING (docs/http-front-door.md).
+        authz.health_checks = [HealthCheck(
+            timeout=timedelta(seconds=1), interval=interval,
+            no_traffic_interval=interval,  # else Envoy probes an idle cluster once a minute
+            unhealthy_threshold=1, healthy_threshold=1,
+            http_health_check=HealthCheckHttpHealthCheck(path=HTTP_HEALTH_PATH),
+        )]
+    else:
+        http2 = Http2ProtocolOptions()
+        if streams_per_connection is not None:
+            http2.max_concurrent_streams = streams_per_connection
+        protocol = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=http2))
+        if requests_per_connection is not None:
+            protocol.common_http_protocol_options = CoreHttpProtocolOptions(
+                max_requests_per_connection=requests_per_connection)
+        authz.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(protocol)}
+        authz.health_checks = [HealthCheck(
+            timeout=timedelta(seconds=1), interval=interval,
+            no_traffic_interval=interval,  # else Envoy probes an idle cluster once a minute
+            unhealthy_threshold=1, healthy_threshold=1,
+            grpc_health_check=HealthCheckGrpcHealthCheck(service_name=HEALTH_SERVICE),
+        )]
     config = Bootstrap(static_resources=BootstrapStaticResources(
         listeners=[Listener(
             name="ingress",
@@ -301,6 +394,21 @@ def bootstrap(
             if built["name"] == "authz":
                 built["transportSocket"] = authz_tls.transport_socket()
     return out
+
+
+def upstream_headers(args: argparse.Namespace) -> list[str]:
+    """``--upstream-header`` names, and the output headers of ``--policy``'s rules."""
+    names = [h.lower() for h in args.upstream_header or []]
+    if args.policy:
+        from authz.pipeline.snapshot import compile_snapshot
+        from authz.policy.load import load_paths
+
+        snapshot = compile_snapshot(load_paths(args.policy), 1)
+        for rule in snapshot.jwt_rules:
+            names += [c.header.lower() for c in rule.output_claim_to_headers]
+            if rule.output_payload_to_header:
+                names.append(rule.output_payload_to_header.lower())
+    return sorted(set(names))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,12 +441,17 @@ def run(args: argparse.Namespace) -> int:
             xff_num_trusted_hops=args.xff_num_trusted_hops,
             health_check_interval=args.health_check_interval,
             authz_tls=authz_tls,
+            transport=args.transport,
+            upstream_headers=upstream_headers(args),
             streams_per_connection=args.authz_streams_per_connection or None,
             requests_per_connection=args.authz_requests_per_connection or None,
         )
     except ConfigError as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)
         return 2
+    except PolicyErrors as exc:
+        print(f"authz envoy-config: policies rejected:\n{exc}", file=sys.stderr)
+        return 1
     if args.format == "yaml":
         import yaml
 
@@ -359,7 +472,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--listener-port", type=int, default=8080)
     p.add_argument("--listener-address", default="0.0.0.0")
-    p.add_argument("--authz-address", default="127.0.0.1:9000", help="our gRPC address")
+    p.add_argument("--transport", choices=TRANSPORTS, default="grpc",
+                   help="how Envoy asks authz: grpc (ext_authz grpc_service, authz's "
+                   "--grpc-address) or http (http_service with path prefix /envoy, authz's "
+                   "--http-check-address; the route's scope in x-authz-namespace/-labels)")
+    p.add_argument("--authz-address", default="127.0.0.1:9000",
+                   help="authz's --grpc-address, or with --transport http its "
+                   "--http-check-address")
+    p.add_argument("--upstream-header", action="append", metavar="NAME",
+                   help="with --transport http: a header authz's allow sets upstream "
+                   "(outputClaimToHeaders, outputPayloadToHeader), which Envoy copies only "
+                   "when told (repeatable)")
+    p.add_argument("--policy", action="append", metavar="PATH",
+                   help="with --transport http: policy files or directories whose "
+                   "RequestAuthentication output headers Envoy copies upstream (repeatable)")
     p.add_argument("--upstream-address", required=True, help="the service behind Envoy")
     p.add_argument("--route", action="append", metavar="/PREFIX=NAMESPACE[:k=v,...]",
                    help="requests under PREFIX are checked as the workload NAMESPACE with "
@@ -370,9 +496,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--health-check-interval", type=float, default=5.0)
     p.add_argument("--authz-streams-per-connection", type=int, default=STREAMS_PER_CONNECTION,
-                   metavar="N", help="concurrent Checks per HTTP/2 connection to authz before "
-                   "Envoy opens another, so that a busy Envoy reaches every --workers process "
-                   "(0: no limit, one connection per Envoy worker thread)")
+                   metavar="N", help="gRPC: concurrent Checks per HTTP/2 connection to authz "
+                   "before Envoy opens another, so that a busy Envoy reaches every --workers "
+                   "process (0: no limit, one connection per Envoy worker thread; --transport "
+                   "http opens one connection per Check in flight anyway)")
     p.add_argument("--authz-requests-per-connection", type=int,
                    default=REQUESTS_PER_CONNECTION, metavar="N",
                    help="Checks per connection to authz before Envoy replaces it, which "

@@ -38,7 +38,8 @@ async def test_healthz_readyz_and_metrics(
     families = {f.name: f for f in text_string_to_metric_families(text)}
     checks = families["authz_check_requests"]
     assert any(
-        s.labels == {"decision": "allow", "status": "200", "reason": "no_policy"} and s.value == 1
+        s.labels == {"decision": "allow", "status": "200", "reason": "no_policy",
+                     "transport": "grpc"} and s.value == 1
         for s in checks.samples
     )
     latency = families["authz_check_duration_seconds"]

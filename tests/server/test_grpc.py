@@ -77,7 +77,7 @@ async def test_internal_error_is_a_grpc_error_not_a_crash(
     monkeypatch.undo()
     resp = await stub.Check(check_request())  # still serving
     assert resp.WhichOneof("http_response") == "ok_response"
-    assert server.metrics.check_errors.labels("internal")._value.get() == 1
+    assert server.metrics.check_errors.labels("internal", "grpc")._value.get() == 1
 
 
 @pytest.mark.parametrize("service", ["", AUTHORIZATION_SERVICE])
@@ -148,8 +148,8 @@ async def test_undecodable_check_request_is_invalid_argument_one_line_no_traceba
     assert [(e["event"], e["log_level"], e["size"]) for e in logs] == [
         ("check_request_undecodable", "warning", 6)]
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
-    assert server.metrics.check_errors.labels("bad_request")._value.get() == 1
-    assert server.metrics.check_errors.labels("internal")._value.get() == 0
+    assert server.metrics.check_errors.labels("bad_request", "grpc")._value.get() == 1
+    assert server.metrics.check_errors.labels("internal", "grpc")._value.get() == 0
     resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(check_request())
     assert resp.WhichOneof("http_response") == "ok_response"
 

@@ -48,7 +48,8 @@ async def test_jwks_policy_and_check_families(
     assert 0 <= samples[("authz_jwks_key_set_age_seconds", (("source", source),))] < 60
     assert samples[("authz_policies_loaded", (("kind", "RequestAuthentication"),))] == 1
     assert samples[("authz_check_requests_total", (
-        ("decision", "deny"), ("reason", "jwt_invalid"), ("status", "401")))] == 1
+        ("decision", "deny"), ("reason", "jwt_invalid"), ("status", "401"),
+        ("transport", "grpc")))] == 1
     assert samples[("authz_ready", ())] == 1
     assert samples[("authz_jwt_results_total", (("issuer", ""), ("outcome", "jwt_invalid")))] == 1
     assert samples[("authz_jwt_results_total", (("issuer", "i"), ("outcome", "verified")))] == 3

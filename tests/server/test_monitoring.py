@@ -32,9 +32,9 @@ async def test_every_referenced_metric_is_exported(
     start_server: Callable[..., Awaitable[AuthzServer]], jwks_policy: JwksPolicy
 ) -> None:
     server = await start_server(jwks_policy.policy)
-    server.metrics.checks.labels("deny", "403", "rbac_denied").inc(0)
+    server.metrics.checks.labels("deny", "403", "rbac_denied", "grpc").inc(0)
     server.metrics.reloads.labels("failure").inc(0)
-    server.metrics.check_latency.observe(0.001)
+    server.metrics.check_latency.labels("grpc").observe(0.001)
     assert server._admin is not None
     async with aiohttp.ClientSession() as http, http.get(
         f"http://127.0.0.1:{server._admin.port}/metrics"

@@ -1,0 +1,234 @@
+"""HTTP check requests -> ``RequestView``: the three front doors' ways in.
+
+Each proxy describes the request it asks about in its own way
+(docs/http-front-door.md has the contract):
+
+- ``/envoy<path>``: Envoy's ``http_service`` (Istio's ``envoyExtAuthzHttp``) sends
+  the original method, ``/envoy`` + the original path and query, the original
+  ``Host`` and the headers it was told to pass; the scope comes in headers the
+  route adds (``x-authz-namespace``, ``x-authz-labels``), else from the calling
+  sidecar's own identity in ``x-forwarded-client-cert`` ``By=``;
+- ``/nginx``: nginx ``auth_request`` / ingress-nginx ``auth-url``: ``X-Original-URL``
+  (absolute) or ``X-Original-URI`` + ``Host``, ``X-Original-Method``, ``X-Real-IP``;
+- ``/traefik``: Traefik ``forwardAuth``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``,
+  ``-Uri``, ``-For``.
+
+The headers those conventions use to describe the request are dropped from the
+view, and ``host`` becomes ``:authority`` (with ``:method``, ``:path`` and
+``:scheme`` beside it) as in the view Envoy's gRPC ``CheckRequest`` gives, so a
+policy reads the same headers whichever door the request came through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import Enum
+from types import MappingProxyType
+from urllib.parse import parse_qs, urlsplit
+
+from authz.http.protocol import HttpRequest
+from authz.request.address import XFF, make_peer, parse_ip
+from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, Scope, parse_scope, resolve_scope
+from authz.request.view import Peer, RequestView, split_path
+
+__all__ = [
+    "ENVOY_PREFIX",
+    "LABELS_HEADER",
+    "NAMESPACE_HEADER",
+    "SOURCE_HEADER",
+    "XFCC",
+    "Door",
+    "door_of",
+    "parse_xfcc",
+    "view_from_http",
+]
+
+ENVOY_PREFIX = "/envoy"
+NAMESPACE_HEADER = "x-authz-namespace"
+LABELS_HEADER = "x-authz-labels"
+SOURCE_HEADER = "x-authz-source-address"
+"""The downstream peer's address as Envoy saw it (the generated configuration adds
+it from ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``); absent, the connection's peer."""
+XFCC = "x-forwarded-client-cert"
+
+PeerMaker = Callable[[str, int | None, str], Peer]
+ScopeMaker = Callable[[str, str, str, str], Scope]
+
+
+class Door(Enum):
+    """Which proxy convention a check request follows."""
+
+    ENVOY = "envoy"
+    NGINX = "nginx"
+    TRAEFIK = "traefik"
+
+
+def door_of(target: str) -> Door | None:
+    """The front door a request-target names; None for any other path."""
+    if target.startswith(ENVOY_PREFIX) and (
+            len(target) == len(ENVOY_PREFIX) or target[len(ENVOY_PREFIX)] in "/?"):
+        return Door.ENVOY
+    path = target.partition("?")[0]
+    if path == "/nginx":
+        return Door.NGINX
+    if path == "/traefik":
+        return Door.TRAEFIK
+    return None
+
+
+_ENVOY_CONTROL = frozenset({NAMESPACE_HEADER, LABELS_HEADER, SOURCE_HEADER, "host",
+                            "content-length",
+                            # What Envoy's HTTP client adds to every check it sends.
+                            "x-envoy-internal", "x-envoy-expected-rq-timeout-ms"})
+_NGINX_CONTROL = frozenset({"x-original-url", "x-original-uri", "x-original-method", "host",
+                            "x-real-ip", "content-length"})
+_TRAEFIK_CONTROL = frozenset({"x-forwarded-method", "x-forwarded-uri", "host",
+                              "content-length"})
+
+
+def parse_xfcc(value: str) -> tuple[str, str]:
+    """(``By``, ``URI``) of the last element of ``x-forwarded-client-cert``: the
+    hop nearest to us, i.e. the sidecar that asks (``By``, its own identity) and the
+    client certificate it verified (``URI``, the peer). Empty strings if absent."""
+    element = _last_element(value)
+    by = uri = ""
+    for pair in _split_unquoted(element, ";"):
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"')
+        if key == "by" and not by:
+            by = raw
+        elif key == "uri" and not uri:
+            uri = raw
+    return by, uri
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    parts, current, quoted, escaped = [], [], False, False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == '"':
+            current.append(ch)
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _last_element(value: str) -> str:
+    elements = _split_unquoted(value, ",")
+    for element in reversed(elements):
+        if element.strip():
+            return element
+    return ""
+
+
+def _query_scope(query: str) -> Mapping[str, str]:
+    """``namespace`` and ``labels`` from ``/nginx?...`` or ``/traefik?...``."""
+    if not query:
+        return _EMPTY
+    fields = parse_qs(query, keep_blank_values=True)
+    out = {}
+    for key in (NAMESPACE_KEY, LABELS_KEY):
+        values = fields.get(key)
+        if values:
+            out[key] = values[-1]
+    return MappingProxyType(out)
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _headers(given: Mapping[str, str], drop: frozenset[str], method: str, host: str,
+             path: str, scheme: str) -> Mapping[str, str]:
+    headers = {name: value for name, value in given.items() if name not in drop}
+    headers[":authority"] = host
+    headers[":method"] = method
+    headers[":path"] = path
+    if scheme:
+        headers[":scheme"] = scheme
+    return MappingProxyType(headers)
+
+
+def _last_xff(headers: Mapping[str, str]) -> str:
+    """The rightmost ``x-forwarded-for`` entry: what the proxy appended, its direct peer."""
+    xff = headers.get(XFF, "")
+    last = xff.rpartition(",")[2].strip()
+    return last if parse_ip(last) is not None else ""
+
+
+def view_from_http(
+    door: Door, request: HttpRequest, default_namespace: str,
+    peer: PeerMaker = make_peer, scope: ScopeMaker = parse_scope,
+) -> RequestView:
+    """The view of the request a check request describes. Raises ``ScopeError`` when
+    the given labels cannot be read (the caller denies, as the gRPC path does)."""
+    given = request.headers
+    if door is Door.ENVOY:
+        target = request.target[len(ENVOY_PREFIX):] or "/"
+        if not target.startswith("/"):
+            target = "/" + target
+        method, host = request.method, given.get("host", "")
+        scheme = given.get("x-forwarded-proto", "")
+        by, uri = parse_xfcc(given.get(XFCC, ""))
+        source_ip = given.get(SOURCE_HEADER, "").strip() or request.peer_ip
+        extensions = {key: given[header] for key, header in
+                      ((NAMESPACE_KEY, NAMESPACE_HEADER), (LABELS_KEY, LABELS_HEADER))
+                      if given.get(header)}
+        drop = _ENVOY_CONTROL
+    elif door is Door.NGINX:
+        url = given.get("x-original-url", "")
+        if url:
+            parts = urlsplit(url)
+            host, scheme = parts.netloc or given.get("host", ""), parts.scheme
+            target = parts.path or "/"
+            if parts.query:
+                target = f"{target}?{parts.query}"
+        else:
+            host, scheme = given.get("host", ""), given.get("x-forwarded-proto", "")
+            target = given.get("x-original-uri", "") or "/"
+        method = given.get("x-original-method", "") or "GET"
+        source_ip = given.get("x-real-ip", "").strip() or _last_xff(given) or request.peer_ip
+        by = uri = ""
+        extensions = dict(_query_scope(request.target.partition("?")[2]))
+        drop = _NGINX_CONTROL
+    else:
+        method = given.get("x-forwarded-method", "") or "GET"
+        host = given.get("x-forwarded-host", "") or given.get("host", "")
+        scheme = given.get("x-forwarded-proto", "")
+        target = given.get("x-forwarded-uri", "") or "/"
+        source_ip = _last_xff(given) or request.peer_ip
+        by = uri = ""
+        extensions = dict(_query_scope(request.target.partition("?")[2]))
+        drop = _TRAEFIK_CONTROL
+    path, query = split_path(target)
+    headers = _headers(given, drop, method, host, target.partition("#")[0], scheme)
+    frozen = MappingProxyType(extensions) if extensions else _EMPTY
+    destination = peer("", None, by)
+    return RequestView(
+        method=method,
+        host=host,
+        path=path,
+        query=query,
+        headers=headers,
+        source=peer(source_ip, None, uri),
+        destination=destination,
+        context_extensions=frozen,
+        scope=resolve_scope(frozen, destination.principal, default_namespace, scope),
+        scheme=scheme,
+        protocol="",
+        request_id=given.get("x-request-id", ""),
+    )

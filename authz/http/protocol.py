@@ -1,0 +1,376 @@
+"""HTTP/1.1 for authorization checks: a small asyncio protocol on ``httptools``.
+
+Chosen by measurement over aiohttp (docs/http-front-door.md, "Transport"): a
+check is one short request with no body to read and a small answer, so what
+costs is the framework around the parse. This protocol parses with llhttp (C),
+calls the handler synchronously from ``data_received`` (the handler never awaits:
+it reads the snapshot and returns), and writes the whole answer in one call.
+
+What it guards against, all answered with a short response and no traceback:
+
+- headers larger than ``MAX_HEADER_BYTES`` (Envoy's own limit, 60 KiB): 431;
+- headers (or a body) that take longer than ``HEADER_TIMEOUT`` to arrive: 408
+  (slow clients cannot hold connections open a byte at a time);
+- a body longer than ``MAX_BODY_BYTES``: 413; shorter bodies are read and dropped
+  (no front door reads one);
+- anything llhttp cannot parse: 400.
+
+Each of those closes the connection. Keep-alive connections that stay idle for
+``IDLE_TIMEOUT`` are closed; pipelined requests are answered in order. A client
+that stops reading its answers pauses reading, so nothing buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import NamedTuple, cast
+
+import httptools
+import structlog
+
+from authz.request.view import join_header
+
+__all__ = [
+    "HEADER_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "CheckProtocol",
+    "Connections",
+    "HttpRequest",
+    "HttpResponse",
+    "encode_response",
+]
+
+log = structlog.get_logger("authz.http")
+
+MAX_HEADER_BYTES = 60 * 1024
+"""Request line plus headers, as Envoy's ``max_request_headers_kb`` default (60 KiB)."""
+MAX_BODY_BYTES = 1024 * 1024
+"""A body is never kept; one longer than this is refused (413) rather than drained."""
+HEADER_TIMEOUT = 10.0
+"""Seconds a request may take from its first byte to its last."""
+IDLE_TIMEOUT = 75.0
+"""Seconds a keep-alive connection may wait for its next request (nginx's default);
+proxies keep their own idle timeout below it (the generated Envoy configuration: 60 s)."""
+LINGER = 2.0
+"""Seconds a refused client may go on sending before its connection is cut."""
+SWEEP_INTERVAL = 1.0
+"""How often the timeouts are checked: one timer per listener, none per request."""
+
+
+class HttpRequest(NamedTuple):
+    """One parsed request: what a front door turns into a ``RequestView``."""
+
+    method: str
+    target: str
+    """The request-target as sent (origin form: path and query)."""
+    headers: Mapping[str, str]
+    """Lower-cased names; repeated headers joined as ``RequestView`` joins them."""
+    peer_ip: str
+    peer_port: int | None
+
+
+class HttpResponse(NamedTuple):
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+Handler = Callable[[HttpRequest], HttpResponse]
+"""Answers one request synchronously (it must not block: no I/O)."""
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_CLOSE_HEAD = b"connection: close\r\n"
+
+
+def encode_response(response: HttpResponse, close: bool, head_only: bool = False) -> bytes:
+    """The bytes of one HTTP/1.1 response; ``content-length`` always, so the
+    connection can carry the next one."""
+    status, headers, body = response
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+    for name, value in headers:
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"content-length: {len(body)}\r\n")
+    head = "".join(lines).encode("utf-8", "surrogateescape")
+    if close:
+        head += _CLOSE_HEAD
+    return head + b"\r\n" if head_only else head + b"\r\n" + body
+
+
+def _plain(status: int, text: str) -> HttpResponse:
+    return HttpResponse(status, (("content-type", "text/plain"),), text.encode())
+
+
+_BAD_REQUEST = _plain(400, "authz: malformed HTTP request\n")
+_TIMEOUT = _plain(408, "authz: request not received in time\n")
+_TOO_LARGE = _plain(413, "authz: request body too large\n")
+_HEADERS_TOO_LARGE = _plain(431, "authz: request headers too large\n")
+_INTERNAL = _plain(500, "authz: internal error\n")
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; ``response`` says why."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Connections:
+    """Every open connection of one listener: the timeout sweep and the drain."""
+
+    def __init__(self, handler: Handler, header_timeout: float = HEADER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT, sweep_interval: float = SWEEP_INTERVAL
+                 ) -> None:
+        self.handler = handler
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.sweep_interval = sweep_interval
+        self.open: set[CheckProtocol] = set()
+        self.draining = False
+        self.all_closed = asyncio.Event()
+        """Set once draining and the last connection is gone."""
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def protocol(self) -> CheckProtocol:
+        """The protocol factory for ``loop.create_server``."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule()
+        return CheckProtocol(self)
+
+    def _schedule(self) -> None:
+        if self._loop is not None:
+            self._sweeper = self._loop.call_later(self.sweep_interval, self.sweep)
+
+    def sweep(self) -> None:
+        """Answer 408 to requests that are too slow; close idle connections."""
+        now = time.monotonic()
+        for conn in list(self.open):
+            conn.expire(now)
+        self._schedule()
+
+    def close_idle(self) -> None:
+        """Drain: from now on every answer closes its connection, and connections
+        with no request in progress close now."""
+        self.draining = True
+        for conn in list(self.open):
+            conn.close_if_idle()
+        if not self.open:
+            self.all_closed.set()
+
+    def busy(self) -> int:
+        """Connections with a request partly received or an answer not yet sent."""
+        return sum(1 for conn in self.open if not conn.idle())
+
+    def lost(self, conn: CheckProtocol) -> None:
+        self.open.discard(conn)
+        if self.draining and not self.open:
+            self.all_closed.set()
+
+    def abort_all(self) -> None:
+        for conn in list(self.open):
+            conn.abort()
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+class CheckProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, owner: Connections) -> None:
+        self._owner = owner
+        self._handler = owner.handler
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._peer_ip = ""
+        self._peer_port: int | None = None
+        self._url: list[bytes] = []
+        self._headers: dict[str, str] = {}
+        self._name = b""
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._started: float | None = None
+        """When the request in progress began (None: between requests)."""
+        self._last_active = time.monotonic()
+        self._closing = False
+        self._lingering: float | None = None
+        self._paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = self._transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer_ip, self._peer_port = str(peer[0]), int(peer[1])
+        self._owner.open.add(self)
+        if self._owner.draining:
+            self._closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._owner.lost(self)
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its requests.
+        if self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except _Refused as exc:
+            self._refuse(exc.response)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade request was answered in on_message_complete; the
+            # connection is not upgraded, so it ends here.
+            self._close()
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.response)
+            else:
+                self._refuse(_INTERNAL)
+        except httptools.HttpParserError:
+            self._refuse(_BAD_REQUEST)
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._started = time.monotonic()
+        self._url = []
+        self._headers = {}
+        self._header_bytes = 0
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        key = name.decode("latin-1").lower()
+        text = value.decode("utf-8", "surrogateescape")
+        headers = self._headers
+        headers[key] = join_header(key, headers[key], text) if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _Refused(_TOO_LARGE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY_BYTES:
+            raise _Refused(_TOO_LARGE)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        request = HttpRequest(
+            method, b"".join(self._url).decode("utf-8", "surrogateescape"),
+            MappingProxyType(self._headers), self._peer_ip, self._peer_port)
+        try:
+            response = self._handler(request)
+        except Exception as exc:  # the handler answers its own failures; this is a bug
+            log.error("http_handler_failed", error=type(exc).__name__)
+            response = _INTERNAL
+        close = (self._owner.draining or not parser.should_keep_alive()
+                 or parser.should_upgrade())
+        self._started = None
+        self._last_active = time.monotonic()
+        if self._transport is not None:
+            self._transport.write(encode_response(response, close, method == "HEAD"))
+        if close:
+            self._close()
+            raise _Closed
+
+    # -- helpers -------------------------------------------------------------
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refused(_HEADERS_TOO_LARGE)
+
+    def _refuse(self, response: HttpResponse) -> None:
+        if response is _CLOSED or self._transport is None:
+            return
+        if response.status >= 500:
+            log.error("http_request_failed", status=response.status)
+        self._transport.write(encode_response(response, close=True))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing the answer: a client still sending (a
+        body we refused) would get a reset instead of our answer if we closed with its
+        bytes unread. Send the answer and our FIN, drop what still arrives, and close
+        when the client does, or after ``LINGER`` seconds."""
+        self._closing = True
+        self._started = None
+        self._lingering = time.monotonic()
+        transport = self._transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._started = None
+        if self._transport is not None:
+            self._transport.close()  # after what was written is sent
+
+    def idle(self) -> bool:
+        """No request in progress and every answer sent."""
+        if self._transport is None:
+            return True
+        if self._transport.get_write_buffer_size():
+            return False
+        return self._started is None or self._closing
+
+    def close_if_idle(self) -> None:
+        if self._started is None:
+            self._close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def expire(self, now: float) -> None:
+        if self._closing:
+            if self._lingering is not None and now - self._lingering > LINGER:
+                self.abort()
+            return
+        if self._started is not None:
+            if now - self._started > self._owner.header_timeout:
+                self._refuse(_TIMEOUT)
+        elif now - self._last_active > self._owner.idle_timeout:
+            self._close()
+
+
+_CLOSED = HttpResponse(0)
+
+
+class _Closed(_Refused):
+    """Stops the parser after an answer that closed the connection (pipelined bytes
+    after it are not requests we will answer)."""
+
+    def __init__(self) -> None:
+        super().__init__(_CLOSED)
