@@ -7,7 +7,7 @@ authz with ``--workers 2`` behind one Envoy, once with Envoy's connection defaul
 and once with the limits ``authz envoy-config`` writes (streams and requests per
 connection), and counts per worker process the Checks it answered (each worker's
 own ``/metrics``, on the abstract Unix socket the supervisor reads), its CPU time
-and its connections from Envoy.
+and its connections from Envoy (halfway through the run).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import contextlib
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,15 @@ from authz.tools.envoy_config import REQUESTS_PER_CONNECTION, STREAMS_PER_CONNEC
 
 WORKERS = 2
 
-CONFIGS: Mapping[str, Mapping[str, int | None]] = {
+CONFIGS: Mapping[str, Mapping[str, Any]] = {
     "Envoy defaults (no limit)": {"streams_per_connection": None,
                                   "requests_per_connection": None},
     f"{STREAMS_PER_CONNECTION} streams, {REQUESTS_PER_CONNECTION:,} requests per connection "
     "(authz envoy-config)": {},
+    "http_service, HTTP/1.1 (authz envoy-config --transport http)": {"transport": "http"},
 }
-"""Envoy's authz cluster per row: as Envoy has it without limits, and as generated."""
+"""Envoy's authz cluster per row: gRPC as Envoy has it without limits, gRPC as
+generated, and the HTTP front door as generated (run when authz has it)."""
 
 
 def worker_sockets(supervisor: int) -> dict[int, str]:
@@ -97,7 +101,7 @@ def worker_pids(server: Server) -> list[int]:
 
 
 def spread_rows(ctx: Context, label: str, server: Server, listener: int,
-                duration: float) -> dict[str, Any]:
+                duration: float, port: int) -> dict[str, Any]:
     """One wrk run of w1 through Envoy; per worker: Checks, share, CPU, connections."""
     supervisor = server.proc.pid
     names = worker_sockets(supervisor)
@@ -108,7 +112,13 @@ def spread_rows(ctx: Context, label: str, server: Server, listener: int,
     tokens = ctx.work / "tokens-w1.txt"
     before = {i: worker_checks(n) for i, n in names.items()}
     cpu0 = {pid: cpu_seconds([pid]) for pid in pids}
-    data = wrk_run(ctx, listener, tokens, TARGET_CONCURRENCY, duration)
+    # Connections are counted halfway through the run, while Envoy holds them (its
+    # HTTP/1.1 pool closes idle ones soon after).
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(wrk_run, ctx, listener, tokens, TARGET_CONCURRENCY, duration)
+        time.sleep(duration / 2)
+        connections = {pid: established(pid, port) for pid in pids}
+        data = run.result()
     after = {i: worker_checks(n) for i, n in names.items()}
     cpu1 = {pid: cpu_seconds([pid]) for pid in pids}
     checks = {i: after[i] - before[i] for i in names}
@@ -119,7 +129,7 @@ def spread_rows(ctx: Context, label: str, server: Server, listener: int,
     per_worker = [{"worker": i, "checks": checks[i], "share": checks[i] / total}
                   for i in sorted(checks)]
     processes = [{"pid": pid, "cpu_s": cpu1[pid] - cpu0[pid],
-                  "connections": established(pid, server.port)} for pid in sorted(pids)]
+                  "connections": connections[pid]} for pid in sorted(pids)]
     result = {"config": label, "rps": data["requests"] / seconds,
               "p99_ms": data["p99_us"] / 1000, "non_2xx_3xx": data["non_2xx_3xx"],
               "workers": per_worker, "processes": processes,
@@ -132,7 +142,7 @@ def spread_rows(ctx: Context, label: str, server: Server, listener: int,
 
 
 def spread_section(ctx: Context, configs: Sequence[str] = tuple(CONFIGS)) -> dict[str, Any]:
-    """Both configurations, each with an authz --workers 2 and an Envoy of its own."""
+    """Each configuration with an authz --workers 2 and an Envoy of its own."""
     if not ctx.has_workers:
         return {"skipped": "--workers not available"}
     policy = ctx.work / "policy-main"
@@ -144,17 +154,23 @@ def spread_section(ctx: Context, configs: Sequence[str] = tuple(CONFIGS)) -> dic
     out: dict[str, Any] = {"workload": "w1", "concurrency": TARGET_CONCURRENCY,
                            "workers": WORKERS, "duration_s": duration, "runs": []}
     for label in configs:
+        http = CONFIGS[label].get("transport") == "http"
+        if http and not ctx.has_http:
+            continue
         with ctx.failing(f"spreading {label}"):
             server = start_ours(ctx, f"ours-spread{len(out['runs'])}", policy,
-                                workers=WORKERS)
+                                workers=WORKERS, http_check=http)
             try:
-                envoy, listener = start_envoy(ctx, f"spread{len(out['runs'])}", server.port,
-                                              None, **CONFIGS[label])
+                port = server.http_port if http else server.port
+                assert port is not None
+                envoy, listener = start_envoy(ctx, f"spread{len(out['runs'])}", port, None,
+                                              **CONFIGS[label])
                 try:
                     log(f"spreading: {label}, authz --workers {WORKERS}")
                     if ctx.args.e2e_warmup > 0:
                         wrk_run(ctx, listener, tokens, TARGET_CONCURRENCY, ctx.args.e2e_warmup)
-                    out["runs"].append(spread_rows(ctx, label, server, listener, duration))
+                    out["runs"].append(spread_rows(ctx, label, server, listener, duration,
+                                                   port))
                 finally:
                     envoy.stop()
             finally:

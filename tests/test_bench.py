@@ -379,7 +379,7 @@ def test_spreading_over_workers_is_judged_on_the_busiest_workers_share() -> None
                     "rps": 1000.0}
 
         return {"runs": [one("Envoy defaults (no limit)", default_share, 1),
-                         one("8 streams per connection", limited_share, 4)]}
+                         one("4 streams per connection", limited_share, 4)]}
 
     def verdict(default_share: float, limited_share: float) -> dict[str, Any]:
         got = run.targets([], None, 10_000, spread(default_share, limited_share))

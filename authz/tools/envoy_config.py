@@ -45,7 +45,7 @@ HTTP_CHECK_HEADERS = {
 HTTP_IDLE_TIMEOUT = 60.0
 HTTP_HEALTH_PATH = "/readyz"
 
-STREAMS_PER_CONNECTION = 8
+STREAMS_PER_CONNECTION = 4
 """Concurrent Checks Envoy puts on one HTTP/2 connection to authz before it opens
 another. With ``--workers N`` the kernel spreads connections, not requests, over
 authz's processes, and without a limit each Envoy worker thread keeps a single
@@ -53,7 +53,7 @@ connection: every Check it sends lands on one authz process. A small limit makes
 busy Envoy open several connections, which the kernel spreads over every worker
 (docs/envoy-contract.md, "Spreading load over workers")."""
 
-REQUESTS_PER_CONNECTION = 10_000
+REQUESTS_PER_CONNECTION = 1_000
 """Checks per connection before Envoy replaces it: a new connection is hashed to a
 worker afresh, so an uneven draw, or a worker that restarted after Envoy connected,
 evens out within seconds at load instead of lasting as long as the connection."""
