@@ -60,7 +60,8 @@ test: $(VENV)/.installed-dev $(BUF)
 # CPython the machine has. The whole suite on that interpreter: make test PYTHON=...
 # VENV=.venv-3.13.
 COMPAT_VENV ?= .venv-compat
-COMPAT_TESTS := tests/authn tests/envoy tests/request tests/pipeline tests/policy tests/rbac tests/server tests/test_decision.py \
+COMPAT_TESTS := tests/authn tests/envoy tests/http/test_frontdoors.py tests/http/test_render.py \
+	tests/http/test_protocol.py tests/http/test_server.py tests/request tests/pipeline tests/policy tests/rbac tests/server tests/test_decision.py \
 	tests/test_decision_log.py tests/test_eventloop.py tests/test_grpc_env.py tests/test_heap.py \
 	tests/test_memo.py tests/test_observe.py
 compat:

@@ -152,7 +152,13 @@ class Settings:
     def __post_init__(self) -> None:
         parse_address(self.grpc_address, "--grpc-address")
         if self.http_check_address:
-            parse_address(self.http_check_address, "--http-check-address")
+            check = parse_address(self.http_check_address, "--http-check-address")
+            for flag, other in (("--grpc-address", self.grpc_address),
+                                ("--http-address", self.http_address)):
+                if check[1] and other and not other.startswith("unix:") and \
+                        parse_address(other, flag) == check:
+                    raise ConfigError(f"--http-check-address: {self.http_check_address} is "
+                                      f"also the {flag}; give each listener its own port")
         if self.http_address and not self.http_address.startswith("unix:"):
             parse_address(self.http_address, "--http-address")
         if self.log_format not in ("auto", "json", "console"):

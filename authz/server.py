@@ -38,7 +38,7 @@ from authz.eventloop import current_loop_name
 from authz.health import HealthServicer
 from authz.http.frontdoors import Door, door_of, view_from_http
 from authz.http.listener import HttpCheckListener
-from authz.http.protocol import HttpRequest, HttpResponse
+from authz.http.protocol import HttpRequest, HttpResponse, prepared
 from authz.http.render import render
 from authz.memo import CacheSizes
 from authz.observe import TRANSPORTS, Metrics, resolved_format
@@ -274,7 +274,12 @@ class AuthorizationService:
         self.in_flight += 1
         try:
             view, decision = self.decide_http(door, request)
-            response = render(decision, door)
+            # The snapshot's memo (Snapshot.answers): no await since decide_http read
+            # it, so this is the snapshot that decided.
+            answers = self._store.current.answers
+            response: HttpResponse | None = answers.get(decision, door)
+            if response is None:
+                response = answers.put(decision, prepared(render(decision, door)), door)
         except Exception as exc:
             # Not a deny: 500, so Envoy applies status_on_error / failure_mode_allow
             # and nginx its own error (500), closed by default.
@@ -608,6 +613,8 @@ class AuthzServer:
         await self.health.enter_graceful_shutdown()
         log.info("server_draining", grace_period=self.settings.grace_period,
                  drain_delay=self.settings.drain_delay)
+        if self._http is not None:
+            self._http.begin_drain()
         if self.settings.drain_delay:
             await self._drain_delay()
         # Both listeners stop accepting together and share the grace period.

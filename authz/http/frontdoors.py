@@ -32,6 +32,7 @@ from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, Scope, parse_scope, r
 from authz.request.view import Peer, RequestView, split_path
 
 __all__ = [
+    "DESTINATION_HEADER",
     "ENVOY_PREFIX",
     "LABELS_HEADER",
     "NAMESPACE_HEADER",
@@ -49,6 +50,9 @@ LABELS_HEADER = "x-authz-labels"
 SOURCE_HEADER = "x-authz-source-address"
 """The downstream peer's address as Envoy saw it (the generated configuration adds
 it from ``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``); absent, the connection's peer."""
+DESTINATION_HEADER = "x-authz-destination-address"
+"""``IP:PORT`` the downstream connection arrived on (``destination.ip``, ``ports``,
+``destination.port``): the generated configuration adds ``%DOWNSTREAM_LOCAL_ADDRESS%``."""
 XFCC = "x-forwarded-client-cert"
 
 PeerMaker = Callable[[str, int | None, str], Peer]
@@ -76,7 +80,8 @@ def door_of(target: str) -> Door | None:
     return None
 
 
-_ENVOY_CONTROL = frozenset({NAMESPACE_HEADER, LABELS_HEADER, SOURCE_HEADER, "host",
+_ENVOY_CONTROL = frozenset({NAMESPACE_HEADER, LABELS_HEADER, SOURCE_HEADER, DESTINATION_HEADER,
+                            "host",
                             "content-length",
                             # What Envoy's HTTP client adds to every check it sends.
                             "x-envoy-internal", "x-envoy-expected-rq-timeout-ms"})
@@ -150,6 +155,8 @@ def _query_scope(query: str) -> Mapping[str, str]:
 
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_XFCC = ("", "")
+_NO_ADDRESS: tuple[str, int | None] = ("", None)
 
 
 def _headers(given: Mapping[str, str], drop: frozenset[str], method: str, host: str,
@@ -161,6 +168,15 @@ def _headers(given: Mapping[str, str], drop: frozenset[str], method: str, host: 
     if scheme:
         headers[":scheme"] = scheme
     return MappingProxyType(headers)
+
+
+def _address(text: str) -> tuple[str, int | None]:
+    """``1.2.3.4:80`` or ``[::1]:80`` -> (ip, port); anything else -> ("", None)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        return "", None
+    host = host.strip("[]")
+    return (host, int(port)) if parse_ip(host) is not None else ("", None)
 
 
 def _last_xff(headers: Mapping[str, str]) -> str:
@@ -183,11 +199,17 @@ def view_from_http(
             target = "/" + target
         method, host = request.method, given.get("host", "")
         scheme = given.get("x-forwarded-proto", "")
-        by, uri = parse_xfcc(given.get(XFCC, ""))
+        xfcc = given.get(XFCC)
+        by, uri = parse_xfcc(xfcc) if xfcc else _NO_XFCC
         source_ip = given.get(SOURCE_HEADER, "").strip() or request.peer_ip
-        extensions = {key: given[header] for key, header in
-                      ((NAMESPACE_KEY, NAMESPACE_HEADER), (LABELS_KEY, LABELS_HEADER))
-                      if given.get(header)}
+        local = given.get(DESTINATION_HEADER)
+        local_ip, local_port = _address(local) if local else _NO_ADDRESS
+        extensions = {}
+        namespace, labels = given.get(NAMESPACE_HEADER), given.get(LABELS_HEADER)
+        if namespace:
+            extensions[NAMESPACE_KEY] = namespace
+        if labels:
+            extensions[LABELS_KEY] = labels
         drop = _ENVOY_CONTROL
     elif door is Door.NGINX:
         url = given.get("x-original-url", "")
@@ -203,6 +225,7 @@ def view_from_http(
         method = given.get("x-original-method", "") or "GET"
         source_ip = given.get("x-real-ip", "").strip() or _last_xff(given) or request.peer_ip
         by = uri = ""
+        local_ip, local_port = _NO_ADDRESS
         extensions = dict(_query_scope(request.target.partition("?")[2]))
         drop = _NGINX_CONTROL
     else:
@@ -212,12 +235,13 @@ def view_from_http(
         target = given.get("x-forwarded-uri", "") or "/"
         source_ip = _last_xff(given) or request.peer_ip
         by = uri = ""
+        local_ip, local_port = _NO_ADDRESS
         extensions = dict(_query_scope(request.target.partition("?")[2]))
         drop = _TRAEFIK_CONTROL
     path, query = split_path(target)
     headers = _headers(given, drop, method, host, target.partition("#")[0], scheme)
     frozen = MappingProxyType(extensions) if extensions else _EMPTY
-    destination = peer("", None, by)
+    destination = peer(local_ip, local_port, by)
     return RequestView(
         method=method,
         host=host,

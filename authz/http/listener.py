@@ -49,6 +49,12 @@ class HttpCheckListener:
         self.port = int(sock.getsockname()[1])
         return self.port
 
+    def begin_drain(self) -> None:
+        """From now on each answer closes its connection (``connection: close``), so
+        clients reconnect, and find another server once this one's readiness fails;
+        HTTP/1.1 has no GOAWAY to say so otherwise."""
+        self.connections.draining = True
+
     async def stop(self, grace: float) -> None:
         """Stop accepting; answer what is in progress (at most ``grace`` seconds),
         closing each connection after its answer; then close what is left."""

@@ -32,6 +32,7 @@ from typing import NamedTuple, cast
 import httptools
 import structlog
 
+from authz.errors import AuthzError
 from authz.request.view import join_header
 
 __all__ = [
@@ -41,9 +42,11 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "CheckProtocol",
     "Connections",
+    "Handler",
     "HttpRequest",
     "HttpResponse",
     "encode_response",
+    "prepared",
 ]
 
 log = structlog.get_logger("authz.http")
@@ -79,6 +82,14 @@ class HttpResponse(NamedTuple):
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    wire: bytes = b""
+    """The whole keep-alive answer, encoded in advance (``prepared``), or empty."""
+
+
+def prepared(response: HttpResponse) -> HttpResponse:
+    """``response`` carrying its keep-alive encoding: an answer given many times (a
+    decision-cache hit) is then written without encoding it again."""
+    return response._replace(wire=encode_response(response, close=False))
 
 
 Handler = Callable[[HttpRequest], HttpResponse]
@@ -91,7 +102,7 @@ _CLOSE_HEAD = b"connection: close\r\n"
 def encode_response(response: HttpResponse, close: bool, head_only: bool = False) -> bytes:
     """The bytes of one HTTP/1.1 response; ``content-length`` always, so the
     connection can carry the next one."""
-    status, headers, body = response
+    status, headers, body, _ = response
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
     for name, value in headers:
         lines.append(f"{name}: {value}\r\n")
@@ -113,8 +124,9 @@ _HEADERS_TOO_LARGE = _plain(431, "authz: request headers too large\n")
 _INTERNAL = _plain(500, "authz: internal error\n")
 
 
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing; ``response`` says why."""
+class _Refused(AuthzError):
+    """Raised inside a parser callback to stop parsing; ``response`` says why. Never
+    leaves the protocol: the client gets the response, nobody else sees it."""
 
     def __init__(self, response: HttpResponse) -> None:
         super().__init__(response.status)
@@ -213,8 +225,6 @@ class CheckProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip, self._peer_port = str(peer[0]), int(peer[1])
         self._owner.open.add(self)
-        if self._owner.draining:
-            self._closing = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -296,7 +306,10 @@ class CheckProtocol(asyncio.Protocol):
         self._started = None
         self._last_active = time.monotonic()
         if self._transport is not None:
-            self._transport.write(encode_response(response, close, method == "HEAD"))
+            head_only = method == "HEAD"
+            self._transport.write(
+                response.wire if response.wire and not close and not head_only
+                else encode_response(response, close, head_only))
         if close:
             self._close()
             raise _Closed

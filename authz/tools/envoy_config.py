@@ -39,9 +39,11 @@ HTTP_CHECK_HEADERS = {
     "x-authz-namespace": f"%METADATA(ROUTE:{SCOPE_METADATA}:namespace)%",
     "x-authz-labels": f"%METADATA(ROUTE:{SCOPE_METADATA}:labels)%",
     "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "x-authz-destination-address": "%DOWNSTREAM_LOCAL_ADDRESS%",
 }
-"""What Envoy adds to each HTTP check: the route's scope and the downstream peer
-(the same names are never taken from the client: ``disallowed_headers``)."""
+"""What Envoy adds to each HTTP check: the route's scope, the downstream peer and the
+local address it connected to (the same names are never taken from the client:
+``disallowed_headers``)."""
 HTTP_IDLE_TIMEOUT = 60.0
 HTTP_HEALTH_PATH = "/readyz"
 

@@ -31,6 +31,7 @@ def test_envoy_door_reads_original_request_and_scope_headers() -> None:
         "host": "shop.example", "authorization": "Bearer t", "content-length": "0",
         "x-authz-namespace": "shop", "x-authz-labels": "app=web, tier=front",
         "x-authz-source-address": "192.0.2.7", "x-forwarded-proto": "https",
+        "x-authz-destination-address": "10.1.2.3:8443",
         "x-envoy-internal": "true", "x-envoy-expected-rq-timeout-ms": "1000",
         "x-request-id": "r-1",
     }, method="POST"), "default")
@@ -39,6 +40,7 @@ def test_envoy_door_reads_original_request_and_scope_headers() -> None:
     assert view.scope.namespace == "shop"
     assert dict(view.scope.labels) == {"app": "web", "tier": "front"}
     assert view.source.ip == "192.0.2.7"
+    assert (view.destination.ip, view.destination.port) == ("10.1.2.3", 8443)
     assert view.request_id == "r-1"
     assert view.scheme == "https"
     # As Envoy's gRPC CheckRequest has them: pseudo-headers, no host, no control headers.
@@ -58,6 +60,10 @@ def test_envoy_door_scope_from_xfcc_by_then_default() -> None:
     assert view.destination.principal == "spiffe://cluster.local/ns/payments/sa/api"
     assert view.source.principal == "spiffe://cluster.local/ns/web/sa/frontend"
     assert view.source.ip == "10.0.0.9"  # no x-authz-source-address: the connection's peer
+    assert (view.destination.ip, view.destination.port) == ("", None)
+    v6 = view_from_http(Door.ENVOY, request("/envoy/", {
+        "x-authz-destination-address": "[::1]:80"}), "default")
+    assert (v6.destination.ip, v6.destination.port) == ("::1", 80)
     plain = view_from_http(Door.ENVOY, request("/envoy", {}), "fallback")
     assert plain.scope.namespace == "fallback"
     assert plain.path == "/"
@@ -112,3 +118,14 @@ def test_unreadable_labels_raise_scope_error() -> None:
         view_from_http(Door.NGINX, request("/nginx?labels=novalue", {}), "default")
     with pytest.raises(ScopeError):
         view_from_http(Door.ENVOY, request("/envoy/x", {"x-authz-labels": "=x"}), "default")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9000", "127.0.0.1:9090", "nope", "h:99999"])
+def test_http_check_address_is_checked(address: str) -> None:
+    from authz.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="--http-check-address"):
+        Settings(grpc_address="127.0.0.1:9000", http_address="127.0.0.1:9090",
+                 http_check_address=address)
+    Settings(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0",
+             http_check_address="127.0.0.1:0")  # port 0 each: no clash

@@ -220,3 +220,22 @@ def test_encode_response_utf8_values_and_close() -> None:
     data = encode_response(HttpResponse(401, (("x-name", "Zoë"),), b"no"), close=True)
     assert data == ("HTTP/1.1 401 Unauthorized\r\nx-name: Zoë\r\ncontent-length: 2\r\n"
                     "connection: close\r\n\r\nno").encode()
+
+
+async def test_a_flood_of_connections_is_answered(server: Server) -> None:
+    async def one(i: int) -> int:
+        reader, writer = await server.connect()
+        writer.write(f"GET /c{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        status, headers, _ = await read_response(reader)
+        assert headers["x-target"] == f"/c{i}"
+        writer.close()
+        return status
+
+    assert await asyncio.gather(*(one(i) for i in range(300))) == [200] * 300
+
+
+def test_prepared_answer_is_the_keep_alive_encoding() -> None:
+    from authz.http.protocol import prepared
+
+    answer = prepared(HttpResponse(200, (("x-user", "alice"),)))
+    assert answer.wire == encode_response(HttpResponse(200, (("x-user", "alice"),)), False)

@@ -32,8 +32,10 @@ def envoy_validate(config: dict[str, object], tmp_path: Path) -> None:
         {"routes": [RouteScope("/shop", "shop", {"app": "api", "version": "v1"}),
                     RouteScope("/web", "web")], "admin_port": 9901},
         {"encode_raw_headers": True, "xff_num_trusted_hops": 2, "timeout": 0.25},
+        {"transport": "http", "routes": [RouteScope("/shop", "shop", {"app": "api"})],
+         "upstream_headers": ["x-jwt-sub", "x-jwt-payload"]},
     ],
-    ids=["minimal", "routes-and-admin", "raw-headers-xff"],
+    ids=["minimal", "routes-and-admin", "raw-headers-xff", "http-transport"],
 )
 def test_envoy_accepts_the_bootstrap(options: dict[str, object], tmp_path: Path) -> None:
     config = bootstrap(listener_port=8080, authz_address=("127.0.0.1", 9000),
@@ -65,3 +67,51 @@ def test_cli_prints_json_and_yaml() -> None:
     assert "staticResources:" in yaml_out
     bad = subprocess.run([*base, "--route", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--route" in bad.stderr
+
+
+def test_http_transport_sends_scope_headers_and_copies_claim_headers() -> None:
+    config = bootstrap(listener_port=1, authz_address=("h", 9001), upstream_address=("u", 3),
+                       routes=[RouteScope.parse("/shop=shop:app=api")], transport="http",
+                       upstream_headers=["x-jwt-sub"])
+    manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
+    routes = manager["typedConfig"]["routeConfig"]["virtualHosts"][0]["routes"]
+    assert routes[0]["metadata"] == {"filterMetadata": {"authz": {
+        "namespace": "shop", "labels": "app=api"}}}
+    ext_authz = manager["typedConfig"]["httpFilters"][0]["typedConfig"]
+    service = ext_authz["httpService"]
+    assert service["pathPrefix"] == "/envoy"
+    assert service["serverUri"]["cluster"] == "authz"
+    added = {h["key"]: h["value"] for h in service["authorizationRequest"]["headersToAdd"]}
+    assert added == {"x-authz-namespace": "%METADATA(ROUTE:authz:namespace)%",
+                     "x-authz-labels": "%METADATA(ROUTE:authz:labels)%",
+                     "x-authz-source-address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                     "x-authz-destination-address": "%DOWNSTREAM_LOCAL_ADDRESS%"}
+    # Clients never name a scope or an address: the same headers are disallowed.
+    assert {p["exact"] for p in ext_authz["disallowedHeaders"]["patterns"]} == set(added)
+    assert service["authorizationResponse"]["allowedUpstreamHeaders"]["patterns"] == [
+        {"exact": "x-jwt-sub", "ignoreCase": True}]
+    assert ext_authz.get("failureModeAllow", False) is False  # proto3: false is the default
+    authz = next(c for c in config["staticResources"]["clusters"] if c["name"] == "authz")
+    assert authz["healthChecks"][0]["httpHealthCheck"]["path"] == "/readyz"
+    assert "grpcService" not in ext_authz
+
+
+def test_cli_http_transport_reads_output_headers_from_policies(tmp_path: Path) -> None:
+    (tmp_path / "ra.yaml").write_text("""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ra, namespace: default}
+spec:
+  jwtRules:
+  - issuer: i
+    jwks: '{"keys": []}'
+    outputPayloadToHeader: X-Jwt-Payload
+    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]
+""")
+    out = subprocess.run(
+        [sys.executable, "-m", "authz", "envoy-config", "--transport", "http",
+         "--upstream-address", "127.0.0.1:81", "--policy", str(tmp_path),
+         "--upstream-header", "X-Extra"], capture_output=True, text=True, timeout=60,
+        check=True).stdout
+    assert '"exact": "x-jwt-payload"' in out and '"exact": "x-jwt-sub"' in out
+    assert '"exact": "x-extra"' in out
