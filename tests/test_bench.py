@@ -392,3 +392,53 @@ def test_spreading_over_workers_is_judged_on_the_busiest_workers_share() -> None
     assert verdict(1.0, 0.9)["result"] == "FAIL"
     skipped = run.targets([], None, 10_000, {"skipped": "needs envoy and wrk"})
     assert skipped[-1]["result"] == "n/a" and "needs envoy" in skipped[-1]["detail"]
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_spreading_reads_each_workers_checks_and_connections(tmp_path: Path) -> None:
+    """bench/spread.py finds a --workers 2 supervisor's workers, reads the Checks each
+    answered from its own /metrics and counts the connections each holds on the port:
+    what its report of one Envoy's spread rests on."""
+    import time
+
+    import grpc
+    import spread
+
+    from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+    from authz.testing.ports import free_port
+    from tests.policies import deny_path
+
+    (tmp_path / "policy.yaml").write_text(deny_path())
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz", "serve", "--workers", "2", "--policy",
+         str(tmp_path / "policy.yaml"), "--grpc-address", f"127.0.0.1:{port}",
+         "--http-address", f"127.0.0.1:{admin}", "--grace-period", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(names := spread.worker_sockets(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, names
+            time.sleep(0.1)
+        assert sorted(names) == [0, 1]
+        # Several channels (a subchannel each): the kernel puts each on one worker.
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}",
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(6)]
+        request = external_auth_pb2.CheckRequest()
+        request.attributes.request.http.path = "/"
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            channel.unary_unary("/envoy.service.auth.v3.Authorization/Check",
+                                request_serializer=lambda r: r.SerializeToString())(
+                request, timeout=10)
+        pids = [p for p in spread.descendants(proc.pid) if p != proc.pid]
+        connections = sum(spread.established(p, port) for p in pids)
+        checks = sum(spread.worker_checks(n) for n in names.values())
+        for channel in channels:
+            channel.close()
+        assert connections == 6, (connections, pids)
+        assert checks == 6, checks
+    finally:
+        proc.terminate()
+        proc.wait(30)
