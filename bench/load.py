@@ -78,7 +78,8 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
 
 
 WRK_SCRIPT = """\
--- Cycles the bearer tokens of the file given after "--" (an empty line: no token).
+-- Cycles the bearer tokens of the file given after "--" (an empty line: no token),
+-- from the (0-based) index given after it, if any.
 local reqs = {}
 local n = 0
 local i = 0
@@ -90,6 +91,7 @@ init = function(args)
     if line ~= "" then headers["Authorization"] = "Bearer " .. line end
     reqs[n] = wrk.format("GET", "%(path)s", headers)
   end
+  if args[2] then i = tonumber(args[2]) %% n end
 end
 
 request = function()
@@ -111,9 +113,10 @@ end
 
 def wrk_run(ctx: Context, listener: int, tokens: Path, concurrency: int,
             duration: float, *, prefix: str = "",
-            headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+            headers: Mapping[str, str] | None = None, start: int = 0) -> dict[str, Any]:
     """wrk -t1 -c``concurrency`` (one connection per request in flight, keep-alive)
-    at ``prefix`` + the workloads' path, cycling ``tokens``, with ``headers`` added."""
+    at ``prefix`` + the workloads' path, cycling ``tokens`` from index ``start``, with
+    ``headers`` added."""
     extra = "".join(f', ["{k}"] = "{v}"' for k, v in (headers or {}).items())
     text = WRK_SCRIPT % {"host": workloads.HOST, "path": prefix + workloads.PATH,
                          "extra": extra}
@@ -123,7 +126,8 @@ def wrk_run(ctx: Context, listener: int, tokens: Path, concurrency: int,
     seconds = max(1, round(duration))
     argv = ["taskset", "-c", str(ctx.load_cpu), "wrk", "-t1", f"-c{concurrency}",
             f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-            f"http://127.0.0.1:{listener}{prefix}{workloads.PATH}", "--", str(tokens)]
+            f"http://127.0.0.1:{listener}{prefix}{workloads.PATH}", "--", str(tokens),
+            str(start)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -218,15 +222,21 @@ def http_run(ctx: Context, server: Server, name: str, concurrency: int, *,
     tokens = ctx.work / f"tokens-{name}.txt"
     if not tokens.exists():
         tokens.write_text("".join(f"{t or ''}\n" for t in ctx.workloads[name].tokens))
+    # Each run continues the token cycle where the last one against this server stopped
+    # (as loadgen_run does): restarting at the head would replay tokens just cached.
+    cursor = (server.http_port, str(tokens))
+    count = len(ctx.workloads[name].tokens)
     warm = ctx.args.warmup if warmup is None else warmup
     if warm > 0:
-        wrk_run(ctx, server.http_port, tokens, concurrency, warm, prefix=HTTP_PREFIX,
-                headers=HTTP_SCOPE)
+        warmed = wrk_run(ctx, server.http_port, tokens, concurrency, warm, prefix=HTTP_PREFIX,
+                         headers=HTTP_SCOPE, start=ctx.cursors.get(cursor, 0))
+        ctx.cursors[cursor] = (ctx.cursors.get(cursor, 0) + warmed["requests"]) % count
     ours_before = scrape_ours(server)
     cpu0, busy0 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
     data = wrk_run(ctx, server.http_port, tokens, concurrency,
                    ctx.args.duration if duration is None else duration, prefix=HTTP_PREFIX,
-                   headers=HTTP_SCOPE)
+                   headers=HTTP_SCOPE, start=ctx.cursors.get(cursor, 0))
+    ctx.cursors[cursor] = (ctx.cursors.get(cursor, 0) + data["requests"]) % count
     cpu1, busy1 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
     ours_after = scrape_ours(server)
     requests = data["requests"]
