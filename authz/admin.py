@@ -1,4 +1,5 @@
-"""Admin HTTP (aiohttp): /healthz, /readyz, /metrics.
+"""Admin HTTP (aiohttp): /healthz, /readyz, /metrics, and with
+``--enable-debug-endpoints`` ``POST /debug/explain``.
 
 Bound to loopback by default: metrics and readiness details are for the pod's
 own probes and a scraper the operator chooses, never for the network at large.
@@ -9,6 +10,7 @@ private Unix socket (``unix:PATH``) that only the supervisor reads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -17,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from authz import __version__
 from authz.config import parse_address
 
-__all__ = ["UNIX_PREFIX", "AdminServer", "AdminSource", "unix_path"]
+__all__ = ["MAX_DEBUG_BODY", "UNIX_PREFIX", "AdminServer", "AdminSource", "Explainer",
+           "unix_path"]
 
 UNIX_PREFIX = "unix:"
 
@@ -37,18 +40,34 @@ class AdminSource(Protocol):
         ...
 
 
+Explainer = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+"""A request description (JSON) -> (HTTP status, JSON body) of its explanation."""
+MAX_DEBUG_BODY = 64 * 1024
+"""A request description is a URL, a few headers and a scope: far below this."""
+
+
 class AdminServer:
-    def __init__(self, source: AdminSource) -> None:
+    def __init__(self, source: AdminSource, explainer: Explainer | None = None) -> None:
         self._source = source
+        self._explainer = explainer
+        """Set only with ``--enable-debug-endpoints``: without it the route does not exist."""
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_DEBUG_BODY)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        if self._explainer is not None:
+            app.router.add_post("/debug/explain", self.explain)
         return app
+
+    async def explain(self, request: web.Request) -> web.Response:
+        """Why one described request would get its answer (docs/testing-policies.md)."""
+        assert self._explainer is not None
+        status, body = await self._explainer(await request.read())
+        return web.Response(status=status, body=body, content_type="application/json")
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Alive: the event loop answers. Readiness is a separate question."""

@@ -17,7 +17,7 @@ from authz import __version__, eventloop
 from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
 from authz.errors import AuthzError
 from authz.observe import LOG_LEVELS, configure_logging
-from authz.tools import check, commands, envoy_config, validate
+from authz.tools import check, commands, envoy_config, testsuite, validate
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -40,6 +40,8 @@ class Option:
     choices: Sequence[str] | None = None
     repeat: bool = False
     metavar: str | None = None
+    switch: bool = False
+    """A flag without a value (on when given); its env twin takes true/false, 1/0."""
 
     @property
     def env(self) -> str:
@@ -101,7 +103,8 @@ SERVE_OPTIONS = (
            "SIGTERM", 10.0, float),
     Option("--drain-delay", "drain_delay", "seconds to keep answering after SIGTERM while "
            "health reports NOT_SERVING, so callers move away before the listener closes; "
-           "ends early once no Check arrived for 100 ms", 5.0, float),
+           "ends early once polling health checkers were told and no Check arrived for 100 ms",
+           5.0, float),
     Option("--workers", "workers", "server processes sharing the gRPC port (SO_REUSEPORT, "
            "Linux) under one supervisor that handles signals, restarts crashed workers and "
            "serves the admin port with merged metrics; auto = CPUs available (affinity and "
@@ -117,6 +120,9 @@ SERVE_OPTIONS = (
     Option("--tls-client-ca", "tls_client_ca", "PEM CA bundle: require mutual TLS, clients "
            "must present a certificate it signed; reloaded when the file changes",
            metavar="PATH"),
+    Option("--enable-debug-endpoints", "enable_debug_endpoints", "serve POST /debug/explain on "
+           "the admin port: why a described request gets its answer (off by default; the "
+           "admin port stays on loopback)", False, switch=True),
     # Cache sizes, per worker; 0 turns a cache off (docs/operations.md, Sizing).
     Option("--token-cache-size", "token_cache_size", "signature-verified tokens kept per "
            "worker (0: verify every token)", 10_000, int, metavar="N"),
@@ -151,6 +157,11 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
     for opt in options:
         env_value = os.environ.get(opt.env)
         help_text = f"{opt.help} [env {opt.env}"
+        if opt.switch:
+            parser.add_argument(opt.flag, dest=opt.dest, nargs=0, action=_Switch,
+                                default=env_value if env_value is not None else opt.default,
+                                help=help_text + "]")
+            continue
         if opt.repeat:
             default: Any = env_value.split(os.pathsep) if env_value else []
             parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
@@ -164,6 +175,29 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
         default = env_value if env_value is not None else opt.default
         parser.add_argument(opt.flag, dest=opt.dest, default=default, type=_typed(opt),
                             choices=opt.choices, metavar=opt.metavar, help=help_text + "]")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _switch(args: argparse.Namespace, dest: str) -> bool:
+    """A switch's value: True when the flag was given, else its env twin's, parsed here
+    (inside the command, so a bad variable is one usage-error line)."""
+    value = getattr(args, dest)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ConfigError(f"AUTHZ_{dest.upper()}={value!r}: expected true or false")
+    return text in _TRUE
+
+
+class _Switch(argparse.Action):
+    """``--flag`` sets True (the env twin may have set the default)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
 
 
 EXIT_BROKEN_PIPE = 141
@@ -209,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=lambda args: serve_command(settings_from_args(args)))
     validate.register(sub)
     check.register(sub)
+    testsuite.register(sub)
     envoy_config.register(sub)
     commands.register(sub)
     return parser
@@ -255,6 +290,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         rejected_token_cache_size=args.rejected_token_cache_size,
         decision_cache_size=args.decision_cache_size,
         scope_cache_size=args.scope_cache_size,
+        enable_debug_endpoints=_switch(args, "enable_debug_endpoints"),
     )
 
 

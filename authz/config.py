@@ -147,6 +147,8 @@ class Settings:
     decision_cache_size: int = 12_500
     """Decisions of repeated requests, each with its serialized response."""
     scope_cache_size: int = 4_096
+    enable_debug_endpoints: bool = False
+    """``POST /debug/explain`` on the admin port (off: the route does not exist)."""
     """Per scope: the rules and policies that apply; parsed scopes and peers."""
 
     def __post_init__(self) -> None:

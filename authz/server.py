@@ -35,6 +35,7 @@ from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import response_bytes
 from authz.errors import ListenError
 from authz.eventloop import current_loop_name
+from authz.explain.debug import explain_request
 from authz.health import HealthServicer
 from authz.http.frontdoors import Door, door_of, view_from_http
 from authz.http.listener import HttpCheckListener
@@ -179,7 +180,9 @@ class AuthorizationService:
         decision_log: DecisionLog | None = None,
         tracing: Tracing | None = None,
         tls_peer: bool = False,
+        health_poll: Callable[[str], None] | None = None,
     ) -> None:
+        """``health_poll``: told of each ``/readyz`` poll on the HTTP check port."""
         self._store = store
         self._tls_peer = tls_peer
         """Mutual TLS: the client certificate names Envoy when the request does not."""
@@ -198,6 +201,7 @@ class AuthorizationService:
         """When the latest Check arrived: the drain delay ends early once calls stop."""
         self.ready = False
         """What the HTTP check port's /readyz says (the server sets it with health)."""
+        self._health_poll: Callable[[str], None] | None = health_poll
 
     def flush_log(self) -> None:
         self._decision_log.flush()
@@ -265,7 +269,10 @@ class AuthorizationService:
             if request.target == HEALTH_PATH:
                 # Envoy's active health check of the check port (envoy-config
                 # --transport http): what the gRPC health service says. Not a Check:
-                # it does not hold the drain delay open.
+                # it does not hold the drain delay open, but the drain waits until
+                # each such poller has been told (HealthServicer.http_poll).
+                if self._health_poll is not None:
+                    self._health_poll(f"http:{request.peer_ip}:{request.peer_port}")
                 return READY if self.ready else NOT_READY
             self._metrics.check_errors.labels("bad_request", "http").inc()
             return NOT_A_DOOR
@@ -409,6 +416,12 @@ class AuthzServer:
     async def metrics_text(self) -> bytes:
         return generate_latest(self.metrics.registry)
 
+    async def debug_explain(self, body: bytes) -> tuple[int, bytes]:
+        """``POST /debug/explain`` (``--enable-debug-endpoints``): against the snapshot
+        serving now; as synchronous as a Check, and as short."""
+        return explain_request(self.store.current, body, time.time(),
+                               self.settings.default_namespace)
+
     # -- lifecycle -------------------------------------------------------------
     def _compile_unchanged(self, version: int) -> Snapshot:
         """``_compile``, discarded (``ChangedDuringRead``) if the files moved meanwhile."""
@@ -544,6 +557,7 @@ class AuthzServer:
             ),
             self.tracing,
             tls_peer=self.tls is not None and self.tls.mutual,
+            health_poll=self.health.http_poll,
         )
         add_authorization_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -574,7 +588,8 @@ class AuthzServer:
                                                           self.settings.reuse_port)
             http_check = format_address(check_host, self.http_check_port)
         if self.settings.http_address:
-            self._admin = AdminServer(self)
+            self._admin = AdminServer(
+                self, self.debug_explain if self.settings.enable_debug_endpoints else None)
             await self._admin.start(self.settings.http_address)
         log.info("server_started", version=__version__, grpc_address=f"{host}:{bound}",
                  http_address=self.settings.http_address or None,
@@ -636,17 +651,21 @@ class AuthzServer:
 
     async def _drain_delay(self) -> None:
         """Keep answering while health checkers (Envoy's, the kubelet's) notice
-        NOT_SERVING and callers move away; once no Check has arrived for
-        ``DRAIN_IDLE`` seconds they have, and the delay ends early."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_delay
+        NOT_SERVING and callers move away. The delay ends early once every
+        health checker that polls over a kept connection and is due back within
+        the delay has been told NOT_SERVING, and no Check has arrived for
+        ``DRAIN_IDLE`` seconds since: a lull alone does not end it, because a
+        proxy that has not yet seen NOT_SERVING still routes here."""
         start = time.perf_counter()
-        while loop.time() < deadline:
-            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - loop.time()))
+        deadline = start + self.settings.drain_delay
+        while (now := time.perf_counter()) < deadline:
+            await asyncio.sleep(min(DRAIN_IDLE / 2, deadline - now))
+            if self.health.untold_pollers(deadline):
+                continue
             last = self.service.last_arrival if self.service is not None else 0.0
-            now = time.perf_counter()
-            if now - max(last, start) >= DRAIN_IDLE:
-                log.info("drain_idle", waited=round(now - start, 3))
+            quiet_since = max(last, start, self.health.told_at or start)
+            if time.perf_counter() - quiet_since >= DRAIN_IDLE:
+                log.info("drain_idle", waited=round(time.perf_counter() - start, 3))
                 return
 
     async def serve(self, install_signals: bool = True) -> None:

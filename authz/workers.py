@@ -198,6 +198,23 @@ class Supervisor:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None
 
+    async def debug_explain(self, body: bytes) -> tuple[int, bytes]:
+        """``POST /debug/explain``: asked of the first live worker (all serve the same
+        policies); 503 while none answers."""
+        for worker in self._workers:
+            if worker.process is None or worker.process.returncode is not None:
+                continue
+            connector = aiohttp.UnixConnector(path=unix_path(worker.socket_path))
+            try:
+                async with aiohttp.ClientSession(connector=connector) as session, session.post(
+                    "http://worker/debug/explain", data=body,
+                    timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT),
+                ) as r:
+                    return r.status, await r.read()
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                continue
+        return 503, b'{"error": "no worker answered"}'
+
     async def _worker_status(self, worker: Worker) -> dict[str, Any]:
         alive = worker.process is not None and worker.process.returncode is None
         entry: dict[str, Any] = {"worker": worker.index,
@@ -230,12 +247,13 @@ class Supervisor:
             "event_loop": next((w["event_loop"] for w in workers if w.get("event_loop")), None),
             "grpc_experiments": next((w["grpc_experiments"] for w in workers
                                       if "grpc_experiments" in w), None),
-            # Each worker reloads the same files; the first one's view stands for all.
+            # Each worker reloads the same files: the first one's view stands for all
+            # here, and each worker's own is in ``workers`` (one may lag a rotation).
             "tls": next((w["tls"] for w in workers if "tls" in w), None),
             "restarts": self.restarts,
             "workers": [{k: w.get(k) for k in ("worker", "pid", "alive", "ready",
                                                "snapshot_version", "last_reload_error",
-                                               "event_loop", "grpc_experiments")}
+                                               "event_loop", "grpc_experiments", "tls")}
                         for w in workers],
         }
 
@@ -275,7 +293,8 @@ class Supervisor:
             return 1
         try:
             if self.settings.http_address:
-                self._admin = AdminServer(self)
+                self._admin = AdminServer(
+                    self, self.debug_explain if self.settings.enable_debug_endpoints else None)
                 await self._admin.start(self.settings.http_address)
             log.info("supervisor_started", workers=len(self._workers),
                      grpc_address=self._grpc_address,

@@ -53,40 +53,16 @@ def authz(*args: str, cwd: Path) -> str:
     return proc.stdout.strip()
 
 
+TUTORIAL_POLICIES = Path(__file__).resolve().parent / "tutorial" / "policies" / "demo.yaml"
+"""The tutorial's policies, which examples/tutorial/tutorial.authz-test.yaml tests."""
+
+
 def policies(jwks_uri: str) -> str:
-    return f"""\
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: demo-issuer, namespace: {NAMESPACE}}}
-spec:
-  jwtRules:
-  - issuer: {ISSUER}
-    jwksUri: {jwks_uri}
-    outputClaimToHeaders:
-    - {{header: x-user, claim: sub}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: require-jwt, namespace: {NAMESPACE}}}
-spec:
-  action: DENY
-  rules:
-  - from:
-    - source: {{notRequestPrincipals: ["*"]}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: admins-only-admin, namespace: {NAMESPACE}}}
-spec:
-  rules:
-  - to:
-    - operation: {{notPaths: ["/admin", "/admin/*"]}}
-  - to:
-    - operation: {{paths: ["/admin", "/admin/*"]}}
-    when:
-    - key: request.auth.claims[groups]
-      values: ["admins"]
-"""
+    """The tutorial's policies with their jwksUri pointed at the demo's JWKS server."""
+    text = TUTORIAL_POLICIES.read_text()
+    placeholder = f"{ISSUER}/jwks.json"
+    assert placeholder in text, f"{TUTORIAL_POLICIES} no longer names {placeholder}"
+    return text.replace(placeholder, jwks_uri)
 
 
 async def serve_app(app: web.Application, port: int) -> web.AppRunner:

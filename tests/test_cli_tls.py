@@ -101,6 +101,9 @@ def test_serve_with_mutual_tls_from_the_environment(tmp_path: Path) -> None:
             body = readyz(admin)
         assert body["tls"]["mutual"] is True and body["tls"]["certificate"]["subject"] == (
             "CN=localhost")
+        # Each worker's own view too: one of them may lag a rotation.
+        assert [w["tls"]["certificate"]["subject"] for w in body["workers"]] == [
+            "CN=localhost", "CN=localhost"]
         creds = grpc.ssl_channel_credentials(ca.pem, client.key, client.cert)
         with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[
                 ("grpc.ssl_target_name_override", "localhost")]) as ch:

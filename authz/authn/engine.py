@@ -1,20 +1,23 @@
 """RequestAuthentication on the request path: pure, synchronous, no I/O.
 
 The merged rules of a scope become Envoy ``JwtProvider``s, and the request is
-judged by the same requirement Istio builds (reference A.6):
+judged by the requirement tree Istio's ``convertToEnvoyJwtConfig``
+(pilot/pkg/security/authn/policy_applier.go, with istio/istio#60830) builds,
+evaluated the way Envoy's jwt_authn ``verifier.cc`` evaluates it:
 
-- one rule: ``requires_any[provider, allow_missing]``;
-- N rules: ``requires_any[p0, .., pN-1, requires_all[requires_any[pi, allow_missing]..]]``:
-  pass if some provider fully verifies the tokens at its own locations, or if
-  every provider finds no token at its locations or verifies what it finds;
-- a rule with ``presence: REQUIRED`` drops its ``allow_missing`` (so no token
-  at its locations is ``Jwt is missing``).
+- rule i becomes ``requires_any[pi, allow_missing]``, or the bare ``pi`` when it
+  says ``presence: REQUIRED``;
+- one rule: that requirement alone;
+- several, none REQUIRED: ``requires_any[p0, .., pN-1, requires_all[<each rule's>]]``;
+- several, some REQUIRED: ``requires_all[<each rule's>]`` (no "any provider" shortcut).
 
-Inside one provider every token found at its locations must verify, checked
-from the last found to the first, the first failure winning (``authenticator.cc``).
-On top of the requirement, any token found at any location in scope that no
-declaring provider accepts fails the request (reference A.3 "any invalid
-extracted token -> 401"), so a good token cannot carry a bad one past us.
+``requires_any`` runs its children in order and stops at the first success;
+``requires_all`` stops at the first failure. A provider extracts the tokens at its
+own places and verifies them from the last found to the first, stopping at the first
+failure. Every verified token has its side effects at once, as in Envoy, whether or
+not its branch then succeeds: its place is removed (unless forwarded), its payload
+and claim headers are added, its payload becomes the metadata (the last one wins).
+A provider that runs first removes the client's headers of its own output names.
 
 Key sets are read from the JWKS manager with plain dict reads; an unknown
 ``kid`` asks the manager for a rate-limited refetch and is answered from the
@@ -28,10 +31,12 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from authz.authn.cache import TokenCache, token_digest
+from authz.authn.claim_headers import claim_value
 from authz.authn.extract import (
     ExtractedToken,
     Extractor,
@@ -63,8 +68,8 @@ from authz.request.view import RequestView
 
 __all__ = [
     "AUTHN_HEADERS", "Authenticator", "AuthnFailure", "AuthnSuccess", "KeyProvider", "StaticKeys",
-    "aggregate", "all_of", "any_of", "claim_value", "is_cors_preflight", "normalize_claims",
-    "realm", "www_authenticate",
+    "aggregate", "claim_value", "is_cors_preflight", "normalize_claims", "realm",
+    "www_authenticate",
 ]
 
 METADATA_PAYLOAD_KEY = "payload"
@@ -149,19 +154,49 @@ class _Provider:
     rule: JwtRule
     rule_id: int
     extractor: Extractor
-    locations: frozenset[TokenLocation]
     audiences: frozenset[str]
     spaced: frozenset[str]
     inline_keys: KeySet | None
+    outputs: tuple[str, ...]
+    """Its payload and claim header names: what it removes from the request first."""
 
     @property
     def required(self) -> bool:
         return self.rule.presence is Presence.REQUIRED
 
 
+class _Kind(Enum):
+    PROVIDER = "provider"
+    OPTIONAL = "requires_any[provider, allow_missing]"
+    ANY = "requires_any"
+    ALL = "requires_all"
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """One node of Envoy's requirement tree."""
+
+    kind: _Kind
+    provider: _Provider | None = None
+    children: tuple[_Node, ...] = ()
+
+
+def requirement_tree(providers: Sequence[_Provider]) -> _Node:
+    """Istio's ``convertToEnvoyJwtConfig`` (policy_applier.go, istio/istio#60830)."""
+    inner = tuple(_Node(_Kind.PROVIDER if p.required else _Kind.OPTIONAL, p)
+                  for p in providers)
+    if len(inner) == 1:
+        return inner[0]
+    every = _Node(_Kind.ALL, children=inner)
+    if any(p.required for p in providers):
+        return every
+    return _Node(_Kind.ANY, children=(*(_Node(_Kind.PROVIDER, p) for p in providers), every))
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     providers: tuple[_Provider, ...]
+    tree: _Node
     union: Extractor
     output_headers: tuple[str, ...]
     serial: int
@@ -179,10 +214,11 @@ class _Good:
 
 
 class _Run:
-    """One request's evaluation: extraction and verification memoized."""
+    """One request's evaluation: extraction and verification memoized, and the
+    request's changes so far (as Envoy makes them while the tree runs)."""
 
-    __slots__ = ("auth", "failures", "goods", "now", "parts", "seen_goods", "tokens", "until",
-                 "verdicts")
+    __slots__ = ("auth", "events", "failures", "goods", "log", "now", "parts",
+                 "removed_headers", "removed_params", "tokens", "until", "verdicts")
 
     def __init__(self, auth: Authenticator, parts: RequestParts, now: float) -> None:
         self.auth = auth
@@ -190,9 +226,20 @@ class _Run:
         self.now = now
         self.tokens: dict[int, tuple[ExtractedToken, ...]] = {}
         self.verdicts: dict[tuple[int, str], tuple[Status, Jwt | None]] = {}
-        self.goods: list[_Good] = []
-        self.seen_goods: set[tuple[int, str, TokenLocation]] = set()
+        self.goods: dict[tuple[int, str, TokenLocation], _Good] = {}
+        """Verified tokens in the order of their last verification (the last one's
+        payload is the metadata)."""
         self.failures: list[tuple[_Provider, ExtractedToken, Status]] = []
+        self.log: list[_Good] = []
+        """Every verification, in order (a token verified twice is here twice)."""
+        self.removed_headers: dict[str, None] = {}
+        self.removed_params: dict[str, None] = {}
+        """Places removed so far, in the order removed (dicts as ordered sets)."""
+        self.events: list[int] = []
+        """What changed the output headers, in order: ``i >= 0`` provider i ran (and
+        removed its output names); ``~k`` the verification ``log[k]`` added its values.
+        Replayed only to build a response (``Authenticator._outputs``); as a tuple, it
+        is part of the key a built response is remembered by."""
         self.until = math.inf
         """When the time checks of the tokens read so far can first answer differently."""
 
@@ -201,7 +248,14 @@ class _Run:
         if found is None:
             found = p.extractor.extract(self.parts)
             self.tokens[p.index] = found
+        if self.removed_headers or self.removed_params:
+            found = tuple(t for t in found if not self._removed(t.location))
         return found
+
+    def _removed(self, loc: TokenLocation) -> bool:
+        if loc.kind is LocationKind.HEADER:
+            return loc.name in self.removed_headers
+        return loc.kind is LocationKind.PARAM and loc.name in self.removed_params
 
     def verify(self, p: _Provider, tok: ExtractedToken) -> tuple[Status, Jwt | None]:
         key = (p.index, tok.token)
@@ -213,48 +267,66 @@ class _Run:
                 self.until = until
         return verdict
 
-    def branch(self, p: _Provider, allow_missing: bool) -> Status:
+    def provider(self, p: _Provider) -> Status:
+        """Envoy's ``ProviderVerifierImpl``: remove the client's output headers, then
+        verify every token at the provider's places, last found first."""
+        self.events.append(p.index)
         tokens = self.tokens_for(p)
         if not tokens:
-            return Status.OK if allow_missing else Status.JWT_MISSED
+            return Status.JWT_MISSED
         for tok in reversed(tokens):
             status, jwt = self.verify(p, tok)
             if status is not Status.OK or jwt is None:
                 self.failures.append((p, tok, status))
                 return status
-            mark = (p.index, tok.token, tok.location)
-            if mark not in self.seen_goods:
-                self.seen_goods.add(mark)
-                self.goods.append(_Good(p, tok, jwt))
+            self._verified(_Good(p, tok, jwt))
         return Status.OK
 
-    def optional(self, p: _Provider) -> Status:
-        """``requires_any`` of [p, allow_missing] for an optional rule, as ``any_of``
-        evaluates it, without building two closures per request."""
-        status = self.branch(p, False)
-        if p.required or status is Status.OK:
-            return status
-        missing_ok = self.branch(p, True)
-        return missing_ok if missing_ok is Status.OK else aggregate((status, missing_ok))
+    def _verified(self, good: _Good) -> None:
+        """``verifyKey``'s side effects for one token: the place is removed now (a later
+        provider must not find it); the output headers are recorded, built on demand."""
+        rule = good.provider.rule
+        self.events.append(~len(self.log))
+        self.log.append(good)
+        if not rule.forward_original_token:
+            loc = good.token.location
+            if loc.kind is LocationKind.HEADER:
+                self.removed_headers[loc.name] = None
+            elif loc.kind is LocationKind.PARAM:
+                self.removed_params[loc.name] = None
+        mark = (good.provider.index, good.token.token, good.token.location)
+        self.goods.pop(mark, None)
+        self.goods[mark] = good
 
-
-def any_of(children: Sequence[Callable[[], Status]]) -> Status:
-    """``requires_any``: first OK wins; else the last real failure.
-
-    ``Jwt is missing`` and ``Jwt issuer is not configured`` only say a branch
-    had nothing of its own; a real failure (expired, bad signature, audience)
-    from another branch is the more useful answer, as Envoy reports it.
-    """
-    statuses: list[Status] = []
-    for child in children:
-        status = child()
-        if status is Status.OK:
-            return status
-        statuses.append(status)
-    return aggregate(statuses)
+    def evaluate(self, node: _Node) -> Status:
+        """Envoy's verifier for ``node`` (``verifier.cc``)."""
+        kind = node.kind
+        if kind is _Kind.PROVIDER:
+            assert node.provider is not None
+            return self.provider(node.provider)
+        if kind is _Kind.OPTIONAL:
+            assert node.provider is not None
+            status = self.provider(node.provider)
+            return Status.OK if status is Status.JWT_MISSED else status
+        if kind is _Kind.ALL:
+            for child in node.children:
+                status = self.evaluate(child)
+                if status is not Status.OK:
+                    return status
+            return Status.OK
+        statuses: list[Status] = []
+        for child in node.children:
+            status = self.evaluate(child)
+            if status is Status.OK:
+                return status
+            statuses.append(status)
+        return aggregate(statuses)
 
 
 def aggregate(statuses: Sequence[Status]) -> Status:
+    """A failed ``requires_any``'s status (``AnyVerifierImpl::onComplete``): the last
+    real failure; else ``Jwt issuer is not configured`` if a child said so; else
+    ``Jwt is missing``. The first two only say a branch had nothing of its own."""
     final = Status.JWT_MISSED
     for status in statuses:
         if status is Status.JWT_UNKNOWN_ISSUER and final is Status.JWT_MISSED:
@@ -263,14 +335,6 @@ def aggregate(statuses: Sequence[Status]) -> Status:
         if status not in (Status.JWT_MISSED, Status.JWT_UNKNOWN_ISSUER):
             final = status
     return final
-
-
-def all_of(children: Sequence[Callable[[], Status]]) -> Status:
-    for child in children:
-        status = child()
-        if status is not Status.OK:
-            return status
-    return Status.OK
 
 
 AUTHN_HEADERS = frozenset({"origin", "access-control-request-method", "x-forwarded-proto"})
@@ -295,26 +359,6 @@ def www_authenticate(view: RequestView, status: Status) -> str:
     if status is Status.JWT_MISSED:
         return f'Bearer realm="{realm(view)}"'
     return f'Bearer realm="{realm(view)}", error="invalid_token"'
-
-
-def claim_value(payload: Mapping[str, Any], claim: str) -> str | None:
-    """``outputClaimToHeaders``: a dotted path to a string, number or bool, as Envoy prints it."""
-    value: Any = payload
-    for part in claim.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer():
-            return str(int(value))
-        return f"{value:.6g}"
-    return None
 
 
 _UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
@@ -448,22 +492,7 @@ class Authenticator:
                     claims=None, upstream_headers_to_remove=plan.output_headers), _PREFLIGHT)
             return found, math.inf
         run = _Run(self, RequestParts(view.headers, view.query), now)
-        providers = plan.providers
-        if len(providers) == 1:
-            status = run.optional(providers[0])
-        else:
-            children: list[Callable[[], Status]] = [
-                (lambda p=p: run.branch(p, False)) for p in providers  # type: ignore[misc]
-            ]
-            children.append(lambda: all_of([
-                (lambda p=p: run.optional(p)) for p in providers  # type: ignore[misc]
-            ]))
-            status = any_of(children)
-        if status is Status.OK and len(providers) > 1:
-            # With one provider its own extraction found every token in scope and
-            # all of them verified (a failure returns above); with several, a token
-            # at a place only another provider reads must verify too.
-            status = self._check_all_tokens(plan, run)
+        status = run.evaluate(plan.tree)
         if status is not Status.OK:
             return self._failure(view, status, run), run.until
         try:
@@ -480,8 +509,6 @@ class Authenticator:
         providers: list[_Provider] = []
         for i, rule in enumerate(rules):
             extractor = Extractor((rule,))
-            locations = frozenset(
-                loc for loc, _ in (*extractor.headers, *extractor.params, *extractor.cookies))
             rule_id = self._rule_ids.setdefault(rule, len(self._rule_ids))
             inline = None
             if rule.jwks:
@@ -489,12 +516,14 @@ class Authenticator:
                 if inline is None:
                     inline = self._inline.setdefault(rule.jwks, parse_jwks(rule.jwks))
             providers.append(_Provider(
-                index=i, rule=rule, rule_id=rule_id, extractor=extractor, locations=locations,
+                index=i, rule=rule, rule_id=rule_id, extractor=extractor,
                 audiences=frozenset(sanitize_audience(a) for a in rule.audiences),
                 spaced=frozenset(rule.space_delimited_claims), inline_keys=inline,
+                outputs=tuple(dict.fromkeys(rule.output_headers)),
             ))
-        outputs = sorted({h for r in rules for h in r.output_headers})
-        plan = _Plan(tuple(providers), Extractor(rules), tuple(outputs), next(_plan_serials))
+        outputs = dict.fromkeys(h for r in rules for h in r.output_headers)  # rule order
+        plan = _Plan(tuple(providers), requirement_tree(providers), Extractor(rules),
+                     tuple(outputs), next(_plan_serials))
         return self._plans.put(rules, plan)
 
     # -- one token -------------------------------------------------------------
@@ -555,25 +584,6 @@ class Authenticator:
 
     # -- results ---------------------------------------------------------------
 
-    def _check_all_tokens(self, plan: _Plan, run: _Run) -> Status:
-        """Every token at any location in scope must verify for some declaring provider."""
-        verified = {(g.token.token, g.token.location) for g in run.goods}
-        for tok in plan.union.extract(run.parts):
-            if (tok.token, tok.location) in verified:
-                continue
-            statuses: list[Status] = []
-            for p in plan.providers:
-                if tok.location not in p.locations:
-                    continue
-                status, _ = run.verify(p, tok)
-                if status is Status.OK:
-                    break
-                statuses.append(status)
-            else:
-                run.failures.append((plan.providers[0], tok, aggregate(statuses)))
-                return aggregate(statuses)
-        return Status.OK
-
     def _failure(self, view: RequestView, status: Status, run: _Run) -> AuthnFailure:
         audience = status is Status.JWT_AUDIENCE_NOT_ALLOWED
         detail = ""
@@ -598,57 +608,75 @@ class Authenticator:
 
     def _success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
         """What a verified request gets. With one token, a pure function of the plan,
-        the token's place and the (cached, shared) parsed token: built once per
-        token and reused while the token cache keeps handing out the same ``Jwt``."""
+        the providers that ran, the token's place and the (cached, shared) parsed token:
+        built once per token and reused while the token cache hands out the same ``Jwt``."""
         if not run.goods:
-            found = self._per_plan.get(plan, _NO_TOKEN)
+            events = tuple(run.events)
+            found = self._per_plan.get(plan, (_NO_TOKEN, events))
             if found is None:
-                found = self._per_plan.put(plan, self._build_success(plan, run), _NO_TOKEN)
+                found = self._per_plan.put(plan, self._build_success(plan, run),
+                                           (_NO_TOKEN, events))
             return found
         if len(run.goods) != 1:
             return self._build_success(plan, run)
-        good = run.goods[0]
-        where = (plan.serial, good.provider.index, good.token.location.key)
+        good = next(iter(run.goods.values()))
+        where = (plan.serial, good.provider.index, good.token.location.key, tuple(run.events))
         found = self._successes.get(good.jwt, where)
         if found is None:
             found = self._successes.put(good.jwt, self._build_success(plan, run), where)
         return found
 
-    def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
-        set_headers: dict[str, str] = {}
-        remove_headers: list[str] = []
-        remove_params: list[str] = []
-        claims: Mapping[str, Any] | None = None
-        principal: str | None = None
-        for good in run.goods:
+    @staticmethod
+    def _outputs(plan: _Plan, run: _Run) -> dict[str, list[tuple[str, _Good]]]:
+        """Output header -> the values that reach upstream, replaying ``run.events``:
+        jwt_authn first removes every rule's output names (measured on Envoy 1.40: also
+        those of providers that never run), a provider that runs removes its own again,
+        and each verified token adds its values (``addCopy``)."""
+        outputs: dict[str, list[tuple[str, _Good]]] = {name: [] for name in plan.output_headers}
+        for event in run.events:
+            if event >= 0:
+                for name in plan.providers[event].outputs:
+                    outputs[name] = []
+                continue
+            good = run.log[~event]
             rule, jwt = good.provider.rule, good.jwt
             if rule.output_payload_to_header:
-                set_headers[rule.output_payload_to_header] = jwt.payload_segment
+                outputs[rule.output_payload_to_header.lower()].append(
+                    (jwt.payload_segment, good))
             for c in rule.output_claim_to_headers:
                 value = claim_value(jwt.payload, c.claim)
                 if value is not None:
-                    if not header_value_ok(value):
-                        raise UnsendableClaim(good, c.header)
-                    set_headers[c.header] = value
-            if not rule.forward_original_token:
-                loc = good.token.location
-                if loc.kind is LocationKind.HEADER and loc.name not in remove_headers:
-                    remove_headers.append(loc.name)
-                elif loc.kind is LocationKind.PARAM and loc.name not in remove_params:
-                    remove_params.append(loc.name)
-            claims = normalize_claims(jwt.payload, good.provider.spaced)
-            principal = f"{jwt.iss}/{jwt.sub}"
-        for name in plan.output_headers:
-            if name not in remove_headers:
-                remove_headers.append(name)
-        remove = tuple(h for h in remove_headers if h not in set_headers)
+                    outputs[c.header.lower()].append((value, good))
+        return outputs
+
+    def _build_success(self, plan: _Plan, run: _Run) -> AuthnSuccess:
+        """The request's changes as ``upstream_headers`` (the first value of a name
+        replaces the client's, later ones are appended, as Envoy's ``addCopy`` after
+        the provider's removal), and the removals of the rest."""
+        set_headers: list[Header] = []
+        outputs = self._outputs(plan, run)
+        remove = [name for name in run.removed_headers if name not in outputs]
+        for name, values in outputs.items():
+            if not values:
+                remove.append(name)
+                continue
+            for k, (value, good) in enumerate(values):
+                if not header_value_ok(value):
+                    raise UnsendableClaim(good, name)
+                set_headers.append(Header(name, value, append=k > 0))
+        claims: Mapping[str, Any] | None = None
+        principal: str | None = None
+        if run.goods:
+            last = next(reversed(run.goods.values()))
+            claims = normalize_claims(last.jwt.payload, last.provider.spaced)
+            principal = f"{last.jwt.iss}/{last.jwt.sub}"
         metadata: Mapping[str, Any] = (
             {METADATA_PAYLOAD_KEY: claims} if claims is not None else _EMPTY)
         return AuthnSuccess(
             claims=claims,
-            upstream_headers=tuple(Header(k, v) for k, v in set_headers.items()),
-            upstream_headers_to_remove=remove,
-            query_parameters_to_remove=tuple(remove_params),
+            upstream_headers=tuple(set_headers),
+            upstream_headers_to_remove=tuple(remove),
+            query_parameters_to_remove=tuple(run.removed_params),
             dynamic_metadata=metadata,
             principal=principal,
         )

@@ -62,6 +62,28 @@ def read_peer(peer: attribute_context_pb2.AttributeContext.Peer,
     return make(sock.address, port, peer.principal or principal)
 
 
+_NO_METADATA: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+
+
+def read_metadata(attrs: attribute_context_pb2.AttributeContext,
+                  ) -> Mapping[str, Mapping[str, str]]:
+    """``metadata_context.filter_metadata``: the string values under each filter's name.
+
+    Envoy sends the namespaces its ext_authz filter names in
+    ``metadata_context_namespaces`` (e.g. ``envoy.filters.http.jwt_authn`` when
+    jwt_authn runs first). Istio's conditions compare one top-level key as a string
+    (``MetadataStringMatcher``); any other value cannot match, so it is not kept."""
+    if not attrs.HasField("metadata_context"):
+        return _NO_METADATA
+    found: dict[str, Mapping[str, str]] = {}
+    for name, struct in attrs.metadata_context.filter_metadata.items():
+        strings = {key: value.string_value for key, value in struct.fields.items()
+                   if value.WhichOneof("kind") == "string_value"}
+        if strings:
+            found[name] = MappingProxyType(strings)
+    return MappingProxyType(found) if found else _NO_METADATA
+
+
 def view_from_check_request(
     request: external_auth_pb2.CheckRequest, default_namespace: str,
     peer: Callable[[str, int | None, str], Peer] = make_peer,
@@ -97,4 +119,5 @@ def view_from_check_request(
         # only its stream number.
         request_id=headers.get("x-request-id", "") or http.id,
         sni=attrs.tls_session.sni,
+        metadata=read_metadata(attrs),
     )

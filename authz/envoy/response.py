@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 from google.rpc import code_pb2, status_pb2
 
 from authz._proto.envoy.config.core.v3 import base_pb2
@@ -59,6 +59,7 @@ def _header(h: Header) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=h.name, value=h.value),
         append_action=_APPEND if h.append else _OVERWRITE,
+        append=wrappers_pb2.BoolValue(value=h.append),
     )
 
 

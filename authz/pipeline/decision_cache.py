@@ -76,10 +76,13 @@ def request_key(view: RequestView, inputs: Inputs) -> Key:
         parts.extend("-" if value is None else f"{len(value)}:{value}" for value in values)
         digest = hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).digest()
     source, destination = view.source, view.destination
+    metadata = view.metadata
     return (
         view.scope.key, view.method, view.host, view.path, view.scheme, view.sni,
         source.ip, source.principal, destination.ip, destination.port, destination.principal,
         digest,
+        tuple(sorted((f, tuple(sorted(kv.items()))) for f, kv in metadata.items()))
+        if metadata else None,
     )
 
 
@@ -146,6 +149,7 @@ KEYED_FIELDS: frozenset[str] = frozenset({
     "query", "headers",  # through the digest; the headers ``Inputs`` names, no others
     "source.ip", "source.principal",
     "destination.ip", "destination.port", "destination.principal",
+    "metadata",  # by value; None when the request carries none (the usual case)
 })
 """The view's fields ``request_key`` holds (``scope`` by its key)."""
 

@@ -36,8 +36,18 @@ from authz.request.address import IPAddress
 from authz.request.scope import Scope
 
 __all__ = [
-    "AbsentCheck", "AllOf", "Check", "ClaimCheck", "CompiledPolicy", "CompiledRule", "Compiler",
-    "HeaderValue", "IpCheck", "PortCheck", "RequestPrincipalCheck", "StringCheck",
+    "AllOf",
+    "Check",
+    "ClaimCheck",
+    "CompiledPolicy",
+    "CompiledRule",
+    "Compiler",
+    "HeaderValue",
+    "IpCheck",
+    "MetadataValue",
+    "PortCheck",
+    "RequestPrincipalCheck",
+    "StringCheck",
     "compile_policy",
 ]
 
@@ -95,6 +105,19 @@ class HeaderValue:
 
     def __call__(self, ctx: AuthzContext) -> str | None:
         return ctx.view.headers.get(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataValue:
+    """Reads one string of Envoy dynamic metadata: ``experimental.envoy.filters.<f>[<k>]``
+    is filter ``envoy.filters.<f>``, key ``<k>`` (Istio's ``metadataGenerator``)."""
+
+    filter: str
+    key: str
+
+    def __call__(self, ctx: AuthzContext) -> str | None:
+        values = ctx.view.metadata.get(self.filter)
+        return values.get(self.key) if values is not None else None
 
 
 # --- checks -----------------------------------------------------------------------
@@ -165,18 +188,6 @@ class ClaimCheck:
 
     def __call__(self, ctx: AuthzContext) -> bool:
         return self.claim.matches(ctx.claims) is not self.negate
-
-
-@dataclass(frozen=True, slots=True)
-class AbsentCheck:
-    """An attribute this server never has (Envoy dynamic metadata of other filters):
-    it fails positively and holds when negated, like any missing attribute."""
-
-    label: str
-    negate: bool = False
-
-    def __call__(self, ctx: AuthzContext) -> bool:
-        return self.negate
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +309,6 @@ def _claim(path: tuple[str, ...]) -> Callable[[str, tuple[str, ...], bool], Chec
     return make
 
 
-def _absent(label: str, values: tuple[str, ...], negate: bool) -> Check:
-    return AbsentCheck(label, negate)
-
-
 @dataclass(frozen=True, slots=True)
 class Compiler:
     """Compiles one policy's values; knows its namespace and the trust-domain bundle."""
@@ -368,8 +375,9 @@ class Compiler:
             Attribute.REQUEST_CLAIMS: _claim(cond.names),
             Attribute.DESTINATION_PORT: _ports,
             Attribute.CONNECTION_SNI: _strings(_sni, match.istio_string),
-            Attribute.ENVOY_METADATA: _absent,
         }
+        if attr is Attribute.ENVOY_METADATA:
+            return _strings(MetadataValue(*cond.names), match.istio_string)
         return makers[attr]
 
     def rule(self, rule: Rule, name: str) -> CompiledRule:

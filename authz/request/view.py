@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 from authz.request.scope import Scope
@@ -52,6 +53,10 @@ class RequestView(NamedTuple):
     protocol: str = ""
     request_id: str = ""
     sni: str = ""
+    metadata: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+    """Envoy dynamic metadata the check request carries (``metadata_context``): filter
+    name -> key -> value, string values only (what ``experimental.envoy.filters.*``
+    conditions compare; Istio builds them as string matchers)."""
 
     @property
     def original_path(self) -> str:

@@ -58,12 +58,16 @@ def bootstrap(
     encode_raw_headers: bool = False,
     xff_num_trusted_hops: int = 0,
     filters: Sequence[Mapping[str, Any]] | None = None,
+    before_authz: Sequence[Mapping[str, Any]] = (),
+    metadata_namespaces: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """The bootstrap `authz envoy-config` writes, on loopback with fast health checks.
 
     ``filters`` replaces the ext_authz filter (e.g. Envoy's own jwt_authn + RBAC)
-    so the same listener can serve as the reference to compare against. Every
+    so the same listener can serve as the reference to compare against.
+    ``before_authz`` filters run before ext_authz, which sends the dynamic metadata of
+    ``metadata_namespaces`` in each check request (``metadata_context``). Every
     other keyword goes to :func:`authz.tools.envoy_config.bootstrap` as it is, so
     an option it gains (TLS, say) is an option here too.
     """
@@ -80,6 +84,12 @@ def bootstrap(
         health_check_interval=1.0,
         **options,
     )
+    if before_authz or metadata_namespaces:
+        chain = http_filters(config)
+        at = next(i for i, f in enumerate(chain) if f["name"] == EXT_AUTHZ_FILTER)
+        if metadata_namespaces:
+            chain[at]["typedConfig"]["metadataContextNamespaces"] = list(metadata_namespaces)
+        chain[at:at] = [dict(f) for f in before_authz]
     if filters is not None:
         chain = http_filters(config)
         chain[:] = [*(dict(f) for f in filters),

@@ -31,7 +31,14 @@ class Rule:
     forward: bool = False
     payload_header: str | None = None
     claim_headers: Sequence[tuple[str, str]] = ()
+    from_cookies: Sequence[str] = ()
+    presence: str = "OPTIONAL"
+    """``OPTIONAL`` or ``REQUIRED`` (istio/istio#60830)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def required(self) -> bool:
+        return self.presence == "REQUIRED"
 
     def istio(self, jwks_uri: str) -> dict[str, Any]:
         """The rule as a RequestAuthentication's jwtRules entry (what authz reads)."""
@@ -42,6 +49,10 @@ class Rule:
             out["fromHeaders"] = [{"name": n, "prefix": p} for n, p in self.from_headers]
         if self.from_params:
             out["fromParams"] = list(self.from_params)
+        if self.from_cookies:
+            out["fromCookies"] = list(self.from_cookies)
+        if self.presence != "OPTIONAL":
+            out["presence"] = self.presence
         if self.forward:
             out["forwardOriginalToken"] = True
         if self.payload_header:
@@ -65,6 +76,8 @@ class Rule:
             out["from_headers"] = [{"name": n, "value_prefix": p} for n, p in self.from_headers]
         if self.from_params:
             out["from_params"] = list(self.from_params)
+        if self.from_cookies:
+            out["from_cookies"] = list(self.from_cookies)
         if self.payload_header:
             out["forward_payload_header"] = self.payload_header
         if self.claim_headers:
@@ -85,28 +98,54 @@ def request_authentication(rules: Sequence[Rule], jwks_uri: str, name: str = "jw
     return json.dumps(doc)
 
 
+def requirement(names: Sequence[str], required: Sequence[bool]) -> dict[str, Any]:
+    """Istio's ``convertToEnvoyJwtConfig`` requirement for providers ``names`` (sorted by
+    issuer), ``required[i]`` telling whether rule i says ``presence: REQUIRED``.
+
+    Each provider is ``requires_any[provider, allow_missing]``, or the bare provider when
+    REQUIRED. One provider: that alone. Several, none REQUIRED: ``requires_any`` of every
+    bare provider and ``requires_all`` of the per-provider requirements. Several with any
+    REQUIRED: only the ``requires_all`` (the outer "any provider" shortcut is skipped,
+    istio/istio#60830)."""
+    inner: list[dict[str, Any]] = [
+        {"provider_name": n} if req else
+        {"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}}
+        for n, req in zip(names, required, strict=True)
+    ]
+    if len(inner) == 1:
+        return inner[0]
+    every = {"requires_all": {"requirements": inner}}
+    if any(required):
+        return every
+    return {"requires_any": {"requirements": [*({"provider_name": n} for n in names), every]}}
+
+
 def envoy_jwt_filter(rules: Sequence[Rule], jwks: Mapping[str, Any]) -> dict[str, Any]:
     """Istio's translation (reference A.6) of the merged rules."""
-    ordered = sorted(rules, key=lambda r: r.issuer)
-    providers = {f"origins-{i}": r.envoy(jwks) for i, r in enumerate(ordered)}
-    names = list(providers)
-    if len(names) == 1:
-        requires: dict[str, Any] = {"requires_any": {"requirements": [
-            {"provider_name": names[0]}, {"allow_missing": {}}]}}
-    else:
-        requires = {"requires_any": {"requirements": [
-            *({"provider_name": n} for n in names),
-            {"requires_all": {"requirements": [
-                {"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}}
-                for n in names
-            ]}},
-        ]}}
+    return envoy_jwt_filter_routes([("/", rules)], jwks)
+
+
+def envoy_jwt_filter_routes(routes: Sequence[tuple[str, Sequence[Rule]]],
+                            jwks: Mapping[str, Any]) -> dict[str, Any]:
+    """One jwt_authn filter serving several independent translations, one per path
+    prefix (its providers named ``<k>-origins-<i>``; a single route keeps Istio's plain
+    ``origins-<i>``), so one Envoy can judge many RequestAuthentications at once.
+    Issuers must differ between routes: jwt_authn finds some providers by issuer."""
+    providers: dict[str, Any] = {}
+    matchers: list[dict[str, Any]] = []
+    for k, (prefix, rules) in enumerate(routes):
+        ordered = sorted(rules, key=lambda r: r.issuer)
+        tag = "" if len(routes) == 1 else f"{k}-"
+        names = [f"{tag}origins-{i}" for i in range(len(ordered))]
+        providers.update({n: r.envoy(jwks) for n, r in zip(names, ordered, strict=True)})
+        matchers.append({"match": {"prefix": prefix},
+                         "requires": requirement(names, [r.required for r in ordered])})
     return {
         "name": JWT_AUTHN_FILTER,
         "typed_config": {
             "@type": JWT_AUTHN,
             "providers": providers,
-            "rules": [{"match": {"prefix": "/"}, "requires": requires}],
+            "rules": matchers,
             "bypass_cors_preflight": True,
         },
     }

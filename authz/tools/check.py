@@ -26,6 +26,7 @@ from authz.decision import Decision
 from authz.envoy.request_view import view_from_check_request
 from authz.envoy.response import check_response
 from authz.errors import UsageError
+from authz.explain.walk import ResourceLocator, explain
 from authz.pipeline.snapshot import PolicyOptions, Snapshot, compile_snapshot
 from authz.policy.errors import PolicyErrors
 from authz.policy.load import load_paths
@@ -217,11 +218,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"authz check: {exc}", file=sys.stderr)
         return 2
     view = view_from_check_request(request, args.default_namespace)
-    decision = snapshot.evaluate(view, time.time())
+    now = time.time()
+    decision = snapshot.evaluate(view, now)
     result = report(decision)
     result["scope"] = str(view.scope)
+    explanation = None
+    if args.explain:
+        locate = ResourceLocator(load_paths(args.policy, args.default_namespace))
+        explanation = explain(snapshot, view, now, locate)
+        result["explanation"] = explanation.to_json()
     if args.output == "json":
         print(json.dumps(result, indent=2))
+    elif explanation is not None:
+        print(explanation.text())
     else:
         print(f"{result['decision'].upper()} {result['status']} ({result['reason']})")
         print(f"  scope:  {result['scope']}")
@@ -257,4 +266,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--root-namespace", default="istio-system")
     p.add_argument("--default-namespace", default="default")
     p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument("--explain", action="store_true",
+                   help="show every step: jwtRules and tokens, policies in scope, the field "
+                   "that decided each rule, the final decision and why")
     p.set_defaults(func=run)

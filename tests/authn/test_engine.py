@@ -211,13 +211,73 @@ def test_token_at_location_its_issuer_did_not_declare() -> None:
     assert res.body == "Jwt issuer is not configured"
 
 
-def test_good_token_cannot_carry_a_bad_one_past_another_provider() -> None:
+def test_one_providers_good_token_passes_beside_a_bad_one_at_another() -> None:
+    """Envoy's ``requires_any[p0, p1, requires_all[..]]``: p0 verifies its own token and
+    the request passes; p1's place is never read, so its token stays as it came."""
     r1 = rule("issuer-1")
     r2 = rule("issuer-2", from_headers=(HeaderLocation("x-two"),))
     good1 = KEY.sign(claims())
     bad2 = KEY.sign(claims(iss="issuer-2", exp=int(NOW) - 3600))
-    res = fail(auth(r1, r2).authenticate(view(headers=bearer(good1) | {"x-two": bad2}), NOW))
+    res = ok(auth(r1, r2).authenticate(view(headers=bearer(good1) | {"x-two": bad2}), NOW))
+    assert res.principal == "issuer-1/sub-1"
+    assert res.upstream_headers_to_remove == ("authorization",)
+    # Provider order is by issuer: when the bad token's provider comes first, it fails,
+    # and the next provider still passes the request.
+    r0 = rule("issuer-0", from_headers=(HeaderLocation("x-two"),))
+    bad0 = KEY.sign(claims(iss="issuer-0", exp=int(NOW) - 3600))
+    ok(auth(r0, r1).authenticate(view(headers=bearer(good1) | {"x-two": bad0}), NOW))
+    # With one REQUIRED rule there is no shortcut: every rule's tokens must verify.
+    required = replace(r2, presence=Presence.REQUIRED)
+    res = fail(auth(r1, required).authenticate(
+        view(headers=bearer(good1) | {"x-two": bad2}), NOW))
     assert res.body == "Jwt is expired"
+
+
+def test_two_required_rules_need_both_tokens() -> None:
+    r1 = rule("issuer-1", presence=Presence.REQUIRED)
+    r2 = rule("issuer-2", from_headers=(HeaderLocation("x-two"),), presence=Presence.REQUIRED)
+    one = bearer(KEY.sign(claims()))
+    two = {"x-two": KEY.sign(claims(iss="issuer-2", sub="sub-2"))}
+    for headers in (one, two, {}):
+        res = fail(auth(r1, r2).authenticate(view(headers=headers), NOW))
+        assert (res.status, res.body) == (401, "Jwt is missing")
+    res = ok(auth(r1, r2).authenticate(view(headers=one | two), NOW))
+    assert res.principal == "issuer-2/sub-2"  # the last verified: rules sorted by issuer
+
+
+def test_required_beside_optional_rules() -> None:
+    """``requires_all[p0, requires_any[p1, allow_missing]]``: the REQUIRED token must
+    be there; the optional one may be absent but not bad."""
+    r1 = rule("issuer-1", presence=Presence.REQUIRED)
+    r2 = rule("issuer-2", from_headers=(HeaderLocation("x-two"),))
+    one = bearer(KEY.sign(claims()))
+    ok(auth(r1, r2).authenticate(view(headers=one), NOW))
+    two = {"x-two": KEY.sign(claims(iss="issuer-2"))}
+    assert fail(auth(r1, r2).authenticate(view(headers=two), NOW)).body == "Jwt is missing"
+    bad = {"x-two": KEY.sign(claims(iss="issuer-2", exp=int(NOW) - 3600))}
+    assert fail(auth(r1, r2).authenticate(view(headers=one | bad), NOW)).body == (
+        "Jwt is expired")
+
+
+def test_output_headers_of_every_rule_are_stripped_and_a_later_provider_resets_its_own(
+) -> None:
+    """As Envoy 1.40: every rule's output names are removed first, even for a provider
+    that never runs; a provider that runs removes its names again, dropping values an
+    earlier provider added under a shared name."""
+    r1 = rule("issuer-1", output_claim_to_headers=(ClaimToHeader("x-one", "sub"),
+                                                   ClaimToHeader("X-Sub", "sub")))
+    r2 = rule("issuer-2", from_headers=(HeaderLocation("x-two"),),
+              output_claim_to_headers=(ClaimToHeader("x-sub", "sub"),
+                                       ClaimToHeader("x-two-sub", "sub")))
+    one = bearer(KEY.sign(claims()))
+    res = ok(auth(r1, r2).authenticate(view(headers=one), NOW))
+    assert res.upstream_headers == (Header("x-one", "sub-1"), Header("x-sub", "sub-1"))
+    assert res.upstream_headers_to_remove == ("authorization", "x-two-sub")
+    two = {"x-two": KEY.sign(claims(iss="issuer-2", sub="sub-2"))}
+    required = replace(r2, presence=Presence.REQUIRED)
+    res = ok(auth(r1, required).authenticate(view(headers=one | two), NOW))
+    assert res.upstream_headers == (Header("x-one", "sub-1"), Header("x-sub", "sub-2"),
+                                    Header("x-two-sub", "sub-2"))
 
 
 # -- outputs -------------------------------------------------------------------------
@@ -233,8 +293,8 @@ def test_output_headers_and_anti_spoofing() -> None:
     res = ok(auth(r).authenticate(view(headers=headers), NOW))
     assert set(res.upstream_headers) == {
         Header("x-test-payload", token.split(".")[1]), Header("x-jwt-iss", "issuer-1"),
-        Header("x-jwt-nested", "true")}
-    assert set(res.upstream_headers_to_remove) == {"authorization", "x-jwt-list", "x-jwt-missing"}
+        Header("x-jwt-nested", "true"), Header("x-jwt-list", "WyJhIl0=")}
+    assert set(res.upstream_headers_to_remove) == {"authorization", "x-jwt-missing"}
     # No token: every output header a client may have sent is stripped.
     none = ok(auth(r).authenticate(view(headers={"x-jwt-iss": "spoof"}), NOW))
     assert set(none.upstream_headers_to_remove) == {
@@ -265,14 +325,26 @@ def test_claim_with_tab_or_non_ascii_is_still_a_header(value: str) -> None:
 
 
 def test_claim_value_formatting() -> None:
-    payload = {"i": 1562182722, "f": 1.5, "w": 2.0, "b": False, "s": "", "o": {"x": "y"}}
+    """As Envoy 1.40 writes them (measured: tests/e2e/test_jwt_matrix.py)."""
+    payload = {"i": 1562182722, "f": 1.5, "w": 2.0, "b": False, "s": "", "o": {"x": "y"},
+               "neg": -7, "big": 12345678901234567, "huge": 1e21, "tiny": 1e-7, "n": None,
+               "l": ("dev",), "mixed": (1, "a", True, None, 3.0, 1e21), "lt": ["<>&\u00ad"]}
     assert claim_value(payload, "i") == "1562182722"
-    assert claim_value(payload, "f") == "1.5"
+    assert claim_value(payload, "f") == "1.500000"
     assert claim_value(payload, "w") == "2"
+    assert claim_value(payload, "neg") == "-7.000000"
+    assert claim_value(payload, "big") == "12345678901234568"
+    assert claim_value(payload, "huge") == "1000000000000000000000.000000"
+    assert claim_value(payload, "tiny") == "0.000000"
     assert claim_value(payload, "b") == "false"
     assert claim_value(payload, "s") is None
-    assert claim_value(payload, "o") is None
+    assert claim_value(payload, "n") is None
     assert claim_value(payload, "o.x") == "y"
+    decoded = {k: base64.b64decode(claim_value(payload, k) or "").decode()
+               for k in ("o", "l", "mixed", "lt")}
+    assert decoded == {"o": '{"x":"y"}', "l": '["dev"]',
+                       "mixed": '[1,"a",true,null,3,1e+21]', "lt": '["\\u003c\\u003e&\\u00ad"]'}
+    assert claim_value(payload, "l") == "WyJkZXYiXQ=="
 
 
 def test_space_delimited_claims_split() -> None:

@@ -167,3 +167,15 @@ def test_one_parser_for_every_address_text() -> None:
     assert parse_ip("/var/run/envoy.sock") is None
     assert normalize_ip("/var/run/envoy.sock") == "/var/run/envoy.sock"
     assert parse_ip(" 10.0.0.1") is None  # no blanks: Envoy's addresses have none
+
+
+def test_metadata_context_strings_are_read_per_filter() -> None:
+    req = _request()
+    jwt = req.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"]
+    jwt.fields["user"].string_value = "alice"
+    jwt.fields["payload"].struct_value.fields["sub"].string_value = "alice"
+    jwt.fields["count"].number_value = 3
+    req.attributes.metadata_context.filter_metadata["envoy.filters.http.empty"].SetInParent()
+    view = view_from_check_request(req, "default")
+    assert dict(view.metadata) == {"envoy.filters.http.jwt_authn": {"user": "alice"}}
+    assert view_from_check_request(_request(), "default").metadata == {}

@@ -34,12 +34,15 @@ class Load:
         self._requests = requests
         self._clients = clients
         self._stop = asyncio.Event()
+        self._running = asyncio.Event()
+        self._running.set()
         self._tasks: list[asyncio.Task[None]] = []
         self.answers: list[Answer] = []
 
     async def _client(self, session: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
             for path, headers, tag in self._requests():
+                await self._running.wait()
                 start = time.monotonic()
                 try:
                     async with session.get(self._url + path, headers=headers) as r:
@@ -61,6 +64,14 @@ class Load:
         self._stop.set()
         await asyncio.gather(*self._tasks)
         await self._session.close()
+
+    async def pause(self, seconds: float) -> None:
+        """No new request for ``seconds``: a lull in traffic."""
+        self._running.clear()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._running.set()
 
     def between(self, after: float, before: float = float("inf")) -> list[Answer]:
         return [a for a in self.answers if a.start >= after and a.end <= before]

@@ -164,11 +164,14 @@ async def start_envoy_for(ports: list[int], upstream: int) -> Envoy:
     return envoy
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "lull"), [(1, 0.0), (2, 0.0), (1, 0.4)])
 async def test_rolling_restart_through_envoy_fails_no_request(
     defaults: None, authz_servers: list[AuthzProcess], echo_upstream: EchoUpstream,
-    tmp_path: Path, workers: int, results: list[Row],
+    tmp_path: Path, workers: int, lull: float, results: list[Row],
 ) -> None:
+    """With ``lull``, traffic stops for a moment right after SIGTERM, before
+    Envoy's health check (every second) has seen NOT_SERVING: the old server must
+    not take the quiet for Envoy having moved away."""
     policy = tmp_path / "ok.yaml"
     policy.write_text(ALLOW_OK)
     old = await start(authz_servers, policy, workers)
@@ -179,13 +182,16 @@ async def test_rolling_restart_through_envoy_fails_no_request(
             await asyncio.sleep(1.0)
             sent = time.monotonic()
             old.process.proc.send_signal(signal.SIGTERM)
+            if lull:
+                await load.pause(lull)
             code = await asyncio.to_thread(old.process.proc.wait, 30)
             stopped = time.monotonic() - sent
             await asyncio.sleep(1.0)
     finally:
         envoy.process.stop()
     failed = [a for a in load.answers if a.status != 200]
-    results.append(Row(f"rolling restart via Envoy, old --workers {workers}",
+    quiet = f", {lull} s lull" if lull else ""
+    results.append(Row(f"rolling restart via Envoy, old --workers {workers}{quiet}",
                        len(load.answers), len(failed), stopped, "seconds: SIGTERM to exit"))
     assert not failed, f"{len(failed)} of {len(load.answers)} failed: {failed[:5]}"
     assert code == 0 and load.between(sent + stopped)

@@ -40,6 +40,8 @@ CHANGED: dict[str, object] = {
     "destination.principal": "spiffe://x/ns/d/sa/d",
     "context_extensions": MappingProxyType({"anything": "else"}),
     "protocol": "HTTP/2", "request_id": "r2",
+    "metadata": MappingProxyType({"envoy.filters.http.jwt_authn": MappingProxyType(
+        {"user": "alice"})}),
 }
 
 

@@ -40,6 +40,7 @@ def ctx(
     namespace: str = "foo",
     labels: Mapping[str, str] | None = None,
     claims: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Mapping[str, str]] | None = None,
 ) -> AuthzContext:
     raw_path, query = split_path(path)
     view = RequestView(
@@ -53,6 +54,7 @@ def ctx(
         context_extensions=MappingProxyType({}),
         scope=Scope(namespace, MappingProxyType(dict(labels or {}))),
         sni=sni,
+        metadata=MappingProxyType(dict(metadata or {})),
     )
     auth = RequestAuth(MappingProxyType(dict(claims))) if claims is not None else None
     return AuthzContext(view, auth, remote_ip if remote_ip is not None else source_ip)
@@ -370,7 +372,27 @@ rules:
     assert not ps.evaluate(ctx()).allowed
 
 
-def test_envoy_metadata_condition_is_absent() -> None:
+def test_envoy_metadata_condition_reads_metadata_context() -> None:
+    """``experimental.envoy.filters.a.b[c]``: filter ``envoy.filters.a.b``, key ``c``,
+    compared as a string (Istio's ``MetadataStringMatcher``)."""
+    ps = compile_set(policy("""
+rules:
+- when:
+  - key: experimental.envoy.filters.http.jwt_authn[user]
+    values: ["alice", "bob*"]
+  - key: experimental.envoy.filters.http.jwt_authn[tier]
+    notValues: ["free"]
+"""))
+    def meta(**values: str) -> dict[str, dict[str, str]]:
+        return {"envoy.filters.http.jwt_authn": values}
+    assert ps.evaluate(ctx(metadata=meta(user="alice"))).allowed
+    assert ps.evaluate(ctx(metadata=meta(user="bobby", tier="gold"))).allowed
+    assert not ps.evaluate(ctx(metadata=meta(user="bobby", tier="free"))).allowed
+    assert not ps.evaluate(ctx(metadata=meta(user="carol"))).allowed
+    assert not ps.evaluate(ctx(metadata={"envoy.filters.http.other": {"user": "alice"}})).allowed
+
+
+def test_envoy_metadata_condition_without_metadata_is_absent() -> None:
     ps = compile_set(policy("""
 rules:
 - when:
