@@ -40,6 +40,21 @@ def check_once(port: int, message: bytes, timeout: float = 5.0) -> str:
     return f"http {response.denied_response.status.code}"
 
 
+HTTP_PREFIX = "/envoy"
+"""The HTTP front door Envoy's ``http_service`` calls (``path_prefix``)."""
+HTTP_SCOPE = {"x-authz-namespace": workloads.NAMESPACE}
+"""The scope header the generated Envoy configuration adds to each check request."""
+
+
+def http_check_once(port: int, token: str | None) -> int | None:
+    """One check through the HTTP front door as Envoy's ``http_service`` sends it: the
+    status (None when nothing answered)."""
+    headers = {"host": workloads.HOST, **HTTP_SCOPE}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return http_status(f"http://127.0.0.1:{port}{HTTP_PREFIX}{workloads.PATH}", headers)
+
+
 def grpc_ready(port: int, message: bytes) -> Callable[[], bool]:
     def probe() -> bool:
         try:
@@ -52,22 +67,29 @@ def grpc_ready(port: int, message: bytes) -> Callable[[], bool]:
 
 
 def start_ours(ctx: Context, label: str, policy_dir: Path, *, workers: int | None = 1,
-               cpus: Sequence[int] | None = None) -> Server:
+               cpus: Sequence[int] | None = None, http_check: bool = False) -> Server:
+    """``authz serve`` pinned and ready; with ``http_check`` its HTTP front door too."""
     port, admin = free_port(), free_port()
     argv = [PY, "-m", "authz", "serve", "--policy", str(policy_dir),
             "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{admin}",
             "--decision-log", "none", "--log-format", "json", "--log-level", "warning"]
+    http_port = free_port() if http_check else None
+    if http_port is not None:
+        argv += ["--http-check-address", f"127.0.0.1:{http_port}"]
     if ctx.has_workers and workers is not None:
         argv += ["--workers", str(workers)]
     if ctx.args.event_loop != "auto":
         argv += ["--event-loop", ctx.args.event_loop]
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-{label}", argv, cpus or ctx.server_cpus, ctx.work)
-    server = Server("ours", label, proc, port, admin)
+    server = Server("ours", label, proc, port, admin, http_port)
     try:
         wait_for("/readyz", lambda: http_status(
             f"http://127.0.0.1:{admin}/readyz") == 200, proc)
         wait_for("a Check", grpc_ready(port, workloads.check_request(None)), proc, 30)
+        if http_port is not None:
+            wait_for("an HTTP check", lambda: http_check_once(http_port, None) is not None,
+                     proc, 30)
         ready = json.loads(http_text(f"http://127.0.0.1:{admin}/readyz"))
         ctx.note_loop("ours", ready["event_loop"], ready.get("grpc_experiments"))
     except Exception:
@@ -141,11 +163,13 @@ def scrape_ours(server: Server) -> dict[str, float] | None:
 
 
 def envoy_bootstrap(listener: int, admin: int, authz_port: int,
-                    filters: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+                    filters: Sequence[Mapping[str, Any]] | None,
+                    **options: Any) -> dict[str, Any]:
+    """The bootstrap of ``authz envoy-config`` (``options`` go to it as they are)."""
     config = bootstrap(listener_port=listener, admin_port=admin, authz_port=authz_port,
                        upstream_port=authz_port,
                        routes=[Route("/", {"namespace": workloads.NAMESPACE})],
-                       filters=filters)
+                       filters=filters, **options)
     manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
     for vhost in manager["typedConfig"]["routeConfig"]["virtualHosts"]:
         for route in vhost["routes"]:
@@ -170,12 +194,14 @@ def jwt_authn_filters(ctx: Context) -> list[dict[str, Any]]:
 
 
 def start_envoy(ctx: Context, label: str, authz_port: int,
-                filters: Sequence[Mapping[str, Any]] | None) -> tuple[Proc, int]:
+                filters: Sequence[Mapping[str, Any]] | None,
+                **options: Any) -> tuple[Proc, int]:
     binary = envoy_binary()
     assert binary is not None
     listener, admin = free_port(), free_port()
     path = ctx.work / f"envoy-{label}.json"
-    path.write_text(json.dumps(envoy_bootstrap(listener, admin, authz_port, filters)))
+    path.write_text(json.dumps(envoy_bootstrap(listener, admin, authz_port, filters,
+                                               **options)))
     ctx.started += 1
     proc = Proc(f"{ctx.started:02d}-envoy-{label}",
                 [binary, "-c", str(path), "--concurrency", "1", "--log-level", "warn",

@@ -26,15 +26,26 @@ class Server:
     proc: Proc
     port: int
     admin_port: int | None = None
+    http_port: int | None = None
+    """Ours with ``--http-check-address``: the HTTP front door's port."""
 
     def stop(self) -> None:
         self.proc.stop()
 
 
+def serve_flags() -> str:
+    """``authz serve --help`` of this checkout (which flags it has)."""
+    return subprocess.run([PY, "-m", "authz", "serve", "--help"], capture_output=True,
+                          text=True, cwd=ROOT).stdout
+
+
 def workers_flag_available() -> bool:
-    out = subprocess.run([PY, "-m", "authz", "serve", "--help"], capture_output=True,
-                         text=True, cwd=ROOT).stdout
-    return "--workers" in out
+    return "--workers" in serve_flags()
+
+
+def http_check_available() -> bool:
+    """Whether ``authz serve`` has the HTTP front door (``--http-check-address``)."""
+    return "--http-check-address" in serve_flags()
 
 
 @dataclass
@@ -59,6 +70,8 @@ class Context:
     """Per kind of server, the event loops its processes said they run on (ours in
     /readyz, the references in their "listening" line): observed, not assumed."""
 
+    has_http: bool = False
+    """``authz serve --http-check-address`` exists: the HTTP rows run."""
     grpc_experiments: dict[str, set[str]] = field(default_factory=dict)
     """Per kind of server, the GRPC_EXPERIMENTS its processes said gRPC core read
     ("" for gRPC's defaults), observed like ``loops``."""

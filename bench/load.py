@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import workloads
-from authorizers import CHECK_PATH, scrape_ours
+from authorizers import CHECK_PATH, HTTP_PREFIX, HTTP_SCOPE, scrape_ours
 from context import Context, Server
 from procs import BENCH, PY, ROOT, busy_seconds, log
 
@@ -77,7 +78,8 @@ def loadgen_run(ctx: Context, server: Server, messages: Path, concurrency: int, 
 
 
 WRK_SCRIPT = """\
--- Cycles the bearer tokens of the file given after "--" (an empty line: no token).
+-- Cycles the bearer tokens of the file given after "--" (an empty line: no token),
+-- from the (0-based) index given after it, if any.
 local reqs = {}
 local n = 0
 local i = 0
@@ -85,10 +87,11 @@ local i = 0
 init = function(args)
   for line in io.lines(args[1]) do
     n = n + 1
-    local headers = {["Host"] = "%(host)s"}
+    local headers = {["Host"] = "%(host)s"%(extra)s}
     if line ~= "" then headers["Authorization"] = "Bearer " .. line end
     reqs[n] = wrk.format("GET", "%(path)s", headers)
   end
+  if args[2] then i = tonumber(args[2]) %% n end
 end
 
 request = function()
@@ -109,14 +112,22 @@ end
 
 
 def wrk_run(ctx: Context, listener: int, tokens: Path, concurrency: int,
-            duration: float) -> dict[str, Any]:
-    script = ctx.work / "bench.lua"
+            duration: float, *, prefix: str = "",
+            headers: Mapping[str, str] | None = None, start: int = 0) -> dict[str, Any]:
+    """wrk -t1 -c``concurrency`` (one connection per request in flight, keep-alive)
+    at ``prefix`` + the workloads' path, cycling ``tokens`` from index ``start``, with
+    ``headers`` added."""
+    extra = "".join(f', ["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    text = WRK_SCRIPT % {"host": workloads.HOST, "path": prefix + workloads.PATH,
+                         "extra": extra}
+    script = ctx.work / f"bench-{hashlib.sha1(text.encode()).hexdigest()[:8]}.lua"
     if not script.exists():
-        script.write_text(WRK_SCRIPT % {"host": workloads.HOST, "path": workloads.PATH})
+        script.write_text(text)
     seconds = max(1, round(duration))
     argv = ["taskset", "-c", str(ctx.load_cpu), "wrk", "-t1", f"-c{concurrency}",
             f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-            f"http://127.0.0.1:{listener}{workloads.PATH}", "--", str(tokens)]
+            f"http://127.0.0.1:{listener}{prefix}{workloads.PATH}", "--", str(tokens),
+            str(start)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -140,6 +151,29 @@ def h2load_run(ctx: Context, server: Server, body: Path, concurrency: int, durat
     rate = result["rps"]
     # CPU is sampled around the whole h2load run (warm-up included), so it is divided by
     # the requests of warm-up + measurement at the measured rate.
+    result["cpu_s_per_1k"] = (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None
+    return result
+
+
+def h2load_http_run(ctx: Context, server: Server, token: str | None, concurrency: int,
+                    duration: float, warmup: float) -> dict[str, Any]:
+    """``h2load --h1`` at our HTTP front door: ``concurrency`` keep-alive connections, one
+    request in flight on each, one fixed request (h2load cannot vary a header, so only
+    w1's single token; wrk cycles tokens for the rows)."""
+    assert server.http_port is not None
+    headers = [":authority: " + workloads.HOST, *(f"{k}: {v}" for k, v in HTTP_SCOPE.items())]
+    if token:
+        headers.append(f"authorization: Bearer {token}")
+    argv = ["taskset", "-c", str(ctx.load_cpu), "h2load", "--h1",
+            "-D", f"{round(duration * 1000)}ms", "--warm-up-time", f"{round(warmup * 1000)}ms",
+            "-c", str(concurrency), "-m", "1", "-t", "1",
+            *(a for h in headers for a in ("-H", h)),
+            f"http://127.0.0.1:{server.http_port}{HTTP_PREFIX}{workloads.PATH}"]
+    cpu0 = server.proc.cpu_seconds()
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    cpu1 = server.proc.cpu_seconds()
+    result = parse_h2load(text)
+    rate = result["rps"]
     result["cpu_s_per_1k"] = (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None
     return result
 
@@ -176,3 +210,57 @@ def mean_of(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str,
         values = [float(r[k]) for r in runs if isinstance(r.get(k), int | float)]
         out[k] = sum(values) / len(values) if values else None
     return out
+
+
+def http_run(ctx: Context, server: Server, name: str, concurrency: int, *,
+             duration: float | None = None, warmup: float | None = None) -> dict[str, Any]:
+    """wrk straight at our HTTP front door (``/envoy`` + the path, the scope header
+    Envoy's generated configuration adds), cycling the workload's tokens over
+    ``concurrency`` keep-alive connections; the server's CPU and /metrics around the
+    measured run, as loadgen_run reports them."""
+    assert server.http_port is not None
+    tokens = ctx.work / f"tokens-{name}.txt"
+    if not tokens.exists():
+        tokens.write_text("".join(f"{t or ''}\n" for t in ctx.workloads[name].tokens))
+    # Each run continues the token cycle where the last one against this server stopped
+    # (as loadgen_run does): restarting at the head would replay tokens just cached.
+    cursor = (server.http_port, str(tokens))
+    count = len(ctx.workloads[name].tokens)
+    warm = ctx.args.warmup if warmup is None else warmup
+    if warm > 0:
+        warmed = wrk_run(ctx, server.http_port, tokens, concurrency, warm, prefix=HTTP_PREFIX,
+                         headers=HTTP_SCOPE, start=ctx.cursors.get(cursor, 0))
+        ctx.cursors[cursor] = (ctx.cursors.get(cursor, 0) + warmed["requests"]) % count
+    ours_before = scrape_ours(server)
+    cpu0, busy0 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
+    data = wrk_run(ctx, server.http_port, tokens, concurrency,
+                   ctx.args.duration if duration is None else duration, prefix=HTTP_PREFIX,
+                   headers=HTTP_SCOPE, start=ctx.cursors.get(cursor, 0))
+    ctx.cursors[cursor] = (ctx.cursors.get(cursor, 0) + data["requests"]) % count
+    cpu1, busy1 = server.proc.cpu_seconds(), busy_seconds(server.proc.cpus)
+    ours_after = scrape_ours(server)
+    requests = data["requests"]
+    window = data["duration_us"] / 1e6 or 1.0
+    errors = (data["connect_errors"] + data["read_errors"] + data["write_errors"]
+              + data["timeouts"])
+    rss_sum, rss_max, nproc = server.proc.peak_rss_mib()
+    result: dict[str, Any] = {
+        "requests": requests, "errors": errors, "non_2xx_3xx": data["non_2xx_3xx"],
+        "rps": requests / window, "p50_ms": data["p50_us"] / 1000,
+        "p90_ms": data["p90_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
+        "mean_ms": data["mean_us"] / 1000, "max_ms": data["max_us"] / 1000,
+        "duration_s": window, "server_cpu_s": cpu1 - cpu0,
+        "cpu_s_per_1k": (cpu1 - cpu0) / requests * 1000 if requests else None,
+        "server_cpu_util": (cpu1 - cpu0) / window,
+        "other_cpu_util": max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / window,
+        "peak_rss_mib": rss_sum, "peak_rss_max_mib": rss_max, "server_processes": nproc,
+        "tool": "wrk",
+    }
+    if ours_before and ours_after:
+        delta = {k: ours_after[k] - ours_before[k] for k in ours_after}
+        for cache in ("token", "decision"):
+            lookups = delta[f"{cache}_hit"] + delta[f"{cache}_miss"]
+            result[f"{cache}_cache_hit_ratio"] = (
+                delta[f"{cache}_hit"] / lookups if lookups else None)
+        result["handler_us"] = delta["sum"] / delta["count"] * 1e6 if delta["count"] else None
+    return result

@@ -22,7 +22,7 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ async def per_call_async_us(fn: Callable[[], Any], n: int) -> float:
 
 
 async def stages(name: str, server: AuthzServer, payloads: list[bytes], requests: int,
-                 cprofile: bool) -> None:
+                 cprofile: bool) -> float | None:
+    """Print the workload's row; the whole ``Check`` in µs (None with ``cprofile``)."""
     service = server.service
     assert service is not None
     store = server.store
@@ -83,7 +84,7 @@ async def stages(name: str, server: AuthzServer, payloads: list[bytes], requests
         # PSORT=cumulative / PTOP=60 in the environment change the listing.
         stats = pstats.Stats(prof).sort_stats(os.environ.get("PSORT", "tottime"))
         stats.print_stats(int(os.environ.get("PTOP", "25")))
-        return
+        return None
     parse = per_call_us(request, requests)
     view = per_call_us(lambda: view_from_check_request(request(), "default"), requests) - parse
     evaluate = per_call_us(lambda: store.current.evaluate(
@@ -92,6 +93,32 @@ async def stages(name: str, server: AuthzServer, payloads: list[bytes], requests
     whole = await per_call_async_us(check, requests)
     print(f"| {name} | {parse:.1f} | {view:.1f} | {evaluate:.1f} | {response:.1f} "
           f"| {whole:.1f} | {decision.status} {decision.reason.value} |", flush=True)
+    return whole
+
+
+FIRST_SEEN_TARGET_US = 80.0
+"""A token seen for the first time (RS256, 2048-bit) costs at most this much in the
+request path beyond the transport: w2's whole ``Check`` here, where every token is new."""
+
+
+def rsa_verify_us(keys: workloads.Keys, token: str, requests: int) -> float:
+    """One RS256 signature verification alone (``cryptography``): the floor of a
+    first-seen token's cost, which the rest of the request path adds to."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    head, payload, sig = token.split(".")
+    signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    public = keys.signing.public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    signed = f"{head}.{payload}".encode()
+
+    def verify() -> None:
+        public.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+
+    return per_call_us(verify, requests)
 
 
 async def start(policy_dir: Path) -> AuthzServer:
@@ -102,10 +129,32 @@ async def start(policy_dir: Path) -> AuthzServer:
     return server
 
 
+def http_check_us(server: AuthzServer, tokens: Sequence[str | None], requests: int) -> float:
+    """The HTTP front door's whole check (``check_http``: view, decision, rendered
+    answer, metrics) on Envoy ``http_service``'s request, without the socket."""
+    from authz.http.protocol import HttpRequest
+
+    service = server.service
+    assert service is not None
+    built = []
+    for token in tokens:
+        headers = {"host": workloads.HOST, "x-authz-namespace": workloads.NAMESPACE,
+                   "user-agent": "wrk", "accept": "*/*"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        built.append(HttpRequest("GET", "/envoy" + workloads.PATH, headers, "127.0.0.1", 40000))
+    cycle = iter(range(1 << 62))
+    return per_call_us(lambda: service.check_http(built[next(cycle) % len(built)]), requests)
+
+
 async def profile(requests: int, cprofile: str | None, tokens: int) -> None:
     keys = workloads.make_keys()
     jwks = workloads.JwksServer(keys.jwks_document())
-    wls = workloads.token_workloads(keys, tokens)
+    # Twice w2's tokens: the first half for gRPC Check, the second, never seen by the
+    # server before, for the HTTP front door.
+    wls = workloads.token_workloads(keys, 2 * tokens)
+    http_w2 = list(wls["w2"].tokens[tokens:])
+    wls["w2"] = workloads.Workload("w2", wls["w2"].title, wls["w2"].tokens[:tokens])
     messages = {name: wl.check_requests() for name, wl in wls.items()}
     with tempfile.TemporaryDirectory() as tmp:
         main = await start(workloads.write_policy(Path(tmp) / "main",
@@ -116,9 +165,28 @@ async def profile(requests: int, cprofile: str | None, tokens: int) -> None:
         try:
             print("| workload | parse µs | view µs | evaluate µs | response µs | Check µs "
                   "| decision |\n|---|--:|--:|--:|--:|--:|---|")
+            whole = {}
             for name, payloads in messages.items():
-                await stages(name, scale if name == "w5" else main, payloads, requests,
-                             cprofile == name)
+                whole[name] = await stages(name, scale if name == "w5" else main, payloads,
+                                           requests, cprofile == name)
+            http = {}
+            if hasattr(main.service, "check_http"):
+                print("\n| workload | HTTP check µs |\n|---|--:|")
+                for name in ("w1", "w2", "w3", "w4"):
+                    http[name] = http_check_us(
+                        main, http_w2 if name == "w2" else wls[name].tokens, requests)
+                    print(f"| {name} | {http[name]:.1f} |", flush=True)
+            rsa = rsa_verify_us(keys, str(wls["w2"].tokens[0]), requests)
+            # w2's tokens are all new to the server here (see --tokens).
+            for path, first_seen in (("gRPC Check", whole.get("w2")),
+                                     ("HTTP check", http.get("w2"))):
+                if first_seen is None:
+                    continue
+                verdict = "PASS" if first_seen <= FIRST_SEEN_TARGET_US else "FAIL"
+                print(f"\n{verdict}: first-seen token (RS256 2048, w2 {path}) "
+                      f"{first_seen:.1f} µs beyond the transport ≤ {FIRST_SEEN_TARGET_US:.0f} µs "
+                      f"(RSA verification alone {rsa:.1f} µs; the rest of the request path "
+                      f"{first_seen - rsa:.1f} µs)", flush=True)
         finally:
             await main.stop()
             await scale.stop()

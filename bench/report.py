@@ -50,7 +50,7 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
            "| vs bare | vs bare-tuned | vs naive | answer | notes |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
-        if r["section"] != "server":
+        if r["section"] != "server" or r["server"] == "ours-http":  # its own table
             continue
         bare = find(rows, "server", "bare", r["workload"], r["concurrency"])
         bare_uv = find(rows, "server", "bare-tuned", r["workload"], r["concurrency"])
@@ -79,6 +79,26 @@ def server_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -
     return out
 
 
+def http_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
+    """Our HTTP front door beside our gRPC Check, workload by workload."""
+    out = ["| workload | conc | gRPC RPS | HTTP RPS | HTTP/gRPC | gRPC p99 ms | HTTP p99 ms "
+           "| gRPC CPU s/1k | HTTP CPU s/1k | gRPC/HTTP CPU | HTTP in handler µs "
+           "| HTTP answer | notes |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+    for r in rows:
+        if r["section"] != "server" or r["server"] != "ours-http":
+            continue
+        grpc = find(rows, "server", "ours", r["workload"], r["concurrency"]) or {}
+        out.append(
+            f"| {workload_title(r, titles)} | {r['concurrency']} | {fmt(grpc.get('rps'), 0)} "
+            f"| {fmt(r['rps'], 0)} | {fmt(ratio(r, grpc))} | {fmt(grpc.get('p99_ms'))} "
+            f"| {fmt(r['p99_ms'])} | {fmt(grpc.get('cpu_s_per_1k'), 3)} "
+            f"| {fmt(r.get('cpu_s_per_1k'), 3)} | {fmt(ratio(grpc, r, 'cpu_s_per_1k'))} "
+            f"| {fmt(r.get('handler_us'), 0)} | {r.get('probe', '')} "
+            f"| {'; '.join(n for n in row_notes(r, 'socket errors') if n)} |")
+    return out
+
+
 def e2e_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
     out = ["| workload | authorizer | conc | RPS | p50 ms | p99 ms | authz CPU s/1k "
            "| Envoy CPU s/1k | authz RSS MiB | Envoy RSS MiB | vs ext_authz→bare "
@@ -89,7 +109,9 @@ def e2e_table(rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> l
             continue
         bare = find(rows, "e2e", "ext_authz → bare", r["workload"], r["concurrency"])
         jwt = find(rows, "e2e", "jwt_authn+RBAC (in Envoy)", r["workload"], r["concurrency"])
-        notes = row_notes(r, "socket errors")
+        apart = r.get("authz_cpus") and r["authz_cpus"] != r.get("envoy_cpus")
+        notes = row_notes(r, "socket errors", [f"authz on CPU {cpulist(r['authz_cpus'])}, "
+                                               "beside wrk"] if apart else [])
         wl = workload_title(r, titles)
         out.append(
             f"| {wl} | {r['server']} | {r['concurrency']} | {fmt(r['rps'], 0)} "
@@ -123,6 +145,23 @@ def workers_table(data: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def spread_table(data: Mapping[str, Any]) -> list[str]:
+    if "skipped" in data and not data.get("runs"):
+        return [f"skipped: {data['skipped']}"]
+    out = [f"{data['workload']} through one Envoy (--concurrency 1), wrk concurrency "
+           f"{data['concurrency']}, authz --workers {data['workers']}; Checks counted by each "
+           "worker's own /metrics, connections from /proc.", "",
+           "| Envoy's authz cluster | RPS | p99 ms | Checks per worker | busiest share "
+           "| connections per process | CPU s per process |", "|---|--:|--:|---|--:|---|---|"]
+    for r in data["runs"]:
+        checks = " / ".join(f"{w['checks']:,.0f}" for w in r["workers"])
+        conns = " / ".join(str(p["connections"]) for p in r["processes"])
+        cpu = " / ".join(f"{p['cpu_s']:.2f}" for p in r["processes"])
+        out.append(f"| {r['config']} | {fmt(r['rps'], 0)} | {fmt(r['p99_ms'])} | {checks} "
+                   f"| {r['busiest_share']:.0%} | {conns} | {cpu} |")
+    return out
+
+
 def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
     if data and "skipped" in data[0]:
         return [str(data[0]["skipped"])]
@@ -132,7 +171,9 @@ def h2load_table(data: Sequence[Mapping[str, Any]]) -> list[str]:
            "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in data:
         lg, h2 = r["loadgen"], r["h2load"]
-        out.append(f"| {r['server']} | {r['concurrency']} | {fmt(lg['rps'], 0)} "
+        # The HTTP front door's row compares wrk (its rows' tool) with h2load --h1.
+        server = f"{r['server']} (wrk vs --h1)" if r.get("tool") == "wrk" else r["server"]
+        out.append(f"| {server} | {r['concurrency']} | {fmt(lg['rps'], 0)} "
                    f"| {fmt(h2.get('rps'), 0)} | {fmt(ratio(h2, lg))} | {fmt(lg['mean_ms'])} "
                    f"| {fmt(h2.get('mean_ms'))} | {fmt(lg.get('cpu_s_per_1k'), 3)} "
                    f"| {fmt(h2.get('cpu_s_per_1k'), 3)} |")
@@ -190,12 +231,18 @@ def render(report: Mapping[str, Any]) -> str:
         "## Server only (gRPC Check, bench/loadgen.py, 1 HTTP/2 connection)", "",
         *(server_table(report["rows"], titles) if any(
             r["section"] == "server" for r in report["rows"]) else ["skipped"]), "",
+        *(["## Server only, HTTP front door beside gRPC (wrk, 32 keep-alive connections)",
+           "", *http_table(report["rows"], titles), ""]
+          if any(r["server"] == "ours-http" for r in report["rows"]) else []),
         "## End to end (wrk → Envoy → authorizer; Envoy answers 200 itself)", "",
     ]
     e2e = report.get("e2e_status")
     lines += [e2e, ""] if e2e else [*e2e_table(report["rows"], titles), ""]
     if report.get("workers") is not None:
         lines += ["## Workers (--workers 1 vs 2)", "", *workers_table(report["workers"]), ""]
+    if report.get("spreading") is not None:
+        lines += ["## Spreading over workers (Envoy → authz --workers 2)", "",
+                  *spread_table(report["spreading"]), ""]
     if report.get("h2load_check") is not None:
         lines += ["## Load generator vs h2load (w1)", "", *h2load_table(report["h2load_check"]),
                   ""]

@@ -47,13 +47,28 @@ from typing import Any
 import loadgen
 import workloads
 from authorizers import preload_envoy_config
-from context import CONCURRENCY, TARGET_CONCURRENCY, Context, workers_flag_available
+from context import (
+    CONCURRENCY,
+    TARGET_CONCURRENCY,
+    Context,
+    http_check_available,
+    workers_flag_available,
+)
 from procs import BENCH, loadavg, log
 from report import finite, machine, render
-from sections import SERVER_KINDS, end_to_end, h2load_check, server_only, workers_compare
+from sections import (
+    HTTP_KIND,
+    SERVER_KINDS,
+    end_to_end,
+    h2load_check,
+    server_only,
+    workers_compare,
+)
+from spread import spread_section
 from verdicts import runtime_reference, targets
 
 from authz.config import EVENT_LOOPS
+from authz.testing.envoy_bootstrap import envoy_binary
 
 RESULTS = BENCH / "results"
 
@@ -88,6 +103,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-e2e", action="store_true", help="no Envoy/wrk measurements")
     parser.add_argument("--skip-h2load", action="store_true",
                         help="no h2load cross-check of the load generator")
+    parser.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure how one Envoy's Checks spread over authz --workers 2 "
+                        "(default: on, off with --quick or --skip-e2e)")
     parser.add_argument("--duration", type=float, help="measured seconds per row "
                         "(default 5, quick 1)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per row "
@@ -117,6 +135,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              ("elsewhere", 10_000, 200)):
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)
+    if args.spread is None:
+        args.spread = not (quick or args.skip_e2e)
     return args
 
 
@@ -132,17 +152,20 @@ class Matrix:
     e2e_names: Sequence[str]
 
 
-def matrix(quick: bool) -> Matrix:
+def matrix(quick: bool, http: bool = False) -> Matrix:
+    """The rows of a run; with ``http`` (authz serve has --http-check-address) our HTTP
+    front door too, server only and through Envoy's http_service (quick: w1 only)."""
     if quick:
         return Matrix((TARGET_CONCURRENCY,),
                       {"bare": ["w1", "w2", "w3", "w4"], "bare-tuned": ["w1"], "naive": ["w2"],
-                       "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"]},
-                      ["ours", "jwt_authn"], ["w1"])
+                       "ours": ["w1", "w2", "w3", "w4"], "w5": ["w5"],
+                       **({HTTP_KIND: ["w1"]} if http else {})},
+                      ["ours", *(["http"] if http else []), "jwt_authn"], ["w1"])
     every = ["w1", "w2", "w3", "w4"]
     return Matrix(CONCURRENCY,
                   {"bare": every, "bare-tuned": every, "naive": every, "ours": every,
-                   "w5": ["w5"]},
-                  ["ours", "bare", "naive", "jwt_authn"], every)
+                   "w5": ["w5"], **({HTTP_KIND: every} if http else {})},
+                  ["ours", *(["http"] if http else []), "bare", "naive", "jwt_authn"], every)
 
 
 def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
@@ -169,6 +192,14 @@ def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
             e2e_status = f"failed: {exc}"
             ctx.failures.append(f"end-to-end: {type(exc).__name__}: {exc}")
             log(e2e_status)
+    spreading: dict[str, Any] | None = None
+    if args.spread:
+        if envoy_binary() is None or shutil.which("wrk") is None:
+            spreading = {"skipped": "needs envoy and wrk"}
+        else:
+            spreading = {"skipped": "failed (see Failures)"}
+            with ctx.failing("spreading"):
+                spreading = spread_section(ctx)
     workers: dict[str, Any] | None = None
     if args.workers_compare:
         workers = {"skipped": "failed (see Failures)"}
@@ -178,7 +209,8 @@ def measure(ctx: Context, plan: Matrix) -> dict[str, Any]:
     if not args.quick and not args.skip_h2load:
         with ctx.failing("h2load check"):
             h2 = h2load_check(ctx, (TARGET_CONCURRENCY,))
-    return {"rows": rows, "e2e_status": e2e_status, "workers": workers, "h2load_check": h2}
+    return {"rows": rows, "e2e_status": e2e_status, "workers": workers, "h2load_check": h2,
+            "spreading": spreading}
 
 
 def exit_status(report: Mapping[str, Any]) -> int:
@@ -221,10 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         messages["w5"] = work / "w5.bin"
         loadgen.write_messages(messages["w5"], [workloads.W5_REQUEST()])
         ctx = Context(args, work, server_cpus, load_cpu, server_cpus, k, jwks, wls, messages,
-                      workers_flag_available(), cpus)
+                      workers_flag_available(), cpus, has_http=http_check_available())
         log(f"server CPUs {server_cpus}, load generator CPU {load_cpu}, Envoy CPUs "
             f"{server_cpus}; --workers flag {'present' if ctx.has_workers else 'absent'}")
-        measured = measure(ctx, matrix(args.quick))
+        measured = measure(ctx, matrix(args.quick, ctx.has_http))
         jwks.stop()
         rows = measured["rows"]
         report = {
@@ -236,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "e2e_warmup_s": args.e2e_warmup, "repeat": args.repeat,
                 "tokens": args.tokens, "fresh_tokens": args.fresh_tokens,
                 "elsewhere": args.elsewhere,
-                "workers_flag": ctx.has_workers, "pinning": ctx.pinning,
+                "workers_flag": ctx.has_workers, "http_front_door": ctx.has_http,
+                "pinning": ctx.pinning,
                 "event_loops": {kind: "/".join(sorted(ctx.loops.get(kind, ()))) or "not started"
                                 for kind in SERVER_KINDS},
                 "grpc_experiments": {kind: "/".join(sorted(ctx.grpc_experiments[kind]))
@@ -246,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "elapsed_s": 0.0, "loadavg_before": load_before, "loadavg_after": loadavg(),
             },
             **measured, "failures": ctx.failures,
-            "targets": targets(rows, measured["workers"], args.elsewhere),
+            "targets": targets(rows, measured["workers"], args.elsewhere,
+                               measured["spreading"]),
             "runtime_reference": runtime_reference(rows),
         }
         report["meta"]["elapsed_s"] = time.monotonic() - started

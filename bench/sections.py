@@ -14,9 +14,16 @@ from typing import Any
 
 import loadgen
 import workloads
-from authorizers import check_once, jwt_authn_filters, start_envoy, start_ours, start_reference
+from authorizers import (
+    check_once,
+    http_check_once,
+    jwt_authn_filters,
+    start_envoy,
+    start_ours,
+    start_reference,
+)
 from context import TARGET_CONCURRENCY, Context, Server
-from load import h2load_run, loadgen_run, mean_of, wrk_run
+from load import h2load_http_run, h2load_run, http_run, loadgen_run, mean_of, wrk_run
 from procs import Proc, busy_seconds, cpulist, http_status, log
 from workloads import EXPECTED
 
@@ -53,6 +60,42 @@ def probe_answer(ctx: Context, server: Server, name: str) -> tuple[str, str]:
 SERVER_KINDS = ("bare", "bare-tuned", "naive", "ours")
 """Server-only kinds in measuring order (the ours-10 / ours-10+N of w5 come after)."""
 
+HTTP_KIND = "ours-http"
+"""Ours through its HTTP front door (``--http-check-address``, wrk over 32 keep-alive
+connections), measured right after ours over gRPC in each workload."""
+
+
+def http_answer(status: int | None) -> str:
+    """An HTTP check's status in the words of a gRPC answer: "OK", "http 401", ..."""
+    return "OK" if status == 200 else f"http {status}"
+
+
+def probe_http(ctx: Context, server: Server, name: str) -> tuple[str, str]:
+    assert server.http_port is not None
+    got = http_answer(http_check_once(server.http_port, ctx.workloads[name].tokens[0]))
+    expected = EXPECTED.get(name)
+    if expected is not None and got != expected:
+        note = f"answered {got}, expected {expected}"
+        log(f"warning: {server.label} {name}: {note}")
+        ctx.failures.append(f"server-only {server.label} {name}: {note}")
+        return got, note
+    return got, ""
+
+
+def run_row(ctx: Context, server: Server, name: str, c: int) -> dict[str, Any]:
+    """One measured row: wrk at the HTTP front door, else loadgen at gRPC Check."""
+    if server.label == HTTP_KIND:
+        result = http_run(ctx, server, name, c)
+        # wrk counts non-2xx answers: all of them for a deny workload, none for an allow.
+        expected_denied = EXPECTED.get(name, "OK") != "OK"
+        wrong = result["requests"] - result["non_2xx_3xx"] if expected_denied \
+            else result["non_2xx_3xx"]
+        if wrong:
+            raise RuntimeError(f"{wrong} of {result['requests']} answers were not "
+                               f"{EXPECTED.get(name)}")
+        return result
+    return loadgen_run(ctx, server, ctx.messages[name], c)
+
 
 def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, Sequence[str]],
                 rows: list[dict[str, Any]]) -> None:
@@ -65,7 +108,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
     elsewhere = ctx.args.elsewhere
     scale = {"ours-10": 0, f"ours-10+{elsewhere}": elsewhere} if names.get("w5") else {}
     plan: dict[str, list[str]] = {}  # workload -> servers, in measuring order
-    for kind in SERVER_KINDS:
+    for kind in (*SERVER_KINDS, HTTP_KIND):
         for name in names.get(kind, []):
             plan.setdefault(name, []).append(kind)
     if scale:
@@ -78,6 +121,9 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
                 with ctx.failing(f"server-only {kind}: start"):
                     servers[kind] = (start_ours(ctx, "ours", main_policy) if kind == "ours"
                                      else start_reference(ctx, kind))
+        if any(HTTP_KIND in kinds for kinds in plan.values()):
+            with ctx.failing(f"server-only {HTTP_KIND}: start"):
+                servers[HTTP_KIND] = start_ours(ctx, HTTP_KIND, main_policy, http_check=True)
         for label, count in scale.items():
             with ctx.failing(f"server-only {label}: start"):
                 log(f"starting {label} ({10 + count} policies)")
@@ -91,7 +137,9 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
             for label in labels:
                 if label in servers:
                     with ctx.failing(f"server-only {label} {name}: probe"):
-                        probes[label, name] = probe_answer(ctx, servers[label], name)
+                        probes[label, name] = (
+                            probe_http(ctx, servers[label], name) if label == HTTP_KIND
+                            else probe_answer(ctx, servers[label], name))
         runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         repeat = ctx.args.repeat
         for rep in range(repeat):
@@ -103,7 +151,7 @@ def server_only(ctx: Context, concurrencies: Sequence[int], names: Mapping[str, 
                         with ctx.failing(f"server-only {label} {name} c={c}"):
                             log(f"server-only {label} {name} c={c}"
                                 + (f" (round {rep + 1}/{repeat})" if repeat > 1 else ""))
-                            result = loadgen_run(ctx, servers[label], ctx.messages[name], c)
+                            result = run_row(ctx, servers[label], name, c)
                             runs.setdefault((label, name, c), []).append(result)
                             log(f"  {result['rps']:.0f} rps p50 {result['p50_ms']:.2f} ms "
                                 f"p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
@@ -208,7 +256,9 @@ def e2e_measure(ctx: Context, label: str, kind: str, envoy: Proc, listener: int,
                 "other_cpu_util": max(0.0, (busy1 - busy0) - (envoy1 - envoy0)
                                       - (server1 - server0)) / (seconds or 1.0),
             }
-            rows.append(row("e2e", label, name, c, result, probe=got, note=note))
+            rows.append(row("e2e", label, name, c, result, probe=got, note=note,
+                            envoy_cpus=envoy.cpus,
+                            authz_cpus=server.proc.cpus if server else None))
             log(f"  {result['rps']:.0f} rps p50 {result['p50_ms']:.2f} ms "
                 f"p99 {result['p99_ms']:.2f} ms non-2xx {data['non_2xx_3xx']}")
 
@@ -227,20 +277,37 @@ def end_to_end(ctx: Context, configs: Sequence[str], names: Sequence[str],
     return None
 
 
+E2E_LABELS = {"jwt_authn": "jwt_authn+RBAC (in Envoy)", "http": "http_service → ours"}
+"""Row labels of the end-to-end configurations (others: ``ext_authz → <config>``)."""
+
+
 def e2e_config(ctx: Context, config: str, main_policy: Path, names: Sequence[str],
                concurrencies: Sequence[int], rows: list[dict[str, Any]]) -> None:
+    """One Envoy and its authorizer. ``http``: Envoy's http_service ext_authz at our HTTP
+    front door, authz on the CPU beside Envoy's (the load generator's: Envoy on one
+    core, authz on the other); the others share Envoy's CPU."""
     server: Server | None = None
     if config == "jwt_authn":
         envoy, listener = start_envoy(ctx, "jwt_authn", free_port(), jwt_authn_filters(ctx))
     else:
-        server = (start_ours(ctx, "ours-e2e", main_policy) if config == "ours"
-                  else start_reference(ctx, config))
+        if config == "http":
+            server = start_ours(ctx, "ours-e2e-http", main_policy, http_check=True,
+                                cpus=[ctx.load_cpu])
+        elif config == "ours":
+            server = start_ours(ctx, "ours-e2e", main_policy)
+        else:
+            server = start_reference(ctx, config)
         try:
-            envoy, listener = start_envoy(ctx, f"ext_authz-{config}", server.port, None)
+            if config == "http":
+                assert server.http_port is not None
+                envoy, listener = start_envoy(ctx, "http_service", server.http_port, None,
+                                              transport="http")
+            else:
+                envoy, listener = start_envoy(ctx, f"ext_authz-{config}", server.port, None)
         except Exception:
             server.stop()
             raise
-    label = "jwt_authn+RBAC (in Envoy)" if config == "jwt_authn" else f"ext_authz → {config}"
+    label = E2E_LABELS.get(config, f"ext_authz → {config}")
     try:
         e2e_measure(ctx, label, config, envoy, listener, server, names, concurrencies, rows)
     finally:
@@ -262,6 +329,39 @@ def h2load_check(ctx: Context, concurrencies: Sequence[int]) -> list[dict[str, A
     for kind in ("bare", "ours"):
         with ctx.failing(f"h2load check {kind}"):
             out.extend(h2load_server(ctx, kind, policy, body, concurrencies))
+    if ctx.has_http:
+        with ctx.failing(f"h2load check {HTTP_KIND}"):
+            out.extend(h2load_http(ctx, policy, concurrencies))
+    return out
+
+
+def h2load_http(ctx: Context, policy: Path, concurrencies: Sequence[int],
+                rounds: int = 2) -> list[dict[str, Any]]:
+    """Our HTTP front door on w1 by wrk (the rows' tool) and ``h2load --h1`` in
+    alternating rounds, as h2load_server does for loadgen on gRPC."""
+    out = []
+    seconds, warmup = min(3.0, ctx.args.duration), min(1.0, ctx.args.warmup)
+    server = start_ours(ctx, "ours-http-h2load", policy, http_check=True)
+    try:
+        for c in concurrencies:
+            wrk_runs, h2_runs = [], []
+            for i in range(rounds):
+                log(f"h2load check: {HTTP_KIND} w1 c={c} round {i + 1}/{rounds}")
+                wrk_runs.append(http_run(ctx, server, "w1", c, duration=seconds,
+                                         warmup=warmup))
+                h2_runs.append(h2load_http_run(ctx, server, ctx.workloads["w1"].tokens[0], c,
+                                               seconds, warmup))
+                log(f"  wrk {wrk_runs[-1]['rps']:.0f} rps, h2load --h1 "
+                    f"{h2_runs[-1].get('rps', 0):.0f} rps")
+            keys = ("rps", "mean_ms", "p50_ms", "p99_ms", "max_ms", "errors", "cpu_s_per_1k")
+            out.append({"server": HTTP_KIND, "workload": "w1", "concurrency": c,
+                        "rounds": rounds, "tool": "wrk", "loadgen": mean_of(wrk_runs, keys),
+                        "h2load": mean_of(h2_runs, ("rps", "mean_ms", "max_ms", "failed",
+                                                    "errored", "cpu_s_per_1k")),
+                        "loadgen_runs": [{k: r.get(k) for k in keys} for r in wrk_runs],
+                        "h2load_runs": h2_runs})
+    finally:
+        server.stop()
     return out
 
 

@@ -57,8 +57,14 @@ def runtime_reference(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
+SPREAD_BUSIEST = 0.75
+"""Through Envoy with authz --workers 2, the busiest worker answers at most this
+share of the Checks with the connection limits authz envoy-config writes."""
+
+
 def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None,
-            elsewhere: int) -> list[dict[str, Any]]:
+            elsewhere: int, spreading: Mapping[str, Any] | None = None,
+            ) -> list[dict[str, Any]]:
     c = TARGET_CONCURRENCY
     out: list[dict[str, Any]] = []
 
@@ -136,4 +142,86 @@ def targets(rows: Sequence[Mapping[str, Any]], workers: Mapping[str, Any] | None
             detail += ("; not judged: on this machine the second CPU also runs the load "
                        "generator, so the target cannot be shown here")
         add(name, None if shared else r2 >= 1.6, detail)
+    http_targets(rows, add)
+    if spreading is not None:
+        spread_target(spreading, add)
     return out
+
+
+HTTP_RPS_FACTORS = {"w1": 4.0, "w2": 2.0, "w3": 4.0, "w4": 4.0}
+"""Our HTTP front door over our own gRPC Check, server only, concurrency 32: w2's
+tokens are mostly new to the caches in a real deployment, so its bar is lower."""
+E2E_HTTP_FACTOR = 0.8
+"""Envoy's http_service ext_authz over Envoy's in-process jwt_authn + RBAC, w1 and w2."""
+JWT_AUTHN = "jwt_authn+RBAC (in Envoy)"
+E2E_HTTP = "http_service → ours"
+
+
+def http_targets(rows: Sequence[Mapping[str, Any]], add: Any) -> None:
+    """The HTTP front door's targets: RPS and p99 against our gRPC path (server only),
+    and through Envoy against in-process jwt_authn (w3/w4 reported, not judged)."""
+    c = TARGET_CONCURRENCY
+    for wl, factor in HTTP_RPS_FACTORS.items():
+        http, grpc = (find(rows, "server", k, wl, c) for k in ("ours-http", "ours"))
+        name = f"{wl} HTTP RPS ≥ {factor:g} x gRPC"
+        r = ratio(http, grpc)
+        if r is None or http is None or grpc is None:
+            add(name, None, "not measured")
+        else:
+            detail = f"{http['rps']:.0f} vs {grpc['rps']:.0f} rps = {r:.2f}x"
+            cpu = ratio(grpc, http, "cpu_s_per_1k")
+            if cpu is not None:
+                # On a shared machine the server's CPU share varies; CPU per request does not.
+                detail += f" (CPU per request {cpu:.2f}x less)"
+            add(name, r >= factor, detail, per_round(http, grpc))
+    pairs = [(wl, find(rows, "server", "ours-http", wl, c), find(rows, "server", "ours", wl, c))
+             for wl in HTTP_RPS_FACTORS]
+    measured = [(wl, h, g) for wl, h, g in pairs if h is not None and g is not None]
+    name = "HTTP p99 ≤ gRPC p99 at concurrency 32 (w1-w4)"
+    if not measured:
+        add(name, None, "not measured")
+    else:
+        # Same requests in flight; the HTTP path answers more of them per second, so its
+        # offered load is the higher of the two: a conservative comparison.
+        add(name, all(h["p99_ms"] <= g["p99_ms"] for _, h, g in measured),
+            "; ".join(f"{wl} {h['p99_ms']:.2f} vs {g['p99_ms']:.2f} ms" for wl, h, g in measured))
+    for wl in ("w1", "w2", "w3", "w4"):
+        http, jwt = (find(rows, "e2e", k, wl, c) for k in (E2E_HTTP, JWT_AUTHN))
+        judged = wl in ("w1", "w2")
+        name = (f"{wl} through Envoy: http_service RPS ≥ {E2E_HTTP_FACTOR} x in-process "
+                "jwt_authn" if judged else f"{wl} through Envoy: http_service vs in-process "
+                "jwt_authn (Envoy rejects in-process without a call: no target)")
+        r = ratio(http, jwt)
+        if r is None or http is None or jwt is None:
+            add(name, None, "not measured")
+        else:
+            add(name, r >= E2E_HTTP_FACTOR if judged else None,
+                f"{http['rps']:.0f} vs {jwt['rps']:.0f} rps = {r:.2f}x")
+
+
+def spread_target(spreading: Mapping[str, Any], add: Any) -> None:
+    """The busiest worker's share of one Envoy's Checks with the generated limits,
+    beside the same with Envoy's defaults (the reason for the limits)."""
+    name = f"through Envoy, busiest of 2 workers ≤ {SPREAD_BUSIEST:.0%} of Checks"
+    runs = spreading.get("runs", [])
+    if "skipped" in spreading and not runs:
+        add(name, None, f"skipped: {spreading['skipped']}")
+        return
+    default = next((r for r in runs if r["config"].startswith("Envoy defaults")), None)
+    limited = next((r for r in runs if not r["config"].startswith(("Envoy defaults",
+                                                                    "http_service"))), None)
+    http = next((r for r in runs if r["config"].startswith("http_service")), None)
+    if limited is None:
+        add(name, None, "not measured")
+        return
+    detail = (f"{limited['busiest_share']:.0%} over {limited['connections']} connections "
+              f"({limited['rps']:.0f} rps)")
+    if default is not None:
+        detail += (f"; Envoy defaults: {default['busiest_share']:.0%} over "
+                   f"{default['connections']} connection(s) ({default['rps']:.0f} rps)")
+    ok = limited["busiest_share"] <= SPREAD_BUSIEST
+    if http is not None:
+        detail += (f"; http_service: {http['busiest_share']:.0%} over {http['connections']} "
+                   f"connections ({http['rps']:.0f} rps)")
+        ok = ok and http["busiest_share"] <= SPREAD_BUSIEST
+    add(name, ok, detail)

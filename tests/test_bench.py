@@ -157,9 +157,18 @@ def test_quick_run_writes_strict_json(quick_run: tuple[str, str, Path]) -> None:
         assert "handler_us" not in rows[("server", "bare", workload, 32)]
     assert rows[("server", "naive", "w2", 32)]["probe"] == "OK"
     assert ("server", "ours-10+200", "w5", 32) in rows
+    # The HTTP front door beside gRPC: wrk at /envoy on a server of its own.
+    http = rows[("server", "ours-http", "w1", 32)]
+    assert http["probe"] == "OK" and http["tool"] == "wrk", http
+    assert http["requests"] > 0 and http["errors"] == 0 and http["non_2xx_3xx"] == 0, http
+    assert 0 < http["handler_us"] < 1e6 / http["rps"], http
+    assert http["decision_cache_hit_ratio"] > 0.9, http
+    assert report["meta"]["http_front_door"] is True
     assert report["failures"] == [], report["failures"]
     results = {t["target"]: t["result"] for t in report["targets"]}
-    assert len(results) == 9 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results
+    assert len(results) == 18 and set(results.values()) <= {"PASS", "FAIL", "n/a"}, results
+    # Measured in the quick run, so judged (the other workloads are full-run only).
+    assert results["w1 HTTP RPS ≥ 4 x gRPC"] in ("PASS", "FAIL"), results
 
 
 def test_quick_run_measures_end_to_end(quick_run: tuple[str, str, Path]) -> None:
@@ -174,6 +183,11 @@ def test_quick_run_measures_end_to_end(quick_run: tuple[str, str, Path]) -> None
     e2e = rows[("e2e", "ext_authz → ours", "w1", 32)]
     assert e2e["probe"] == 200 and e2e["requests"] > 0 and e2e["non_2xx_3xx"] == 0, e2e
     assert rows[("e2e", "jwt_authn+RBAC (in Envoy)", "w1", 32)]["probe"] == 200
+    # Envoy's http_service at our HTTP front door, authz on the CPU beside Envoy's.
+    http = rows[("e2e", "http_service → ours", "w1", 32)]
+    assert http["probe"] == 200 and http["requests"] > 0 and http["non_2xx_3xx"] == 0, http
+    assert http["authz_cpus"] != http["envoy_cpus"], http
+    assert "## Server only, HTTP front door beside gRPC" in (out / "latest.md").read_text()
 
 
 @pytest.fixture
@@ -324,3 +338,107 @@ def test_ab_compares_each_server_on_both_event_loops() -> None:
     assert set(got) == {"bare", "bare-tuned", "spin5", "naive", "ours-asyncio",
                         "ours-grpc-defaults", "baseline", "ours"}, line
     assert got["bare"] == "1.00" and all(float(v) > 0 for v in got.values()), line
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_the_http_front_door_is_judged_against_our_grpc_path_and_jwt_authn() -> None:
+    import run
+
+    def at(section: str, server: str, workload: str, rps: float,
+           p99: float = 10.0) -> dict[str, Any]:
+        return {"section": section, "server": server, "workload": workload,
+                "concurrency": run.TARGET_CONCURRENCY, "rps": rps, "p99_ms": p99}
+
+    rows = [at("server", "ours", "w1", 1000), at("server", "ours-http", "w1", 4200, 4.0),
+            at("server", "ours", "w2", 1000), at("server", "ours-http", "w2", 1900, 12.0),
+            at("e2e", "jwt_authn+RBAC (in Envoy)", "w1", 5000),
+            at("e2e", "http_service → ours", "w1", 4100),
+            at("e2e", "jwt_authn+RBAC (in Envoy)", "w3", 5000),
+            at("e2e", "http_service → ours", "w3", 1000)]
+    got = {t["target"]: t for t in run.targets(rows, None, 10_000)}
+    assert got["w1 HTTP RPS ≥ 4 x gRPC"]["result"] == "PASS"
+    assert "= 4.20x" in got["w1 HTTP RPS ≥ 4 x gRPC"]["detail"]
+    assert got["w2 HTTP RPS ≥ 2 x gRPC"]["result"] == "FAIL"
+    assert got["w3 HTTP RPS ≥ 4 x gRPC"]["result"] == "n/a"
+    # w2's HTTP p99 (12 ms) is above gRPC's (10 ms): the one p99 target fails, naming both.
+    p99 = got["HTTP p99 ≤ gRPC p99 at concurrency 32 (w1-w4)"]
+    assert p99["result"] == "FAIL" and "w2 12.00 vs 10.00 ms" in p99["detail"], p99
+    e2e = got["w1 through Envoy: http_service RPS ≥ 0.8 x in-process jwt_authn"]
+    assert e2e["result"] == "PASS" and "= 0.82x" in e2e["detail"], e2e
+    w3 = next(t for name, t in got.items() if name.startswith("w3 through Envoy"))
+    assert w3["result"] == "n/a" and "= 0.20x" in w3["detail"], w3  # reported, not judged
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_spreading_over_workers_is_judged_on_the_busiest_workers_share() -> None:
+    import run
+
+    def spread(default_share: float, limited_share: float) -> dict[str, Any]:
+        def one(config: str, share: float, connections: int) -> dict[str, Any]:
+            return {"config": config, "busiest_share": share, "connections": connections,
+                    "rps": 1000.0}
+
+        return {"runs": [one("Envoy defaults (no limit)", default_share, 1),
+                         one("4 streams per connection", limited_share, 4)]}
+
+    def verdict(default_share: float, limited_share: float) -> dict[str, Any]:
+        got = run.targets([], None, 10_000, spread(default_share, limited_share))
+        return next(t for t in got if t["target"].startswith("through Envoy, busiest"))
+
+    passed = verdict(1.0, 0.55)
+    assert passed["result"] == "PASS", passed
+    assert passed["detail"] == ("55% over 4 connections (1000 rps); Envoy defaults: 100% "
+                                "over 1 connection(s) (1000 rps)"), passed
+    assert verdict(1.0, 0.9)["result"] == "FAIL"
+    skipped = run.targets([], None, 10_000, {"skipped": "needs envoy and wrk"})
+    assert skipped[-1]["result"] == "n/a" and "needs envoy" in skipped[-1]["detail"]
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_spreading_reads_each_workers_checks_and_connections(tmp_path: Path) -> None:
+    """bench/spread.py finds a --workers 2 supervisor's workers, reads the Checks each
+    answered from its own /metrics and counts the connections each holds on the port:
+    what its report of one Envoy's spread rests on."""
+    import time
+
+    import grpc
+    import spread
+
+    from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+    from authz.testing.ports import free_port
+    from tests.policies import deny_path
+
+    (tmp_path / "policy.yaml").write_text(deny_path())
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz", "serve", "--workers", "2", "--policy",
+         str(tmp_path / "policy.yaml"), "--grpc-address", f"127.0.0.1:{port}",
+         "--http-address", f"127.0.0.1:{admin}", "--grace-period", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(names := spread.worker_sockets(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, names
+            time.sleep(0.1)
+        assert sorted(names) == [0, 1]
+        # Several channels (a subchannel each): the kernel puts each on one worker.
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}",
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(6)]
+        request = external_auth_pb2.CheckRequest()
+        request.attributes.request.http.path = "/"
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            channel.unary_unary("/envoy.service.auth.v3.Authorization/Check",
+                                request_serializer=lambda r: r.SerializeToString())(
+                request, timeout=10)
+        pids = [p for p in spread.descendants(proc.pid) if p != proc.pid]
+        connections = sum(spread.established(p, port) for p in pids)
+        checks = sum(spread.worker_checks(n) for n in names.values())
+        for channel in channels:
+            channel.close()
+        assert connections == 6, (connections, pids)
+        assert checks == 6, checks
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -26,7 +26,8 @@ from authz.errors import MissingExtraError
 from authz.policy.errors import PolicyErrors
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, ScopeError, parse_labels
 
-__all__ = ["RouteScope", "bootstrap", "register", "run"]
+__all__ = ["REQUESTS_PER_CONNECTION", "STREAMS_PER_CONNECTION", "RouteScope", "bootstrap",
+           "register", "run"]
 
 HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 TRANSPORTS = ("grpc", "http")
@@ -45,6 +46,19 @@ local address it connected to (the same names are never taken from the client:
 ``disallowed_headers``)."""
 HTTP_IDLE_TIMEOUT = 60.0
 HTTP_HEALTH_PATH = "/readyz"
+
+STREAMS_PER_CONNECTION = 4
+"""Concurrent Checks Envoy puts on one HTTP/2 connection to authz before it opens
+another. With ``--workers N`` the kernel spreads connections, not requests, over
+authz's processes, and without a limit each Envoy worker thread keeps a single
+connection: every Check it sends lands on one authz process. A small limit makes a
+busy Envoy open several connections, which the kernel spreads over every worker
+(docs/envoy-contract.md, "Spreading load over workers")."""
+
+REQUESTS_PER_CONNECTION = 1_000
+"""Checks per connection before Envoy replaces it: a new connection is hashed to a
+worker afresh, so an uneven draw, or a worker that restarted after Envoy connected,
+evens out within seconds at load instead of lasting as long as the connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +180,16 @@ def bootstrap(
     authz_tls: AuthzTls | None = None,
     transport: str = "grpc",
     upstream_headers: Sequence[str] = (),
+    streams_per_connection: int | None = STREAMS_PER_CONNECTION,
+    requests_per_connection: int | None = REQUESTS_PER_CONNECTION,
 ) -> dict[str, Any]:
     """``transport``: ``grpc`` (ext_authz ``grpc_service``) or ``http`` (``http_service``
     at authz's ``--http-check-address``, path prefix ``/envoy``). ``upstream_headers``:
     for ``http``, the headers authz's allow may set upstream (``outputClaimToHeaders``,
-    ``outputPayloadToHeader``): Envoy copies only those it is told about."""
+    ``outputPayloadToHeader``): Envoy copies only those it is told about.
+    ``streams_per_connection`` (HTTP/2, so gRPC only) and ``requests_per_connection``
+    (None: Envoy's default, no limit) spread Checks over authz's worker processes (see
+    :data:`STREAMS_PER_CONNECTION`)."""
     if transport not in TRANSPORTS:
         raise ConfigError(f"--transport: expected {' or '.join(TRANSPORTS)}, got {transport!r}")
     try:
@@ -323,11 +342,15 @@ def bootstrap(
     if http:
         # HTTP/1.1 keep-alive, closed by Envoy before authz's idle timeout can race a
         # request (authz/http/protocol.py IDLE_TIMEOUT).
+        # One connection per Check in flight (HTTP/1.1): the kernel spreads them over
+        # authz's --workers without a stream limit.
+        common = CoreHttpProtocolOptions(idle_timeout=timedelta(seconds=HTTP_IDLE_TIMEOUT))
+        if requests_per_connection is not None:
+            common.max_requests_per_connection = requests_per_connection
         authz.typed_extension_protocol_options = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(
                 HttpProtocolOptions(
-                    common_http_protocol_options=CoreHttpProtocolOptions(
-                        idle_timeout=timedelta(seconds=HTTP_IDLE_TIMEOUT)),
+                    common_http_protocol_options=common,
                     explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
                         http_protocol_options=Http1ProtocolOptions())))}
         # The check port's /readyz: 503 while authz is not ready or drains, as the
@@ -339,10 +362,16 @@ def bootstrap(
             http_health_check=HealthCheckHttpHealthCheck(path=HTTP_HEALTH_PATH),
         )]
     else:
+        http2 = Http2ProtocolOptions()
+        if streams_per_connection is not None:
+            http2.max_concurrent_streams = streams_per_connection
+        protocol = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=http2))
+        if requests_per_connection is not None:
+            protocol.common_http_protocol_options = CoreHttpProtocolOptions(
+                max_requests_per_connection=requests_per_connection)
         authz.typed_extension_protocol_options = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(
-                HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                    http2_protocol_options=Http2ProtocolOptions())))}
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": PbAny.pack(protocol)}
         authz.health_checks = [HealthCheck(
             timeout=timedelta(seconds=1), interval=interval,
             no_traffic_interval=interval,  # else Envoy probes an idle cluster once a minute
@@ -387,6 +416,11 @@ def upstream_headers(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         routes = [RouteScope.parse(r) for r in args.route or []]
+        for flag, value in (("--authz-streams-per-connection", args.authz_streams_per_connection),
+                            ("--authz-requests-per-connection",
+                             args.authz_requests_per_connection)):
+            if value < 0:
+                raise ConfigError(f"{flag}: expected 0 (no limit) or more, got {value}")
         authz_address = parse_address(args.authz_address, "--authz-address")
         authz_tls = None
         if args.authz_tls_ca:
@@ -411,6 +445,8 @@ def run(args: argparse.Namespace) -> int:
             authz_tls=authz_tls,
             transport=args.transport,
             upstream_headers=upstream_headers(args),
+            streams_per_connection=args.authz_streams_per_connection or None,
+            requests_per_connection=args.authz_requests_per_connection or None,
         )
     except ConfigError as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)
@@ -461,6 +497,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--encode-raw-headers", action="store_true")
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--health-check-interval", type=float, default=5.0)
+    p.add_argument("--authz-streams-per-connection", type=int, default=STREAMS_PER_CONNECTION,
+                   metavar="N", help="gRPC: concurrent Checks per HTTP/2 connection to authz "
+                   "before Envoy opens another, so that a busy Envoy reaches every --workers "
+                   "process (0: no limit, one connection per Envoy worker thread; --transport "
+                   "http opens one connection per Check in flight anyway)")
+    p.add_argument("--authz-requests-per-connection", type=int,
+                   default=REQUESTS_PER_CONNECTION, metavar="N",
+                   help="Checks per connection to authz before Envoy replaces it, which "
+                   "evens out the kernel's spreading over workers (0: no limit)")
     tls = p.add_argument_group(
         "TLS to authz", "when authz serves --tls-cert (and --tls-client-ca for mutual TLS)")
     tls.add_argument("--authz-tls-ca", metavar="PATH",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from authz.tools.envoy_config import REQUESTS_PER_CONNECTION, STREAMS_PER_CONNECTION
 from tests.deploy.helpers import (
     ADMIN_PORTS,
     AUTHZ_SELECTOR,
@@ -481,6 +482,12 @@ def test_standalone_envoy_bootstrap_wiring() -> None:
     options = authz["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in options["explicit_http_config"]
+    # Several connections per pod, replaced now and then: the kernel spreads
+    # connections, not Checks, over authz's --workers processes.
+    assert options["explicit_http_config"]["http2_protocol_options"][
+        "max_concurrent_streams"] == STREAMS_PER_CONNECTION
+    assert options["common_http_protocol_options"][
+        "max_requests_per_connection"] == REQUESTS_PER_CONNECTION
     (check,) = authz["health_checks"]
     assert check["grpc_health_check"]["service_name"] == HEALTH_SERVICE
     assert "no_traffic_interval" in check

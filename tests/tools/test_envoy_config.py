@@ -115,3 +115,39 @@ spec:
         check=True).stdout
     assert '"exact": "x-jwt-payload"' in out and '"exact": "x-jwt-sub"' in out
     assert '"exact": "x-extra"' in out
+
+
+def _authz_protocol(config: dict[str, object]) -> dict[str, object]:
+    clusters = config["staticResources"]["clusters"]  # type: ignore[index]
+    authz = next(c for c in clusters if c["name"] == "authz")
+    options: dict[str, object] = authz["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    return options
+
+
+def test_authz_cluster_spreads_checks_over_connections(tmp_path: Path) -> None:
+    """Several HTTP/2 connections under load, each replaced now and then, so the kernel
+    spreads one Envoy's Checks over authz's --workers (0 on the CLI: Envoy's default)."""
+    def config(*extra: str) -> dict[str, object]:
+        out = subprocess.run([sys.executable, "-m", "authz", "envoy-config",
+                              "--upstream-address", "127.0.0.1:81", *extra],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        loaded: dict[str, object] = json.loads(out)
+        return loaded
+
+    grpc = _authz_protocol(config())
+    assert grpc["explicitHttpConfig"] == {"http2ProtocolOptions": {"maxConcurrentStreams": 4}}
+    assert grpc["commonHttpProtocolOptions"] == {"maxRequestsPerConnection": 1000}
+    envoy_validate(config("--authz-streams-per-connection", "2",
+                          "--authz-requests-per-connection", "50"), tmp_path)
+    off = _authz_protocol(config("--authz-streams-per-connection", "0",
+                                 "--authz-requests-per-connection", "0"))
+    assert off == {"@type": grpc["@type"], "explicitHttpConfig": {"http2ProtocolOptions": {}}}
+    # HTTP/1.1 needs a connection per Check in flight: no stream limit, same replacement.
+    http = _authz_protocol(config("--transport", "http"))
+    assert http["commonHttpProtocolOptions"]["maxRequestsPerConnection"] == 1000  # type: ignore[index]
+    assert "http2ProtocolOptions" not in http["explicitHttpConfig"]  # type: ignore[operator]
+    bad = subprocess.run([sys.executable, "-m", "authz", "envoy-config", "--upstream-address",
+                          "127.0.0.1:81", "--authz-streams-per-connection", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--authz-streams-per-connection" in bad.stderr, bad.stderr
