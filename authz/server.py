@@ -40,7 +40,7 @@ from authz.health import HealthServicer
 from authz.http.frontdoors import Door, door_of, view_from_http
 from authz.http.listener import HttpCheckListener
 from authz.http.protocol import HttpRequest, HttpResponse, prepared
-from authz.http.render import render
+from authz.http.render import echoed, render, with_echo
 from authz.memo import CacheSizes
 from authz.observe import TRANSPORTS, Metrics, resolved_format
 from authz.pipeline.snapshot import (
@@ -283,10 +283,16 @@ class AuthorizationService:
             view, decision = self.decide_http(door, request)
             # The snapshot's memo (Snapshot.answers): no await since decide_http read
             # it, so this is the snapshot that decided.
-            answers = self._store.current.answers
+            snapshot = self._store.current
+            answers = snapshot.answers
             response: HttpResponse | None = answers.get(decision, door)
             if response is None:
                 response = answers.put(decision, prepared(render(decision, door)), door)
+            if door is not Door.ENVOY and view is not None:
+                # Per request, after the memo: the token headers this request carried
+                # that the decision keeps (authz.http.render.echoed).
+                response = with_echo(response, echoed(
+                    decision, view.headers, snapshot.token_locations))
         except Exception as exc:
             # Not a deny: 500, so Envoy applies status_on_error / failure_mode_allow
             # and nginx its own error (500), closed by default.

@@ -68,7 +68,8 @@ from authz.request.view import RequestView
 
 __all__ = [
     "AUTHN_HEADERS", "Authenticator", "AuthnFailure", "AuthnSuccess", "KeyProvider", "StaticKeys",
-    "aggregate", "claim_value", "is_cors_preflight", "normalize_claims", "realm",
+    "aggregate", "claim_value", "header_value_ok", "is_cors_preflight", "normalize_claims",
+    "realm",
     "www_authenticate",
 ]
 

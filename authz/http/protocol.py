@@ -47,6 +47,7 @@ __all__ = [
     "HttpResponse",
     "encode_response",
     "prepared",
+    "with_headers",
 ]
 
 log = structlog.get_logger("authz.http")
@@ -90,6 +91,18 @@ def prepared(response: HttpResponse) -> HttpResponse:
     """``response`` carrying its keep-alive encoding: an answer given many times (a
     decision-cache hit) is then written without encoding it again."""
     return response._replace(wire=encode_response(response, close=False))
+
+
+def with_headers(response: HttpResponse, extra: tuple[tuple[str, str], ...]) -> HttpResponse:
+    """``response`` with ``extra`` headers after its own; a ``prepared`` one's encoding
+    is extended, not redone (its head is all but the final blank line and the body)."""
+    headers = response.headers + extra
+    wire = response.wire
+    if wire:
+        head = wire[:len(wire) - len(response.body) - 2]
+        lines = "".join(f"{name}: {value}\r\n" for name, value in extra)
+        wire = head + lines.encode("utf-8", "surrogateescape") + b"\r\n" + response.body
+    return response._replace(headers=headers, wire=wire)
 
 
 Handler = Callable[[HttpRequest], HttpResponse]

@@ -37,6 +37,7 @@ from authz.policy.load import Resource
 from authz.policy.request_authentication import JwtRule
 from authz.rbac import engine as rbac
 from authz.rbac.context import AuthzContext, RequestAuth
+from authz.redact import DEFAULT_TOKEN_HEADERS
 from authz.request.address import XFF, make_peer, original_client_ip
 from authz.request.scope import Scope, parse_scope
 from authz.request.view import Peer, RequestView
@@ -101,6 +102,10 @@ class Snapshot:
     ~80k instructions per view (cachegrind), ~60% of a w1 ``Check``."""
     scope: Callable[[str, str, str, str], Scope] = field(init=False, compare=False, repr=False)
     """``parse_scope``, memoized (``memo.cached``) for the adapter's views."""
+    token_locations: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    """Every header any rule reads tokens from, and ``authorization`` (Istio's default
+    place, kept where no rule applies): what an nginx or Traefik allow echoes when the
+    decision keeps it (``authz.http.render.echoed``)."""
 
     def __post_init__(self) -> None:
         sizes = self.options.caches
@@ -112,6 +117,8 @@ class Snapshot:
         object.__setattr__(self, "answers", IdentityMemo(sizes.decisions))
         object.__setattr__(self, "peer", cached(make_peer, sizes.scopes))
         object.__setattr__(self, "scope", cached(parse_scope, sizes.scopes))
+        object.__setattr__(self, "token_locations", tuple(sorted(
+            self.authenticator.all_token_headers | DEFAULT_TOKEN_HEADERS)))
 
     def evaluate(self, view: RequestView, now: float) -> Decision:
         """Decide one request as Istio's sidecar would: jwt_authn, then RBAC.

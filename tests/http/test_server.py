@@ -128,6 +128,38 @@ async def test_readyz_on_the_check_port_follows_readiness_and_drain(
     await stopping
 
 
+@pytest.mark.parametrize("door", ["/nginx", "/traefik"])
+async def test_nginx_and_traefik_allows_echo_the_token_header_grpc_keeps(
+        door: str, start_server: StartServer, tmp_path: Path, jwks_policy: JwksPolicy) -> None:
+    """A listed ``Authorization`` the decision keeps comes back in the answer, the
+    request's own value, even when two requests share one memoized answer; one the
+    decision removes (a verified token) does not."""
+    server = await start(start_server, tmp_path, jwks_policy)
+    answers = server.store.current.answers
+    where = {"x-original-uri": "/open", "x-forwarded-uri": "/open"}
+    seen = []
+    for user in ("YWxpY2U6YQ==", "Ym9iOmI="):
+        status, headers, _ = await get(server, door, {**where, "authorization": f"Basic {user}"})
+        assert status == 200
+        seen.append(headers.get("authorization"))
+    assert seen == ["Basic YWxpY2U6YQ==", "Basic Ym9iOmI="]
+    assert answers.hits >= 1  # the second request's decision and answer were the first's
+    status, headers, _ = await get(server, door, where)
+    assert status == 200 and "authorization" not in headers
+    status, headers, _ = await get(server, door, {**where, "authorization": f"Bearer {token()}"})
+    assert status == 200 and headers["x-sub"] == "alice"
+    assert "authorization" not in headers
+    # A CORS preflight keeps the token (jwt_authn lets it through untouched).
+    status, headers, _ = await get(server, door, {
+        **where, "x-original-method": "OPTIONS", "x-forwarded-method": "OPTIONS",
+        "origin": "https://a.example", "access-control-request-method": "GET",
+        "authorization": "Bearer anything"})
+    assert status == 200 and headers["authorization"] == "Bearer anything"
+    # Envoy's door removes nothing it is not told to, so it needs no echo.
+    status, headers, _ = await get(server, "/envoy/open", {"authorization": "Basic YTpi"})
+    assert status == 200 and "authorization" not in headers
+
+
 async def test_stop_answers_requests_in_progress_and_refuses_new_connections(
         start_server: StartServer, tmp_path: Path, jwks_policy: JwksPolicy) -> None:
     server = await start(start_server, tmp_path, jwks_policy, drain_delay=0.0)
