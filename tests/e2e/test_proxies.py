@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
+from authz.testing.jwt_authn import Rule
 from authz.testing.nginx import NginxRoute
 from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
@@ -112,17 +113,12 @@ RULES = {
                       "(a token for another audience) has none",
     "original-path": "the upstream gets the original path: auth_request and forwardAuth "
                      "cannot rewrite it, so a token in a query parameter stays in the URL",
-    "listed-header-dropped": "a client header the gRPC path keeps (a token it does not "
-                             "remove, forwardOriginalToken) is listed in "
-                             "auth-response-headers / authResponseHeaders but authz's answer "
-                             "does not carry it back, so the proxy drops it",
 }
 """Differences every proxy of a kind has, applied to Envoy's answer before comparing
 (docs/http-proxies.md lists them); everything else must be equal."""
 
 
 def expressible(expected: dict[str, Any], proxy: str, path: str,
-                headers: Sequence[tuple[str, str]], listed: Sequence[str],
                 applied: set[str]) -> dict[str, Any]:
     """Envoy's view as ``proxy`` can express it; the names of the rules that changed it."""
     here = dict(expected)
@@ -137,11 +133,6 @@ def expressible(expected: dict[str, Any], proxy: str, path: str,
     if here["path"] != path:
         here["path"] = path
         applied.add("original-path")
-    sent = {k.lower(): v for k, v in headers}
-    for header in listed:
-        if here[header] is not None and here[header] == sent.get(header):
-            here[header] = None
-            applied.add("listed-header-dropped")
     return here
 
 
@@ -168,7 +159,7 @@ async def fronts(start_envoy: StartEnvoy, start_nginx: StartNginx,
 
 async def compare(envoy: Front, proxies: dict[str, Front],
                   cases: dict[str, tuple[str, str, Sequence[tuple[str, str]]]],
-                  listed: Sequence[str] = (), applied: set[str] | None = None) -> list[str]:
+                  applied: set[str] | None = None) -> list[str]:
     """Differences between Envoy's answers and each proxy's; ``applied`` collects the
     names of the RULES that had to be applied."""
     applied = set() if applied is None else applied
@@ -184,7 +175,7 @@ async def compare(envoy: Front, proxies: dict[str, Front],
                     differences.append(f"{proxy} {name}: documented deviation no longer "
                                        f"holds ({deviation.why}): {got}")
                 continue
-            expected_here = expressible(expected, proxy, path, headers, listed, applied)
+            expected_here = expressible(expected, proxy, path, applied)
             if got != expected_here:
                 differences.append(f"{proxy} {name}:\n  envoy grpc: {expected_here}\n"
                                    f"  {proxy}: {got}")
@@ -211,6 +202,20 @@ async def test_policy_cases_match_the_grpc_path(
     assert applied == {"nginx-error-page"}
 
 
+def listed_headers(rules: Sequence[Rule]) -> list[str]:
+    """What docs/http-proxies.md tells a user to list in auth-response-headers /
+    authResponseHeaders: the headers the rules set (outputs) or remove (the token's
+    places, ``Authorization`` by default and always). authz's answer carries each one
+    the gRPC path sends upstream, set or kept as the client sent it."""
+    names = {"authorization"}
+    for rule in rules:
+        names.update(name.lower() for name, _ in rule.from_headers)
+        names.update(header.lower() for header, _ in rule.claim_headers)
+        if rule.payload_header:
+            names.add(rule.payload_header.lower())
+    return sorted(names)
+
+
 @pytest.fixture(scope="module")
 def keys() -> dict[str, SigningKey]:
     return {"rs": rsa_key("rs-1"), "ps": rsa_key("ps-1", "PS256"), "ec": ec_key("ec-1"),
@@ -231,12 +236,12 @@ async def test_token_cases_match_the_grpc_path(
         authz = await start_authz(policy, http_check=True)
         envoy, proxies = await fronts(start_envoy, start_nginx, start_traefik, authz.port,
                                       authz.http_check_port, echo_upstream.port, (),
-                                      COMPARED_HEADERS)
+                                      listed_headers(VARIANTS[variant]))
         cases = {name: ("OPTIONS" if name.startswith("cors") else "GET", path,
                         list(headers.items()))
                  for name, (headers, path) in token_cases(keys).items()}
         applied: set[str] = set()
-        differences = await compare(envoy, proxies, cases, COMPARED_HEADERS, applied)
+        differences = await compare(envoy, proxies, cases, applied)
     finally:
         await jwks.stop()
     assert not differences, f"{variant}: {len(differences)} differences\n" + "\n".join(
