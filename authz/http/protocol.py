@@ -95,14 +95,13 @@ def prepared(response: HttpResponse) -> HttpResponse:
 
 def with_headers(response: HttpResponse, extra: tuple[tuple[str, str], ...]) -> HttpResponse:
     """``response`` with ``extra`` headers after its own; a ``prepared`` one's encoding
-    is extended, not redone (its head is all but the final blank line and the body)."""
-    headers = response.headers + extra
-    wire = response.wire
+    is extended, not redone (the new lines go before the blank line ending its head)."""
+    status, headers, body, wire = response
     if wire:
-        head = wire[:len(wire) - len(response.body) - 2]
-        lines = "".join(f"{name}: {value}\r\n" for name, value in extra)
-        wire = head + lines.encode("utf-8", "surrogateescape") + b"\r\n" + response.body
-    return response._replace(headers=headers, wire=wire)
+        cut = len(wire) - len(body) - 2
+        lines = "".join([f"{name}: {value}\r\n" for name, value in extra])
+        wire = b"".join((wire[:cut], lines.encode("utf-8", "surrogateescape"), wire[cut:]))
+    return HttpResponse(status, headers + extra, body, wire)
 
 
 Handler = Callable[[HttpRequest], HttpResponse]

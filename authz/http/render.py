@@ -64,7 +64,8 @@ def echoed(decision: Decision, headers: Mapping[str, str], token_headers: Iterab
         value = headers.get(name)
         if value is None or name in decision.upstream_headers_to_remove:
             continue
-        if any(h.name == name for h in decision.upstream_headers):
+        if decision.upstream_headers and any(
+                h.name == name for h in decision.upstream_headers):
             continue
         if header_value_ok(value):
             out.append((name, value))

@@ -95,7 +95,9 @@ class Snapshot:
     """Per cached ``Decision`` and HTTP front door, that adapter's rendered and encoded
     answer (``authz/http``). Pays on every decision-cache hit: a repeated request
     (w1-like, tight loop on the HTTP handler, encoding included) took ~24 µs with it
-    against ~38 µs rendering and encoding each time."""
+    against ~38 µs rendering and encoding each time. Only what the decision alone
+    says: the token headers an nginx or Traefik allow echoes differ per request and
+    are appended to the memoized answer per request (``authz.http.render.with_echo``)."""
     peer: Callable[[str, int | None, str], Peer] = field(init=False, compare=False, repr=False)
     """``make_peer``, memoized (``memo.cached``) for the adapter's views. With
     ``scope``, pays on every request: parsing two peers and the scope again costs
