@@ -144,6 +144,12 @@ def h2load_run(ctx: Context, server: Server, body: Path, concurrency: int, durat
             "-t", "1",
             "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
             f"http://127.0.0.1:{server.port}{CHECK_PATH}"]
+    return run_h2load(server, argv, duration, warmup)
+
+
+def run_h2load(server: Server, argv: list[str], duration: float,
+               warmup: float) -> dict[str, Any]:
+    """Run h2load and read back its summary, with the server's CPU per 1,000 requests."""
     cpu0 = server.proc.cpu_seconds()
     text = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     cpu1 = server.proc.cpu_seconds()
@@ -169,13 +175,7 @@ def h2load_http_run(ctx: Context, server: Server, token: str | None, concurrency
             "-c", str(concurrency), "-m", "1", "-t", "1",
             *(a for h in headers for a in ("-H", h)),
             f"http://127.0.0.1:{server.http_port}{HTTP_PREFIX}{workloads.PATH}"]
-    cpu0 = server.proc.cpu_seconds()
-    text = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
-    cpu1 = server.proc.cpu_seconds()
-    result = parse_h2load(text)
-    rate = result["rps"]
-    result["cpu_s_per_1k"] = (cpu1 - cpu0) / (rate * (duration + warmup)) * 1000 if rate else None
-    return result
+    return run_h2load(server, argv, duration, warmup)
 
 
 def parse_h2load(text: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from authz.policy.authorization import Rule
 from authz.policy.errors import Location, PolicyError, PolicyErrors
 from authz.policy.load import load_paths
 from authz.policy.request_authentication import JwtRule
+from authz.tools.check import FileKeys
 from authz.tools.jwks import jwk_entry, jwks_document
 from authz.tools.keys import PrivateKey, ToolError, generate_private_key, load_private_key
 from authz.tools.token import build_claims, mint, parse_duration
@@ -464,23 +465,6 @@ class IssuerKeys:
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class FileKeySet:
-    """``jwks: {file: ...}``: one set for every rule (like ``authz check --jwks``)."""
-
-    keys: KeySet
-
-    def keys_for(self, rule: JwtRule) -> KeySet | None:
-        return self.keys
-
-    def request_refetch(self, rule: JwtRule) -> None:
-        """A file does not change under us."""
-
-    @property
-    def generation(self) -> object:
-        return self
-
-
 @dataclass(slots=True)
 class Signers:
     """Private keys per (issuer, family), and the JWKS each issuer publishes."""
@@ -642,7 +626,7 @@ def compile_for(tf: TestFile) -> tuple[Snapshot, ResourceLocator, Signers | None
         keyset = parse_jwks(tf.jwks_file.read_bytes())
         if not keyset.usable:
             raise SuiteError(f"{tf.jwks_file}: {keyset.error}")
-        snapshot = compile_snapshot(resources, 1, options, FileKeySet(keyset))
+        snapshot = compile_snapshot(resources, 1, options, FileKeys(keyset))
     else:
         signers = _signers(tf, probe.jwt_rules) if (tf.generate or tf.private_keys) else None
         snapshot = compile_snapshot(resources, 1, options,
