@@ -37,9 +37,11 @@ from authz.server import AuthzServer
 
 CLOCK = time.process_time
 """CPU time of this process, not wall time: on a shared 2-core machine a busy
-neighbour deschedules the loop, which wall time would count as ours (the same
-run read 330-690 µs for w2 by wall time, 320-330 µs by CPU time). The loop never
-waits, and the process's other threads (the JWKS server, gRPC's pollers) are idle."""
+neighbour deschedules the loop, which wall time would count as ours (w2 read
+~690 µs by wall time and ~410 by CPU time in one busy minute). A neighbour still
+slows the CPU we get (shared caches), so compare runs at a like load average. The
+loop never waits, and the process's other threads (the JWKS server, gRPC's pollers)
+are idle."""
 
 
 def per_call_us(fn: Callable[[], Any], n: int) -> float:
