@@ -52,6 +52,25 @@ def test_instruction_count_stages_all_run(tmp_path: Path) -> None:
     assert len(rows) == 20, proc.stdout
 
 
+def test_profile_check_prints_every_workload_the_verdicts_and_the_first_seen_stages(
+        tmp_path: Path) -> None:
+    """bench/profile_check.py with ``--stages``: the per-workload table, the HTTP table,
+    a verdict per path and a first-seen token's path stage by stage (numbers not judged)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_check.py"), "--requests", "10",
+         "--stages"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    out = proc.stdout
+    for name in ("w1", "w2", "w3", "w4", "w5"):
+        assert re.search(rf"^\| {name} \| [\d.]+ \| [\d.]+ \|", out, re.M), out
+    assert len(re.findall(r"^(PASS|FAIL): first-seen token", out, re.M)) == 2, out
+    stages = re.findall(r"^\| (\w+) \| -?[\d.]+ \| -?[\d.]+ \|$", out.split("stage by stage")[1],
+                        re.M)
+    assert stages == ["view", "extract", "parse", "verify", "token", "authn", "decide",
+                      "evaluate", "response", "check"], out
+
+
 def tables(markdown: str) -> list[list[list[str]]]:
     """Every markdown table as rows of cells (header and separator included)."""
     found: list[list[list[str]]] = []
