@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import workloads
-from profile_check import start
+from profile_check import run_token_stage, start
 
 STAGES = ("view", "extract", "parse", "verify", "token", "authn", "decide", "evaluate",
           "response", "check")
@@ -75,8 +75,6 @@ def one_token_many_paths(message: bytes, count: int) -> list[bytes]:
 def child(stage: str, kind: str, count: int, data_file: Path) -> None:
     """Run ``count`` requests of ``kind`` through ``stage`` inside one server, then exit."""
     from authz._proto.envoy.service.auth.v3 import external_auth_pb2
-    from authz.authn.extract import RequestParts
-    from authz.authn.verify import parse_token, verify_signature
     from authz.envoy.request_view import view_from_check_request
     from authz.envoy.response import response_bytes
 
@@ -96,7 +94,8 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
             requests = [external_auth_pb2.CheckRequest.FromString(p) for p in payloads]
 
             def view(r: external_auth_pb2.CheckRequest) -> Any:
-                return view_from_check_request(r, "default")
+                # With the snapshot's peer and scope parsers, as the server builds it.
+                return view_from_check_request(r, "default", snapshot.peer, snapshot.scope)
 
             if stage == "check":
                 for r in requests:
@@ -107,19 +106,7 @@ def child(stage: str, kind: str, count: int, data_file: Path) -> None:
                 assert auth.keys is not None
                 keys = auth.keys.keys_for(provider.rule)
                 for r in requests:
-                    v = view(r)
-                    if stage == "view":
-                        continue
-                    found = provider.extractor.extract(RequestParts(v.headers, v.query))
-                    if stage == "extract" or not found:
-                        continue
-                    token = found[0].token
-                    if stage == "parse":
-                        parse_token(token)
-                    elif stage == "verify":
-                        verify_signature(parse_token(token), keys)
-                    else:
-                        auth._verify(provider, token, now)
+                    run_token_stage(stage, view(r), auth, provider, keys, now)
             elif stage == "authn":
                 for r in requests:
                     auth.authenticate_until(view(r), now)
