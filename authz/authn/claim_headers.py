@@ -34,7 +34,8 @@ _ESCAPED_RANGES = (
     (0x6DD, 0x6DD), (0x70F, 0x70F), (0x17B4, 0x17B5), (0x200B, 0x200F), (0x2028, 0x202E),
     (0x2060, 0x2064), (0x206A, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB),
 )
-"""Code points protobuf's JSON printer writes as ``\\uXXXX`` (besides the short escapes)."""
+"""Code points protobuf's JSON printer writes as ``\\u`` and four hex digits (besides the
+short escapes)."""
 
 
 def _escaped(ch: str) -> bool:
