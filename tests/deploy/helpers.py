@@ -193,3 +193,25 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def on_loopback(boot: dict[str, Any], ports: dict[str, int]) -> dict[str, Any]:
+    """A standalone-envoy overlay's bootstrap with every listener and cluster moved to
+    the loopback ``ports`` (``ingress``, ``health``, ``upstream``, ``admin``, ``grpc``),
+    so the shipped file itself runs in a test."""
+    boot["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
+    listeners = {x["name"]: x["address"]["socket_address"]
+                 for x in boot["static_resources"]["listeners"]}
+    listeners["ingress"].update(address="127.0.0.1", port_value=ports["ingress"])
+    listeners["health"].update(address="127.0.0.1", port_value=ports["health"])
+    listeners["sample_upstream"]["port_value"] = ports["upstream"]
+    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+    _socket_address(clusters["authz"]).update(address="localhost", port_value=ports["grpc"])
+    _socket_address(clusters["upstream"])["port_value"] = ports["upstream"]
+    _socket_address(clusters["envoy_admin"])["port_value"] = ports["admin"]
+    return boot
+
+
+def _socket_address(cluster: dict[str, Any]) -> dict[str, Any]:
+    return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"]

