@@ -237,25 +237,24 @@ class AuthorizationService:
     def decide(
         self, request: external_auth_pb2.CheckRequest, peer: str = ""
     ) -> tuple[RequestView | None, Decision]:
-        snapshot = self._store.current  # read once: a reload never splits a Check
-        try:
-            view = view_from_check_request(request, self._default_namespace,
-                                           snapshot.peer, snapshot.scope, peer)
-        except ScopeError as exc:
-            # The route's context_extensions are wrong: fail closed, say why.
-            denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
-            return None, denied
-        return view, snapshot.evaluate(view, time.time())
+        return self._decide(lambda snapshot: view_from_check_request(
+            request, self._default_namespace, snapshot.peer, snapshot.scope, peer))
 
     def decide_http(self, door: Door, request: HttpRequest
                     ) -> tuple[RequestView | None, Decision]:
         """``decide`` for an HTTP front door's check request (authz/http/)."""
+        return self._decide(lambda snapshot: view_from_http(
+            door, request, self._default_namespace, snapshot.peer, snapshot.scope))
+
+    def _decide(self, build_view: Callable[[Snapshot], RequestView]
+                ) -> tuple[RequestView | None, Decision]:
+        """The view the transport's adapter builds, then the snapshot's decision."""
         snapshot = self._store.current  # read once: a reload never splits a Check
         try:
-            view = view_from_http(door, request, self._default_namespace,
-                                  snapshot.peer, snapshot.scope)
+            view = build_view(snapshot)
         except ScopeError as exc:
-            # The scope headers or query are wrong: fail closed, say why.
+            # The route's scope (context_extensions, or the HTTP door's scope headers
+            # or query) is wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
             return None, denied
         return view, snapshot.evaluate(view, time.time())
