@@ -532,6 +532,10 @@ class AuthzServer:
         if s.tls_cert and s.tls_key:  # a bad certificate fails before any port is bound
             self.tls = CertificateReloader(TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca),
                                            self.metrics.registry)
+        # The HTTP check port serves the same certificate (before the reloader runs,
+        # so its first reload already builds the port's next context).
+        http_tls = (self.tls.server_ssl_context()
+                    if self.tls is not None and s.http_check_address else None)
         await self._set_health(NOT_SERVING)
         await self.jwks.start()
         server = grpc.aio.server(
@@ -589,8 +593,9 @@ class AuthzServer:
             check_host, check_port = parse_address(self.settings.http_check_address,
                                                    "--http-check-address")
             self._http = HttpCheckListener(self.service.check_http)
-            self.http_check_port = await self._http.start(check_host, check_port,
-                                                          self.settings.reuse_port)
+            self.http_check_port = await self._http.start(
+                check_host, check_port, self.settings.reuse_port,
+                http_tls)
             http_check = format_address(check_host, self.http_check_port)
         if self.settings.http_address:
             self._admin = AdminServer(

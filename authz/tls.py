@@ -1,4 +1,4 @@
-"""TLS and mutual TLS on the gRPC listener, with certificates reloaded from disk.
+"""TLS and mutual TLS on the check listeners, with certificates reloaded from disk.
 
 gRPC core asks ``_fetch`` for the certificate configuration at each new TLS
 handshake (``grpc.dynamic_ssl_server_credentials``). The answer is prepared
@@ -10,10 +10,18 @@ connections already open keep theirs, so a rotation drops nothing. A bad set
 (a half-written file, a key from another pair, an expired certificate) is
 logged and shown on ``/readyz`` while the last good one keeps serving.
 
-The handshake path does no I/O: ``_fetch`` compares two integers.
+The HTTP check port (``--http-check-address``) serves the same files through
+Python's ``ssl``: each good set also becomes an ``ssl.SSLContext``, and the
+listener's context hands every new handshake the newest one from its
+``sni_callback`` (called for each ClientHello, with or without SNI), so a
+rotation there drops nothing either.
 
-gRPC core negotiates TLS 1.2 or 1.3 and refuses anything older; its Python API
-offers no way to raise the minimum, so a TLS 1.3-only link is set on the client
+The handshake path does no I/O: ``_fetch`` compares two integers, ``_select``
+reads one attribute.
+
+gRPC core negotiates TLS 1.2 or 1.3 and refuses anything older (the HTTP
+port's contexts are set the same way); gRPC's Python API offers no way to raise
+the minimum, so a TLS 1.3-only link is set on the client
 side (Envoy's ``tls_minimum_protocol_version``, ``authz envoy-config
 --authz-tls-min-version 1.3``).
 """
@@ -24,6 +32,8 @@ import asyncio
 import contextlib
 import datetime
 import os
+import ssl
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,7 +50,7 @@ from authz.errors import UsageError
 
 __all__ = [
     "CertificateReloader", "Material", "TlsError", "TlsFiles", "TlsMetrics", "fingerprint",
-    "peer_principal", "read_material",
+    "peer_principal", "read_material", "ssl_context",
 ]
 
 log = structlog.get_logger("authz.tls")
@@ -165,6 +175,51 @@ def read_material(files: TlsFiles, now: float | None = None) -> Material:
     )
 
 
+def _load_chain(ctx: ssl.SSLContext, chain: bytes, key: bytes) -> None:
+    """``load_cert_chain`` from bytes already read and checked: ``ssl`` reads only
+    files, and rereading the originals could pick up a half-written replacement.
+    On Linux the bytes go to anonymous memory files; elsewhere to a private
+    temporary directory that is removed at once."""
+    if hasattr(os, "memfd_create"):
+        fds: list[int] = []
+        try:
+            for data in (chain, key):
+                fd = os.memfd_create("authz-tls", os.MFD_CLOEXEC)
+                fds.append(fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="authz-tls-") as folder:  # mode 0700
+        paths = (os.path.join(folder, "chain.pem"), os.path.join(folder, "key.pem"))
+        for data, path in zip((chain, key), paths, strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        ctx.load_cert_chain(*paths)
+
+
+def ssl_context(material: Material) -> ssl.SSLContext:
+    """The HTTP check port's TLS for one set of files: TLS 1.2 or later as on the
+    gRPC port, HTTP/1.1 by ALPN, and with a client CA a certificate it signed is
+    required (mutual TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        _load_chain(ctx, material.chain, material.key)
+        if material.client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=material.client_ca.decode("ascii", "replace"))
+    except ssl.SSLError as exc:  # checked by read_material; kept for odd key types
+        raise TlsError(f"--tls-cert/--tls-key: OpenSSL refused them: {exc.reason}") from None
+    return ctx
+
+
 Fingerprint = tuple[tuple[str, str, int, int, int], ...]
 
 
@@ -211,6 +266,8 @@ class CertificateReloader:
         self.last_error_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._ssl: ssl.SSLContext | None = None
+        """The newest set as an ``ssl`` context, once the HTTP check port asked."""
         if self._metrics is not None:
             self._metrics.expiry.set(self.material.not_after.timestamp())
 
@@ -226,6 +283,27 @@ class CertificateReloader:
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
             self._current[1], self._fetch, require_client_authentication=self.mutual)
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """The HTTP check port's context: each handshake is switched to the newest
+        set in ``_select``, so the listener need not be rebuilt when files change."""
+        if self._ssl is None:
+            self._ssl = ssl_context(self.material)
+        front = ssl_context(self.material)
+        front.sni_callback = self._select
+        return front
+
+    def _select(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                ctx: ssl.SSLContext) -> None:
+        """Called by OpenSSL (on the event loop) at each ClientHello, SNI or not."""
+        current = self._ssl
+        if current is not None and ctx is not current:
+            conn.context = current
+
+    def _read(self) -> tuple[Material, ssl.SSLContext | None]:
+        """Off the loop: the files checked, and as an ``ssl`` context if one is used."""
+        material = read_material(self.files)
+        return material, ssl_context(material) if self._ssl is not None else None
 
     def _fetch(self) -> Any:
         """Called by gRPC core (its thread) before each handshake: the new configuration
@@ -253,7 +331,7 @@ class CertificateReloader:
                     now = later
             self._seen = now
             try:
-                material = await asyncio.to_thread(read_material, self.files)
+                material, context = await asyncio.to_thread(self._read)
             except TlsError as exc:
                 self.last_error, self.last_error_at = str(exc), time.time()
                 if self._metrics is not None:
@@ -262,11 +340,13 @@ class CertificateReloader:
                           serving_serial=self.material.serial,
                           serving_not_after=self.material.not_after.isoformat())
                 return False
-            self._install(material)
+            self._install(material, context)
             return True
 
-    def _install(self, material: Material) -> None:
+    def _install(self, material: Material, context: ssl.SSLContext | None = None) -> None:
         self._current = (self._current[0] + 1, self._configuration(material))
+        if context is not None:
+            self._ssl = context
         self.material = material
         self.loaded_at = time.time()
         self.reloads += 1

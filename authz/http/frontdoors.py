@@ -241,7 +241,9 @@ def view_from_http(
     path, query = split_path(target)
     headers = _headers(given, drop, method, host, target.partition("#")[0], scheme)
     frozen = MappingProxyType(extensions) if extensions else _EMPTY
-    destination = peer(local_ip, local_port, by)
+    # Over mutual TLS the proxy's own certificate names it, as on the gRPC port:
+    # a destination principal the request does not carry (docs/tls.md).
+    destination = peer(local_ip, local_port, by or request.peer_principal)
     return RequestView(
         method=method,
         host=host,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 import structlog
 
 from authz.errors import ListenError
-from authz.http.protocol import Connections, Handler
+from authz.http.protocol import HEADER_TIMEOUT, Connections, Handler
 
 __all__ = ["HttpCheckListener"]
 
@@ -28,8 +29,10 @@ class HttpCheckListener:
         self.port: int | None = None
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, reuse_port: bool) -> int:
-        """Bind and listen; the bound port (``port`` 0 picks one)."""
+    async def start(self, host: str, port: int, reuse_port: bool,
+                    tls: ssl.SSLContext | None = None) -> int:
+        """Bind and listen; the bound port (``port`` 0 picks one). With ``tls`` the
+        port speaks TLS only; a handshake must finish within ``HEADER_TIMEOUT``."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -45,7 +48,8 @@ class HttpCheckListener:
                               f"{exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.connections.protocol, sock=sock, backlog=BACKLOG)
+            self.connections.protocol, sock=sock, backlog=BACKLOG, ssl=tls,
+            ssl_handshake_timeout=HEADER_TIMEOUT if tls is not None else None)
         self.port = int(sock.getsockname()[1])
         return self.port
 

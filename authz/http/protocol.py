@@ -31,6 +31,7 @@ from typing import NamedTuple, cast
 
 import httptools
 import structlog
+from cryptography import x509
 
 from authz.errors import AuthzError
 from authz.request.view import join_header
@@ -45,6 +46,7 @@ __all__ = [
     "Handler",
     "HttpRequest",
     "HttpResponse",
+    "certificate_principal",
     "encode_response",
     "prepared",
     "with_headers",
@@ -77,6 +79,8 @@ class HttpRequest(NamedTuple):
     """Lower-cased names; repeated headers joined as ``RequestView`` joins them."""
     peer_ip: str
     peer_port: int | None
+    peer_principal: str = ""
+    """Mutual TLS: the client certificate's URI SAN, else its subject (``""`` without)."""
 
 
 class HttpResponse(NamedTuple):
@@ -123,6 +127,21 @@ def encode_response(response: HttpResponse, close: bool, head_only: bool = False
     if close:
         head += _CLOSE_HEAD
     return head + b"\r\n" if head_only else head + b"\r\n" + body
+
+
+def certificate_principal(der: bytes) -> str:
+    """A client certificate's identity as Envoy (and the gRPC port) name it: its URI
+    SAN (a SPIFFE id in a mesh), else its subject in RFC 4514 form."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return ""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except (x509.ExtensionNotFound, ValueError):
+        uris = []
+    return str(uris[0]) if uris else cert.subject.rfc4514_string()
 
 
 def _plain(status: int, text: str) -> HttpResponse:
@@ -218,6 +237,7 @@ class CheckProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._peer_ip = ""
         self._peer_port: int | None = None
+        self._principal = ""
         self._url: list[bytes] = []
         self._headers: dict[str, str] = {}
         self._name = b""
@@ -236,6 +256,11 @@ class CheckProtocol(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip, self._peer_port = str(peer[0]), int(peer[1])
+        tls = self._transport.get_extra_info("ssl_object")
+        if tls is not None:  # asyncio calls this once the handshake is done
+            der = tls.getpeercert(binary_form=True)
+            if der:
+                self._principal = certificate_principal(der)
         self._owner.open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -307,7 +332,7 @@ class CheckProtocol(asyncio.Protocol):
         method = parser.get_method().decode("latin-1")
         request = HttpRequest(
             method, b"".join(self._url).decode("utf-8", "surrogateescape"),
-            MappingProxyType(self._headers), self._peer_ip, self._peer_port)
+            MappingProxyType(self._headers), self._peer_ip, self._peer_port, self._principal)
         try:
             response = self._handler(request)
         except Exception as exc:  # the handler answers its own failures; this is a bug
