@@ -123,8 +123,9 @@ class AuthzTls:
             return False
         return True
 
-    def transport_socket(self) -> dict[str, Any]:
-        """The authz cluster's ``transport_socket`` in Envoy's JSON form."""
+    def transport_socket(self, transport: str = "grpc") -> dict[str, Any]:
+        """The authz cluster's ``transport_socket`` in Envoy's JSON form; ``transport``
+        says which protocol ALPN offers (h2 for gRPC, http/1.1 for http_service)."""
         from envoy_data_plane.envoy.config.core.v3 import DataSource, TransportSocket
         from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
             CertificateValidationContext,
@@ -142,8 +143,8 @@ class AuthzTls:
         san_type = (SubjectAltNameMatcherSanType.IP_ADDRESS if self.server_is_ip
                     else SubjectAltNameMatcherSanType.DNS)
         common = CommonTlsContext(
-            # gRPC over TLS is HTTP/2 by ALPN.
-            alpn_protocols=["h2"],
+            # gRPC over TLS is HTTP/2 by ALPN; the HTTP check port speaks HTTP/1.1.
+            alpn_protocols=["http/1.1" if transport == "http" else "h2"],
             tls_params=TlsParameters(tls_minimum_protocol_version=getattr(
                 TlsParametersTlsProtocol, TLS_VERSIONS[self.min_version])),
             validation_context=CertificateValidationContext(
@@ -394,7 +395,7 @@ def bootstrap(
     if authz_tls is not None:
         for built in out["staticResources"]["clusters"]:
             if built["name"] == "authz":
-                built["transportSocket"] = authz_tls.transport_socket()
+                built["transportSocket"] = authz_tls.transport_socket(transport)
     return out
 
 

