@@ -111,9 +111,10 @@ SERVE_OPTIONS = (
            "cgroup quota)", "auto", parse_workers, metavar="N|auto"),
     Option("--event-loop", "event_loop", "event loop: uvloop (faster under load), asyncio, "
            "or auto (uvloop when installed)", "auto", choices=EVENT_LOOPS),
-    # -- TLS on the gRPC listener (docs/tls.md) --
-    Option("--tls-cert", "tls_cert", "PEM certificate chain for the gRPC port; with "
-           "--tls-key the port speaks TLS 1.2/1.3 only; reloaded when the file changes",
+    # -- TLS on the check listeners (docs/tls.md) --
+    Option("--tls-cert", "tls_cert", "PEM certificate chain for the gRPC port and the HTTP "
+           "check port; with --tls-key they speak TLS 1.2/1.3 only; reloaded when the file "
+           "changes",
            metavar="PATH"),
     Option("--tls-key", "tls_key", "PEM private key of --tls-cert (unencrypted)",
            metavar="PATH"),
