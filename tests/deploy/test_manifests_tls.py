@@ -102,6 +102,21 @@ def test_the_component_alone_renders_on_the_base(tmp_path: Path) -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+@pytest.mark.parametrize("overlay", ["ingress-nginx", "traefik"])
+def test_the_component_turns_on_tls_for_the_http_check_overlays(overlay: str,
+                                                                 tmp_path: Path) -> None:
+    """Added to an overlay with the HTTP check port, the same Secret serves both ports
+    (authz uses --tls-* for every check listener)."""
+    from tests.deploy.helpers import render_with_component
+
+    rendered = render_with_component(tmp_path, KUSTOMIZATIONS[overlay],
+                                     MANIFESTS / "components" / "tls")
+    variables = env(container(one(rendered, "Deployment", "authz"), "authz"))
+    assert variables["AUTHZ_HTTP_CHECK_ADDRESS"].endswith(":9001")
+    assert variables["AUTHZ_TLS_CERT"] == "/etc/authz/tls/tls.crt"
+    assert variables["AUTHZ_TLS_CLIENT_CA"] == "/etc/authz/tls/ca.crt"
+
+
 # --- Envoy ------------------------------------------------------------------------
 
 def test_envoy_bootstrap_speaks_mutual_tls_to_authz() -> None:
