@@ -13,6 +13,13 @@ the prefix, logs to stderr, no daemon. Two flavours of the auth subrequest:
   ``proxy_set_header`` (an empty value sends no header, so a client's copy of a
   listed header never reaches the upstream).
 
+With ``tls`` the subrequest goes to ``https://authz`` and checks authz's certificate
+(``proxy_ssl_verify``, the CA, the name it must carry); with a client certificate as
+well, authz (``--tls-client-ca``) sees the proxy's identity. In the ``ingress`` flavour
+those lines are the ``auth-snippet`` annotation's text, which ingress-nginx's template
+writes into the auth location just before ``proxy_pass $target``, after its own
+``proxy_ssl_server_name on;``.
+
 On a deny nginx answers with the subrequest's status (401 or 403) and, for a 401,
 the subrequest's ``WWW-Authenticate``; the body is nginx's own error page, since an
 ``auth_request`` subrequest's body is never sent to the client. Anything else from
@@ -28,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-__all__ = ["NginxRoute", "auth_query", "nginx_argv", "nginx_binary", "nginx_config",
-           "write_prefix"]
+__all__ = ["AuthTls", "NginxRoute", "auth_query", "auth_tls_lines", "nginx_argv",
+           "nginx_binary", "nginx_config", "write_prefix"]
 
 STYLES = ("plain", "ingress")
 
@@ -51,6 +58,42 @@ class NginxRoute:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AuthTls:
+    """How the proxy reaches authz's HTTP check port over TLS: the CA that signed
+    authz's certificate, the name that certificate must carry and, for mutual TLS,
+    the proxy's own certificate and key (files the proxy reads)."""
+
+    ca: str
+    server_name: str
+    """nginx checks this DNS name (``proxy_ssl_name``; nginx matches DNS names only) and
+    sends it as SNI. Traefik has no such option: it checks the host of its address."""
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+
+def auth_tls_lines(tls: AuthTls, *, server_name: bool = True) -> list[str]:
+    """The ``proxy_ssl_*`` directives of the auth location. ``server_name=False`` leaves
+    out ``proxy_ssl_server_name on;``: ingress-nginx's auth location has it already and
+    nginx refuses a directive twice, so an ``auth-snippet`` must not repeat it."""
+    lines = [
+        "proxy_ssl_verify on;",
+        f"proxy_ssl_trusted_certificate {tls.ca};",
+        f"proxy_ssl_name {tls.server_name};",
+        *(["proxy_ssl_server_name on;"] if server_name else []),
+        "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+    ]
+    if tls.cert and tls.key:
+        lines += [f"proxy_ssl_certificate {tls.cert};",
+                  f"proxy_ssl_certificate_key {tls.key};"]
+    return lines
+
+
 def auth_query(namespace: str | None, labels: Mapping[str, str]) -> str:
     """``?namespace=NS&labels=k%3Dv,k2%3Dv2`` (empty without a scope)."""
     params = {}
@@ -65,7 +108,9 @@ def _variable(header: str) -> str:
     return "$authz_" + header.lower().replace("-", "_")
 
 
-def _auth_location(name: str, authz: str, query: str, style: str) -> str:
+def _auth_location(name: str, authz: str, query: str, style: str,
+                   tls: AuthTls | None) -> str:
+    scheme = "https" if tls else "http"
     common = """\
         internal;
         proxy_pass_request_body off;
@@ -81,29 +126,47 @@ def _auth_location(name: str, authz: str, query: str, style: str) -> str:
         proxy_set_header X-Sent-From "nginx-ingress-controller";
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_set_header X-Auth-Request-Redirect $request_uri;"""
+        proxy_set_header X-Auth-Request-Redirect $request_uri;
+        proxy_ssl_server_name on;"""
+        # The auth-snippet annotation's text, verbatim, then the auth-url (kept in an
+        # upstream with auth-keepalive, so its host is the upstream's name).
+        snippet = "".join(f"\n        {line}" for line in (
+            auth_tls_lines(tls, server_name=False) if tls else ()))
+        return f"""\
+    location = {name} {{
+{common}
+{headers}{snippet}
+        set $target {scheme}://authz/nginx{query};
+        proxy_pass $target;
+    }}
+"""
     else:
         headers = """\
         proxy_set_header Host $http_host;
         proxy_set_header X-Original-URI $request_uri;
         proxy_set_header X-Original-Method $request_method;
         proxy_set_header X-Real-IP $remote_addr;"""
+    ssl = "".join(f"\n        {line}" for line in (auth_tls_lines(tls) if tls else ()))
     return f"""\
     location = {name} {{
 {common}
-{headers}
-        proxy_pass http://authz/nginx{query};
+{headers}{ssl}
+        proxy_pass {scheme}://authz/nginx{query};
     }}
 """
 
 
 def nginx_config(*, prefix: Path, listen_port: int, authz_port: int, upstream_port: int,
                  routes: Sequence[NginxRoute] = (), response_headers: Sequence[str] = (),
-                 style: str = "ingress") -> str:
+                 style: str = "ingress", tls: AuthTls | None = None,
+                 keepalive_requests: int = 0) -> str:
     """The whole ``nginx.conf``: every route (and ``/``, unscoped) behind ``auth_request``.
 
     ``response_headers`` are the headers of authz's 200 copied onto the upstream request
-    (ingress-nginx's ``auth-response-headers``).
+    (ingress-nginx's ``auth-response-headers``). ``keepalive_requests`` (0: nginx's
+    default, 1000) closes a kept-alive connection to authz after that many requests, so
+    that new connections, and new TLS handshakes, keep happening under steady load
+    (ingress-nginx's ``auth-keepalive-requests``).
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, not {style!r}")
@@ -118,7 +181,7 @@ def nginx_config(*, prefix: Path, listen_port: int, authz_port: int, upstream_po
     for i, route in enumerate(all_routes):
         auth = f"/_authz_{i}"
         locations.append(_auth_location(auth, authz, auth_query(route.namespace, route.labels),
-                                        style))
+                                        style, tls))
         locations.append(f"""\
     location {route.prefix} {{
         auth_request {auth};
@@ -130,6 +193,7 @@ def nginx_config(*, prefix: Path, listen_port: int, authz_port: int, upstream_po
     }}
 """)
     tmp = prefix / "tmp"
+    requests = f" keepalive_requests {keepalive_requests};" if keepalive_requests else ""
     return f"""\
 daemon off;
 master_process on;
@@ -145,7 +209,7 @@ http {{
     uwsgi_temp_path {tmp / "uwsgi"};
     scgi_temp_path {tmp / "scgi"};
     # authz answers 200, 401 or 403: nginx keeps the 401's WWW-Authenticate.
-    upstream authz {{ server {authz}; keepalive 8; }}
+    upstream authz {{ server {authz}; keepalive 8;{requests} }}
     upstream upstream {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{listen_port};

@@ -10,6 +10,11 @@ address's query) in front of one upstream service.
 ``-For`` with the original headers; on a 2xx it copies ``authResponseHeaders`` onto
 the upstream request (deleting the client's copies first), otherwise it answers the
 client with the auth response's status, headers and body.
+
+With ``tls`` the address is ``https://``: Traefik checks authz's certificate against
+``tls.ca`` and the address's host (it has no server-name option), and presents
+``tls.cert``/``tls.key`` for mutual TLS. It reads those files when it loads the
+dynamic configuration.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from authz.testing.nginx import NginxRoute, auth_query
+from authz.testing.nginx import AuthTls, NginxRoute, auth_query
 
 __all__ = ["traefik_argv", "traefik_binary", "traefik_dynamic", "traefik_static",
            "write_traefik"]
@@ -49,12 +54,12 @@ def traefik_static(*, listen_port: int, ping_port: int, dynamic: Path) -> dict[s
     }
 
 
-def forward_auth(authz_port: int, route: NginxRoute,
-                 response_headers: Sequence[str]) -> dict[str, Any]:
+def forward_auth(authz_port: int, route: NginxRoute, response_headers: Sequence[str],
+                 tls: AuthTls | None = None) -> dict[str, Any]:
     """One ``forwardAuth`` middleware: what a user writes in dynamic configuration or in a
     Kubernetes ``Middleware``'s ``spec``."""
     config: dict[str, Any] = {
-        "address": f"http://127.0.0.1:{authz_port}/traefik"
+        "address": f"{'https' if tls else 'http'}://127.0.0.1:{authz_port}/traefik"
                    f"{auth_query(route.namespace, route.labels)}",
         # The client's X-Forwarded-For reaches authz (policies on remoteIpBlocks see the
         # address the entry point trusted), as Envoy's x-forwarded-for does.
@@ -62,11 +67,15 @@ def forward_auth(authz_port: int, route: NginxRoute,
     }
     if response_headers:
         config["authResponseHeaders"] = list(response_headers)
+    if tls is not None:
+        config["tls"] = {"ca": tls.ca, **({"cert": tls.cert, "key": tls.key}
+                                          if tls.cert else {})}
     return config
 
 
 def traefik_dynamic(*, authz_port: int, upstream_port: int, routes: Sequence[NginxRoute] = (),
-                    response_headers: Sequence[str] = ()) -> dict[str, Any]:
+                    response_headers: Sequence[str] = (),
+                    tls: AuthTls | None = None) -> dict[str, Any]:
     """Routers (longest prefix first, then ``/``), their middlewares and the upstream."""
     all_routes = sorted(routes, key=lambda r: -len(r.prefix))
     if not any(r.prefix == "/" for r in all_routes):
@@ -74,7 +83,7 @@ def traefik_dynamic(*, authz_port: int, upstream_port: int, routes: Sequence[Ngi
     routers, middlewares = {}, {}
     for i, route in enumerate(all_routes):
         middlewares[f"authz-{i}"] = {"forwardAuth": forward_auth(authz_port, route,
-                                                                 response_headers)}
+                                                                 response_headers, tls)}
         routers[f"route-{i}"] = {
             "rule": f"PathPrefix(`{route.prefix}`)", "entryPoints": ["web"],
             "service": "upstream", "middlewares": [f"authz-{i}"],
@@ -90,13 +99,13 @@ def traefik_dynamic(*, authz_port: int, upstream_port: int, routes: Sequence[Ngi
 
 def write_traefik(directory: Path, *, listen_port: int, ping_port: int, authz_port: int,
                   upstream_port: int, routes: Sequence[NginxRoute] = (),
-                  response_headers: Sequence[str] = ()) -> Path:
+                  response_headers: Sequence[str] = (), tls: AuthTls | None = None) -> Path:
     """Write both configurations (JSON is YAML) into ``directory``; the static one's path."""
     directory.mkdir(parents=True, exist_ok=True)
     dynamic = directory / "dynamic.yaml"
     dynamic.write_text(json.dumps(traefik_dynamic(
         authz_port=authz_port, upstream_port=upstream_port, routes=routes,
-        response_headers=response_headers), indent=1))
+        response_headers=response_headers, tls=tls), indent=1))
     static = directory / "traefik.yaml"
     static.write_text(json.dumps(traefik_static(listen_port=listen_port, ping_port=ping_port,
                                                 dynamic=dynamic), indent=1))

@@ -16,7 +16,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from authz.testing.nginx import NginxRoute, nginx_argv, nginx_binary, nginx_config, write_prefix
+from authz.testing.nginx import (
+    AuthTls,
+    NginxRoute,
+    nginx_argv,
+    nginx_binary,
+    nginx_config,
+    write_prefix,
+)
 from authz.testing.ports import free_port
 from authz.testing.traefik import traefik_argv, traefik_binary, write_traefik
 from tests.e2e.rig import Front, Process, wait_until
@@ -56,14 +63,15 @@ async def start_nginx() -> AsyncIterator[StartNginx]:
     started: list[Process] = []
 
     async def start(authz_port: int, upstream_port: int, routes: Sequence[NginxRoute] = (),
-                    response_headers: Sequence[str] = (), style: str = "ingress") -> Front:
+                    response_headers: Sequence[str] = (), style: str = "ingress",
+                    tls: AuthTls | None = None, keepalive_requests: int = 0) -> Front:
         prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
         os.chmod(prefix, 0o755)  # nginx's workers (nobody when the master is root) read it
         port = free_port()
         write_prefix(prefix, nginx_config(
             prefix=prefix, listen_port=port, authz_port=authz_port,
             upstream_port=upstream_port, routes=routes, response_headers=response_headers,
-            style=style))
+            style=style, tls=tls, keepalive_requests=keepalive_requests))
         process = Process("nginx", nginx_argv(binary, prefix))
         started.append(process)
         await wait_until("nginx listening", lambda: _accepts(port), process)
@@ -81,12 +89,12 @@ async def start_traefik() -> AsyncIterator[StartTraefik]:
     started: list[Process] = []
 
     async def start(authz_port: int, upstream_port: int, routes: Sequence[NginxRoute] = (),
-                    response_headers: Sequence[str] = ()) -> Front:
+                    response_headers: Sequence[str] = (), tls: AuthTls | None = None) -> Front:
         port, ping = free_port(), free_port()
         static = write_traefik(Path(tempfile.mkdtemp(prefix="traefik-")), listen_port=port,
                                ping_port=ping, authz_port=authz_port,
                                upstream_port=upstream_port, routes=routes,
-                               response_headers=response_headers)
+                               response_headers=response_headers, tls=tls)
         process = Process("traefik", traefik_argv(binary, static))
         started.append(process)
 

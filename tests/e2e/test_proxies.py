@@ -25,7 +25,7 @@ import pytest
 
 from authz.request.scope import LABELS_KEY, NAMESPACE_KEY, parse_labels
 from authz.testing.jwt_authn import Rule
-from authz.testing.nginx import NginxRoute
+from authz.testing.nginx import AuthTls, NginxRoute
 from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, SigningKey, ec_key, ed_key, jwks_of, rsa_key
@@ -144,16 +144,27 @@ def nginx_routes(routes: Sequence[Route]) -> list[NginxRoute]:
 
 async def fronts(start_envoy: StartEnvoy, start_nginx: StartNginx,
                  start_traefik: StartTraefik, authz_grpc: int, authz_http: int,
-                 upstream: int, routes: Sequence[Route],
-                 response_headers: Sequence[str]) -> tuple[Front, dict[str, Front]]:
+                 upstream: int, routes: Sequence[Route], response_headers: Sequence[str],
+                 tls: AuthTls | None = None) -> tuple[Front, dict[str, Front]]:
+    """Envoy on ``authz_grpc`` (the reference, plaintext) and every proxy on
+    ``authz_http``, over TLS with ``tls``."""
     envoy = await start_envoy(authz_grpc, upstream, routes)
-    scoped = nginx_routes(routes)
-    return envoy, {
-        "nginx-ingress": await start_nginx(authz_http, upstream, scoped, response_headers,
-                                           style="ingress"),
-        "nginx-plain": await start_nginx(authz_http, upstream, scoped, response_headers,
-                                         style="plain"),
-        "traefik": await start_traefik(authz_http, upstream, scoped, response_headers),
+    return envoy, await proxy_fronts(start_nginx, start_traefik, authz_http, upstream,
+                                     nginx_routes(routes), response_headers, tls)
+
+
+async def proxy_fronts(start_nginx: StartNginx, start_traefik: StartTraefik, authz_http: int,
+                       upstream: int, routes: Sequence[NginxRoute],
+                       response_headers: Sequence[str], tls: AuthTls | None = None,
+                       ) -> dict[str, Front]:
+    """nginx in both flavours and Traefik, named as DEVIATIONS names them."""
+    return {
+        "nginx-ingress": await start_nginx(authz_http, upstream, routes, response_headers,
+                                           style="ingress", tls=tls),
+        "nginx-plain": await start_nginx(authz_http, upstream, routes, response_headers,
+                                         style="plain", tls=tls),
+        "traefik": await start_traefik(authz_http, upstream, routes, response_headers,
+                                       tls=tls),
     }
 
 
@@ -249,39 +260,61 @@ async def test_token_cases_match_the_grpc_path(
     assert applied <= set(RULES)
 
 
+TUTORIAL_HEADERS = ["x-jwt-sub", "authorization"]
+"""What the tutorial's proxies copy from authz's 200 (auth-response-headers)."""
+
+
+def tutorial_policies(jwks_uri: str, namespace: str = "foo") -> str:
+    """Istio's JWT tutorial: a RequestAuthentication in ``namespace`` whose token is
+    mandatory (DENY notRequestPrincipals ["*"])."""
+    return documents(f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt-example, namespace: {namespace}}}
+spec:
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwksUri: {jwks_uri}
+    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+""", require_jwt(namespace=namespace))
+
+
+def tutorial_jwks() -> tuple[JwksServer, str]:
+    """A JWKS server for Istio's sample keys, and the sample's demo token."""
+    samples = require_shared("conformance/istio-jwt-samples")
+    return (JwksServer(json.loads((samples / "jwks.json").read_text())),
+            (samples / "demo.jwt").read_text().strip())
+
+
+async def tutorial_answers(front: Front, demo: str, proxy: str) -> None:
+    """A bad token 401, a good token 200 (token removed upstream, the claim header
+    authz's and not the client's), no token 403."""
+    bad = await front.send("GET", "/headers", {"authorization": "Bearer deadbeef"})
+    assert bad.status == 401, (proxy, bad)
+    assert bad.headers["www-authenticate"].endswith('error="invalid_token"'), (proxy, bad)
+    good = await front.send("GET", "/headers", {"authorization": f"Bearer {demo}",
+                                                "x-jwt-sub": "forged"})
+    assert good.status == 200 and good.upstream is not None, (proxy, good)
+    assert "authorization" not in good.upstream["headers"], proxy
+    assert good.upstream["headers"]["x-jwt-sub"] == "testing@secure.istio.io", proxy
+    missing = await front.send("GET", "/headers")
+    assert (missing.status, missing.upstream) == (403, None), (proxy, missing)
+
+
 async def test_seed_tutorial_through_ingress_nginx_auth_url(
     start_authz: StartAuthz, start_nginx: StartNginx, echo_upstream: EchoUpstream,
     tmp_path: Path,
 ) -> None:
     """Istio's samples: a bad token 401, a good token 200 (token removed upstream), no
     token 403 under DENY notRequestPrincipals ["*"], through ingress-nginx's auth-url."""
-    samples = require_shared("conformance/istio-jwt-samples")
-    jwks = JwksServer(json.loads((samples / "jwks.json").read_text()))
+    jwks, demo = tutorial_jwks()
     await jwks.start()
     try:
-        (tmp_path / "p.yaml").write_text(documents(f"""\
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt-example, namespace: foo}}
-spec:
-  jwtRules:
-  - issuer: testing@secure.istio.io
-    jwksUri: {jwks.uri}
-    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
-""", require_jwt(namespace="foo")))
+        (tmp_path / "p.yaml").write_text(tutorial_policies(jwks.uri))
         authz = await start_authz(tmp_path / "p.yaml", http_check=True)
         nginx = await start_nginx(authz.http_check_port, echo_upstream.port,
-                                  [NginxRoute("/", "foo")], ["x-jwt-sub", "authorization"])
-        demo = (samples / "demo.jwt").read_text().strip()
-        bad = await nginx.send("GET", "/headers", {"authorization": "Bearer deadbeef"})
-        assert bad.status == 401
-        assert bad.headers["www-authenticate"].endswith('error="invalid_token"')
-        good = await nginx.send("GET", "/headers", {"authorization": f"Bearer {demo}",
-                                                    "x-jwt-sub": "forged"})
-        assert good.status == 200 and good.upstream is not None
-        assert "authorization" not in good.upstream["headers"]
-        assert good.upstream["headers"]["x-jwt-sub"] == "testing@secure.istio.io"
-        assert (await nginx.send("GET", "/headers")).status == 403
+                                  [NginxRoute("/", "foo")], TUTORIAL_HEADERS)
+        await tutorial_answers(nginx, demo, "nginx-ingress")
     finally:
         await jwks.stop()
 
