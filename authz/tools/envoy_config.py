@@ -265,9 +265,17 @@ def bootstrap(
         return Address(socket_address=SocketAddress(address=host, port_value=port))
 
     def cluster(name: str, host: str, port: int) -> Cluster:
+        """STATIC for an IP address; a DNS name (a Kubernetes Service, a headless
+        Service's several pods) is resolved and re-resolved by Envoy (STRICT_DNS:
+        every address the name has gets traffic). STATIC would refuse the name."""
+        try:
+            ipaddress.ip_address(host)
+            kind = ClusterDiscoveryType.STATIC
+        except ValueError:
+            kind = ClusterDiscoveryType.STRICT_DNS
         return Cluster(
             name=name,
-            type=ClusterDiscoveryType.STATIC,
+            type=kind,
             connect_timeout=timedelta(seconds=1),
             load_assignment=ClusterLoadAssignment(cluster_name=name, endpoints=[
                 LocalityLbEndpoints(lb_endpoints=[

@@ -43,6 +43,17 @@ def test_envoy_accepts_the_bootstrap(options: dict[str, object], tmp_path: Path)
     envoy_validate(config, tmp_path)
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_dns_names_are_resolved_by_envoy(transport: str, tmp_path: Path) -> None:
+    """A Service name for authz or the upstream: STRICT_DNS (STATIC takes IPs only,
+    and Envoy refuses a name there: "malformed IP address")."""
+    config = bootstrap(listener_port=8080, authz_address=("authz.authz.svc.cluster.local", 9000),
+                       upstream_address=("127.0.0.1", 8081), transport=transport)
+    kinds = {c["name"]: c["type"] for c in config["staticResources"]["clusters"]}
+    assert kinds == {"authz": "STRICT_DNS", "upstream": "STATIC"}
+    envoy_validate(config, tmp_path)
+
+
 def test_route_scopes_become_context_extensions() -> None:
     config = bootstrap(listener_port=1, authz_address=("h", 2), upstream_address=("u", 3),
                        routes=[RouteScope.parse("/shop=shop:app=api,v=1")])
