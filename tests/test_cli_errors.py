@@ -19,7 +19,6 @@ import pytest
 
 from authz.cli import EXIT_BROKEN_PIPE, main
 from authz.errors import MissingExtraError
-from authz.testing.ports import free_port
 from authz.tracing import Tracing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,20 +101,28 @@ def non_json_lines(err: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_grpc_port_in_use_is_one_line_and_exit_1(workers: str) -> None:
+@pytest.mark.parametrize("workers", ["1", "2", None], ids=["one", "two", "default"])
+@pytest.mark.parametrize(("flag", "message"), [
+    ("--grpc-address", "cannot bind gRPC address {address}: Address already in use"),
+    ("--http-check-address", "cannot bind HTTP check address {address}: Address already in use"),
+    ("--http-address",
+     "cannot bind admin address {address} (--http-address): Address already in use"),
+], ids=["grpc", "http-check", "admin"])
+def test_a_port_in_use_is_one_line_and_exit_1(workers: str | None, flag: str,
+                                              message: str) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        port = holder.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "authz", "serve", "--policy", POLICIES,
-             "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{free_port()}",
-             "--workers", workers, "--log-format", "json"],
-            capture_output=True, text=True, timeout=60, check=False)
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        addresses = {"--grpc-address": "127.0.0.1:0", "--http-address": "127.0.0.1:0",
+                     "--http-check-address": "", flag: taken}
+        argv = [sys.executable, "-m", "authz", "serve", "--policy", POLICIES,
+                "--log-format", "json", *[part for item in addresses.items() for part in item]]
+        if workers is not None:
+            argv += ["--workers", workers]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
-    assert non_json_lines(done.stderr) == [
-        f"authz: cannot bind gRPC address 127.0.0.1:{port}: Address already in use"]
+    assert non_json_lines(done.stderr) == ["authz: " + message.format(address=taken)]
 
 
 def test_the_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
