@@ -63,10 +63,11 @@ def test_env_twins_and_flag_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.grpc_address, s.policy_paths) == ("127.0.0.1:7001", ("b.yaml",))
 
 
-def test_bad_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--grpc-address", "nonsense"]) == 2
+@pytest.mark.parametrize("flag", ["--grpc-address", "--http-check-address", "--http-address"])
+def test_bad_address_is_a_usage_error(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", flag, "nonsense"]) == 2
     assert capsys.readouterr().err == (
-        "authz: error: --grpc-address: expected HOST:PORT, got 'nonsense'\n")
+        f"authz: error: {flag}: expected HOST:PORT, got 'nonsense'\n")
 
 
 def test_bad_policy_refuses_to_start_and_names_the_line(tmp_path: Path) -> None:

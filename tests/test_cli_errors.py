@@ -82,12 +82,33 @@ def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
         os.close(write_end)
 
 
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path_factory.mktemp("key") / "key.pem"
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return str(path)
+
+
 @pytest.mark.parametrize("args", [
     ("check", "--policy", POLICIES, "--url", "http://api.local/", "--output", "json"),
+    ("check", "--policy", POLICIES, "--url", "http://api.local/"),
     ("token", "inspect", UNSIGNED),
-])
-def test_a_closed_stdout_is_a_silent_141(args: tuple[str, ...]) -> None:
-    done = run_into_closed_pipe(*args)
+    ("token", "mint", "--key", "{key}", "--iss", "https://issuer.example", "--sub", "a"),
+    ("jwks", "from-pem", "{key}"),
+    ("envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "grpc"),
+    ("envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "http"),
+    ("test", "--output", "json", str(ROOT / "examples" / "tutorial")),
+    ("test", str(ROOT / "examples" / "tutorial")),
+    ("validate", POLICIES),
+], ids=["check-json", "check-text", "token-inspect", "token-mint", "jwks-from-pem",
+        "envoy-config-grpc", "envoy-config-http", "test-json", "test-text", "validate"])
+def test_a_closed_stdout_is_a_silent_141(args: tuple[str, ...], key_file: str) -> None:
+    done = run_into_closed_pipe(*(arg.format(key=key_file) for arg in args))
     assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
 
 
