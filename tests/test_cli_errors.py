@@ -50,11 +50,14 @@ def test_bad_route_labels_name_the_flag(capsys: pytest.CaptureFixture[str]) -> N
     assert "--route '/a=ns:app': label 'app'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_envoy_config_without_its_extra_names_the_extra(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        transport: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     # None in sys.modules makes the import fail as if envoy-data-plane were not installed.
     monkeypatch.setitem(sys.modules, "envoy_data_plane", None)
-    assert main(["envoy-config", "--upstream-address", "127.0.0.1:8080"]) == 1
+    assert main(["envoy-config", "--upstream-address", "127.0.0.1:8080",
+                 "--transport", transport]) == 1
     out = capsys.readouterr()
     assert out.out == ""
     assert one_error_line(out.err) == (
@@ -177,3 +180,27 @@ def test_ctrl_c_in_a_tool_is_a_quiet_130() -> None:
     finally:
         proc.kill()
     assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", "")
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "bogus"],
+     "authz: error: envoy-config: argument --transport: invalid choice: 'bogus' (choose from "
+     "'grpc', 'http') (see 'authz envoy-config --help')"),
+    (["test", "--min-coverage", "150"],
+     "authz: error: test: argument --min-coverage: must be between 0 and 100 "
+     "(see 'authz test --help')"),
+    (["check", "--policy", POLICIES],
+     "authz: error: check: the following arguments are required: --url "
+     "(see 'authz check --help')"),
+    (["token"], "authz: error: token: the following arguments are required: ACTION "
+     "(see 'authz token --help')"),
+    (["bogus"], "authz: error: argument COMMAND: invalid choice: 'bogus' (choose from "
+     "'serve', 'validate', 'check', 'test', 'envoy-config', 'keys', 'jwks', 'token') "
+     "(see 'authz --help')"),
+])
+def test_a_bad_argument_is_one_line_not_the_usage(
+        argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
