@@ -234,7 +234,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="authz",
         description="Envoy ext_authz v3 server that enforces Istio RequestAuthentication and\n"
         "AuthorizationPolicy resources, per route.",
