@@ -281,3 +281,18 @@ def test_cache_sizes_come_from_flags_or_their_env_twins(
     monkeypatch.setenv("AUTHZ_SCOPE_CACHE_SIZE", "-1")
     assert main(["serve"]) == 2
     assert "--scope-cache-size must be >= 0" in capsys.readouterr().err
+
+
+def test_a_jwks_refresh_interval_below_30s_is_honoured_and_below_1s_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/configuration.md: honoured as given down to 1 s; the 30 s floor bounds only
+    # a server's Cache-Control max-age (tests/authn/test_jwks.py runs the refresh).
+    from authz.server import AuthzServer
+
+    settings = settings_from_args(build_parser().parse_args(
+        ["serve", "--jwks-refresh-interval", "5"]))
+    jwks = AuthzServer(settings).jwks.settings
+    assert (jwks.refresh_interval, jwks.min_refresh_interval) == (5.0, 30.0)
+    assert main(["serve", "--jwks-refresh-interval", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "authz: error: --jwks-refresh-interval must be >= 1 (seconds)\n")
