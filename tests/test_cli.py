@@ -132,6 +132,25 @@ def _answered_by_server(stderr: str, workers: int) -> int:
     return sum(counts)
 
 
+@pytest.mark.parametrize(("workers", "last"), [("1", "server_ready"), ("2", "supervisor_ready")])
+def test_start_up_ends_with_the_ready_line_the_readme_names(workers: str, last: str) -> None:
+    # README, "make run": one process ends with server_ready; with workers, each logs
+    # its own server_ready and the supervisor's supervisor_ready is the last line.
+    policies = Path(__file__).resolve().parents[1] / "examples" / "policies"
+    proc = _start(free_port(), "--policy", str(policies), "--workers", workers)
+    try:
+        deadline = time.monotonic() + 30
+        while f'"{last}"' not in Path(proc.output.name).read_text():  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, f"no {last} line"
+            time.sleep(0.1)
+        time.sleep(0.5)  # nothing else follows on its own
+        events = [json.loads(line)["event"] for line in
+                  Path(proc.output.name).read_text().splitlines()]  # type: ignore[attr-defined]
+    finally:
+        _finish(proc)
+    assert events[-1] == last and events.count("server_ready") == int(workers), events
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize("follow_health", [True, False], ids=["health-aware", "blind-client"])
 def test_sigterm_under_load_loses_no_call_and_exits_zero(follow_health: bool,
