@@ -82,6 +82,18 @@ def test_bad_policy_refuses_to_start_and_names_the_line(tmp_path: Path) -> None:
     assert "server_started" not in proc.stderr  # refused before binding any port
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_mistyped_policy_path_refuses_to_start(tmp_path: Path, workers: str) -> None:
+    # Not an empty policy set that allows everything: the path is named and nothing binds.
+    missing = tmp_path / "polices"
+    proc = run("serve", "--grpc-address", f"127.0.0.1:{free_port()}", "--http-address", "",
+               "--log-format", "json", "--workers", workers, "--policy", str(missing))
+    assert proc.returncode == 2, proc.stderr
+    plain = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
+    assert plain == ["authz: policies rejected:", f"policy path does not exist: {missing}"]
+    assert "server_started" not in proc.stderr
+
+
 def _serving(port: int) -> bool:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -130,6 +142,24 @@ def _answered_by_server(stderr: str, workers: int) -> int:
               if '"server_stopped"' in line]
     assert len(counts) == workers, f"expected {workers} server_stopped lines in:\n{stderr}"
     return sum(counts)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_empty_policy_folder_is_said_loudly_at_start_and_on_readyz(
+        tmp_path: Path, workers: str) -> None:
+    admin = free_port()
+    proc = _start(free_port(), "--policy", str(tmp_path), "--workers", workers,
+                  "--http-address", f"127.0.0.1:{admin}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    finally:
+        output = _finish(proc)
+    warning = (f"no AuthorizationPolicy loaded in {tmp_path}: every request that passes "
+               "authentication is allowed")
+    assert body["policies"]["allow_all"] is True and body["policies"]["warnings"] == [warning]
+    logged = [json.loads(line) for line in output.splitlines() if "policies_allow_all" in line]
+    assert [(e["level"], e["warning"]) for e in logged] == [("warning", warning)] * int(workers)
 
 
 @pytest.mark.parametrize(("workers", "last"), [("1", "server_ready"), ("2", "supervisor_ready")])
