@@ -10,6 +10,7 @@ private Unix socket (``unix:PATH``) that only the supervisor reads.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -17,7 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from authz import __version__
-from authz.config import parse_address
+from authz.config import format_address, parse_address
+from authz.errors import ListenError
 
 __all__ = ["MAX_DEBUG_BODY", "UNIX_PREFIX", "AdminServer", "AdminSource", "Explainer",
            "unix_path"]
@@ -89,7 +91,13 @@ class AdminServer:
             return
         host, port = parse_address(address, "--http-address")
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # asyncio's message repeats the address as a tuple
+            await self.stop()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot bind admin address {format_address(host, port)} "
+                              f"(--http-address): {reason}") from None
         self.port = port
         for addr in self._runner.addresses:  # the bound port when asked for port 0
             self.port = int(addr[1])

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from authz import __version__, eventloop
 from authz.config import EVENT_LOOPS, ConfigError, Settings, parse_workers
@@ -224,8 +224,18 @@ exit status:
 Errors are one line on stderr ('authz: error: ...'), never a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``authz: error: ...`` line like every other
+    error (argparse prints the whole usage first); sub-commands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("authz").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"authz: error: {where}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="authz",
         description="Envoy ext_authz v3 server that enforces Istio RequestAuthentication and\n"
         "AuthorizationPolicy resources, per route.",

@@ -286,16 +286,16 @@ class Supervisor:
                 reservation, self._http_check_address = reserve_port(
                     self.settings.http_check_address, "--http-check-address", "HTTP check")
                 reservations.append(reservation)
+            if self.settings.http_address:
+                self._admin = AdminServer(
+                    self, self.debug_explain if self.settings.enable_debug_endpoints else None)
+                await self._admin.start(self.settings.http_address)
         except OSError as exc:
             for reservation in reservations:
                 reservation.close()
             print(f"authz: {exc}", file=sys.stderr)
             return 1
         try:
-            if self.settings.http_address:
-                self._admin = AdminServer(
-                    self, self.debug_explain if self.settings.enable_debug_endpoints else None)
-                await self._admin.start(self.settings.http_address)
             log.info("supervisor_started", workers=len(self._workers),
                      grpc_address=self._grpc_address,
                      http_check_address=self._http_check_address or None,

@@ -63,10 +63,11 @@ def test_env_twins_and_flag_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.grpc_address, s.policy_paths) == ("127.0.0.1:7001", ("b.yaml",))
 
 
-def test_bad_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--grpc-address", "nonsense"]) == 2
+@pytest.mark.parametrize("flag", ["--grpc-address", "--http-check-address", "--http-address"])
+def test_bad_address_is_a_usage_error(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", flag, "nonsense"]) == 2
     assert capsys.readouterr().err == (
-        "authz: error: --grpc-address: expected HOST:PORT, got 'nonsense'\n")
+        f"authz: error: {flag}: expected HOST:PORT, got 'nonsense'\n")
 
 
 def test_bad_policy_refuses_to_start_and_names_the_line(tmp_path: Path) -> None:
@@ -79,6 +80,18 @@ def test_bad_policy_refuses_to_start_and_names_the_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"{bad}:5: kind: missing or invalid 'kind'" in proc.stderr
     assert "server_started" not in proc.stderr  # refused before binding any port
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_mistyped_policy_path_refuses_to_start(tmp_path: Path, workers: str) -> None:
+    # Not an empty policy set that allows everything: the path is named and nothing binds.
+    missing = tmp_path / "polices"
+    proc = run("serve", "--grpc-address", f"127.0.0.1:{free_port()}", "--http-address", "",
+               "--log-format", "json", "--workers", workers, "--policy", str(missing))
+    assert proc.returncode == 2, proc.stderr
+    plain = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
+    assert plain == ["authz: policies rejected:", f"policy path does not exist: {missing}"]
+    assert "server_started" not in proc.stderr
 
 
 def _serving(port: int) -> bool:
@@ -129,6 +142,43 @@ def _answered_by_server(stderr: str, workers: int) -> int:
               if '"server_stopped"' in line]
     assert len(counts) == workers, f"expected {workers} server_stopped lines in:\n{stderr}"
     return sum(counts)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_empty_policy_folder_is_said_loudly_at_start_and_on_readyz(
+        tmp_path: Path, workers: str) -> None:
+    admin = free_port()
+    proc = _start(free_port(), "--policy", str(tmp_path), "--workers", workers,
+                  "--http-address", f"127.0.0.1:{admin}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    finally:
+        output = _finish(proc)
+    warning = (f"no AuthorizationPolicy loaded in {tmp_path}: every request that passes "
+               "authentication is allowed")
+    assert body["policies"]["allow_all"] is True and body["policies"]["warnings"] == [warning]
+    logged = [json.loads(line) for line in output.splitlines() if "policies_allow_all" in line]
+    assert [(e["level"], e["warning"]) for e in logged] == [("warning", warning)] * int(workers)
+
+
+@pytest.mark.parametrize(("workers", "last"), [("1", "server_ready"), ("2", "supervisor_ready")])
+def test_start_up_ends_with_the_ready_line_the_readme_names(workers: str, last: str) -> None:
+    # README, "make run": one process ends with server_ready; with workers, each logs
+    # its own server_ready and the supervisor's supervisor_ready is the last line.
+    policies = Path(__file__).resolve().parents[1] / "examples" / "policies"
+    proc = _start(free_port(), "--policy", str(policies), "--workers", workers)
+    try:
+        deadline = time.monotonic() + 30
+        while f'"{last}"' not in Path(proc.output.name).read_text():  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, f"no {last} line"
+            time.sleep(0.1)
+        time.sleep(0.5)  # nothing else follows on its own
+        events = [json.loads(line)["event"] for line in
+                  Path(proc.output.name).read_text().splitlines()]  # type: ignore[attr-defined]
+    finally:
+        _finish(proc)
+    assert events[-1] == last and events.count("server_ready") == int(workers), events
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
@@ -280,3 +330,18 @@ def test_cache_sizes_come_from_flags_or_their_env_twins(
     monkeypatch.setenv("AUTHZ_SCOPE_CACHE_SIZE", "-1")
     assert main(["serve"]) == 2
     assert "--scope-cache-size must be >= 0" in capsys.readouterr().err
+
+
+def test_a_jwks_refresh_interval_below_30s_is_honoured_and_below_1s_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/configuration.md: honoured as given down to 1 s; the 30 s floor bounds only
+    # a server's Cache-Control max-age (tests/authn/test_jwks.py runs the refresh).
+    from authz.server import AuthzServer
+
+    settings = settings_from_args(build_parser().parse_args(
+        ["serve", "--jwks-refresh-interval", "5"]))
+    jwks = AuthzServer(settings).jwks.settings
+    assert (jwks.refresh_interval, jwks.min_refresh_interval) == (5.0, 30.0)
+    assert main(["serve", "--jwks-refresh-interval", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "authz: error: --jwks-refresh-interval must be >= 1 (seconds)\n")

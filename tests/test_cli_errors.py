@@ -19,7 +19,6 @@ import pytest
 
 from authz.cli import EXIT_BROKEN_PIPE, main
 from authz.errors import MissingExtraError
-from authz.testing.ports import free_port
 from authz.tracing import Tracing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +50,14 @@ def test_bad_route_labels_name_the_flag(capsys: pytest.CaptureFixture[str]) -> N
     assert "--route '/a=ns:app': label 'app'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_envoy_config_without_its_extra_names_the_extra(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        transport: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     # None in sys.modules makes the import fail as if envoy-data-plane were not installed.
     monkeypatch.setitem(sys.modules, "envoy_data_plane", None)
-    assert main(["envoy-config", "--upstream-address", "127.0.0.1:8080"]) == 1
+    assert main(["envoy-config", "--upstream-address", "127.0.0.1:8080",
+                 "--transport", transport]) == 1
     out = capsys.readouterr()
     assert out.out == ""
     assert one_error_line(out.err) == (
@@ -83,12 +85,33 @@ def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
         os.close(write_end)
 
 
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path_factory.mktemp("key") / "key.pem"
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return str(path)
+
+
 @pytest.mark.parametrize("args", [
     ("check", "--policy", POLICIES, "--url", "http://api.local/", "--output", "json"),
+    ("check", "--policy", POLICIES, "--url", "http://api.local/"),
     ("token", "inspect", UNSIGNED),
-])
-def test_a_closed_stdout_is_a_silent_141(args: tuple[str, ...]) -> None:
-    done = run_into_closed_pipe(*args)
+    ("token", "mint", "--key", "{key}", "--iss", "https://issuer.example", "--sub", "a"),
+    ("jwks", "from-pem", "{key}"),
+    ("envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "grpc"),
+    ("envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "http"),
+    ("test", "--output", "json", str(ROOT / "examples" / "tutorial")),
+    ("test", str(ROOT / "examples" / "tutorial")),
+    ("validate", POLICIES),
+], ids=["check-json", "check-text", "token-inspect", "token-mint", "jwks-from-pem",
+        "envoy-config-grpc", "envoy-config-http", "test-json", "test-text", "validate"])
+def test_a_closed_stdout_is_a_silent_141(args: tuple[str, ...], key_file: str) -> None:
+    done = run_into_closed_pipe(*(arg.format(key=key_file) for arg in args))
     assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
 
 
@@ -102,20 +125,28 @@ def non_json_lines(err: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_grpc_port_in_use_is_one_line_and_exit_1(workers: str) -> None:
+@pytest.mark.parametrize("workers", ["1", "2", None], ids=["one", "two", "default"])
+@pytest.mark.parametrize(("flag", "message"), [
+    ("--grpc-address", "cannot bind gRPC address {address}: Address already in use"),
+    ("--http-check-address", "cannot bind HTTP check address {address}: Address already in use"),
+    ("--http-address",
+     "cannot bind admin address {address} (--http-address): Address already in use"),
+], ids=["grpc", "http-check", "admin"])
+def test_a_port_in_use_is_one_line_and_exit_1(workers: str | None, flag: str,
+                                              message: str) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        port = holder.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "authz", "serve", "--policy", POLICIES,
-             "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{free_port()}",
-             "--workers", workers, "--log-format", "json"],
-            capture_output=True, text=True, timeout=60, check=False)
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        addresses = {"--grpc-address": "127.0.0.1:0", "--http-address": "127.0.0.1:0",
+                     "--http-check-address": "", flag: taken}
+        argv = [sys.executable, "-m", "authz", "serve", "--policy", POLICIES,
+                "--log-format", "json", *[part for item in addresses.items() for part in item]]
+        if workers is not None:
+            argv += ["--workers", workers]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
-    assert non_json_lines(done.stderr) == [
-        f"authz: cannot bind gRPC address 127.0.0.1:{port}: Address already in use"]
+    assert non_json_lines(done.stderr) == ["authz: " + message.format(address=taken)]
 
 
 def test_the_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,3 +180,27 @@ def test_ctrl_c_in_a_tool_is_a_quiet_130() -> None:
     finally:
         proc.kill()
     assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", "")
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["envoy-config", "--upstream-address", "127.0.0.1:8080", "--transport", "bogus"],
+     "authz: error: envoy-config: argument --transport: invalid choice: 'bogus' (choose from "
+     "'grpc', 'http') (see 'authz envoy-config --help')"),
+    (["test", "--min-coverage", "150"],
+     "authz: error: test: argument --min-coverage: must be between 0 and 100 "
+     "(see 'authz test --help')"),
+    (["check", "--policy", POLICIES],
+     "authz: error: check: the following arguments are required: --url "
+     "(see 'authz check --help')"),
+    (["token"], "authz: error: token: the following arguments are required: ACTION "
+     "(see 'authz token --help')"),
+    (["bogus"], "authz: error: argument COMMAND: invalid choice: 'bogus' (choose from "
+     "'serve', 'validate', 'check', 'test', 'envoy-config', 'keys', 'jwks', 'token') "
+     "(see 'authz --help')"),
+])
+def test_a_bad_argument_is_one_line_not_the_usage(
+        argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == line + "\n"

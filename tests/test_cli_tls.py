@@ -68,6 +68,17 @@ def test_a_certificate_that_cannot_serve_exits_2_with_one_line(
     assert "Traceback" not in out.stderr and "BEGIN" not in out.stderr + out.stdout
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_missing_certificate_file_exits_2_with_one_line(tmp_path: Path, workers: str) -> None:
+    missing = tmp_path / "nope.crt"
+    out = run("serve", "--workers", workers, "--grpc-address", f"127.0.0.1:{free_port()}",
+              "--http-address", "", "--log-format", "json",
+              "--tls-cert", str(missing), "--tls-key", str(tmp_path / "nope.key"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    plain = [line for line in out.stderr.splitlines() if not line.startswith("{")]
+    assert plain == [f"authz: tls: --tls-cert {missing}: No such file or directory"]
+
+
 def readyz(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:

@@ -46,8 +46,11 @@ async def test_health_check_like_kubernetes_probe(server: AuthzServer, service: 
     assert json.loads(out) == {"status": "SERVING"}
 
 
-async def test_reflection_lists_services(server: AuthzServer) -> None:
-    out = await buf_curl(server.grpc_port or 0, "", None, "--list-methods")
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+async def test_reflection_lists_services(server: AuthzServer, protocol: str) -> None:
+    # Both reflection services: grpcurl and buf ask v1 first, older clients v1alpha only.
+    out = await buf_curl(server.grpc_port or 0, "", None, "--list-methods",
+                         "--reflect-protocol", protocol)
     assert f"{AUTHORIZATION_SERVICE}/Check" in out.split()
     assert "grpc.health.v1.Health/Check" in out.split()
 

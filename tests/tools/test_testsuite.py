@@ -260,6 +260,21 @@ def test_init_writes_a_starter_that_passes(
     assert main(["test", "--init", "--policy", str(policies), str(target)]) == 2  # not overwritten
 
 
+def test_a_missing_path_is_a_usage_error(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == (
+        f"authz test: {tmp_path / 'nope'}: no such file or directory\n")
+
+
+def test_malformed_yaml_names_its_file_and_line(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path, "- name: x\n  request: {path: [/a\n  expect: {}\n")
+    assert main(["test", str(suite)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"authz test: {suite}:6: invalid YAML: "), line
+
+
 def test_no_test_files_is_a_usage_error(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test", str(tmp_path)]) == 2
