@@ -8,8 +8,11 @@ reads (docs/http-front-door.md):
   for Envoy also ``x-envoy-auth-headers-to-remove`` naming the token's header and
   the claim headers a client may have sent, which Envoy then strips upstream;
 - deny: the decision's status (401 or 403), body and ``www-authenticate``: Envoy
-  passes them to the client as the gRPC path's ``DeniedHttpResponse`` does, nginx
-  keeps the status and ``WWW-Authenticate``, Traefik passes the body too.
+  passes them to the client as the gRPC path's ``DeniedHttpResponse`` does, Traefik
+  passes the body too, nginx keeps the status and ``WWW-Authenticate`` and shows its
+  own error page. So ``/nginx`` denies carry no body: nginx never reads an auth
+  subrequest's body, and an unread body makes it close the connection (measured:
+  a connection per deny, and with TLS a handshake per deny).
 
 No ``content-type`` on a deny: Envoy gives its local reply its own, as it does for
 the gRPC path's denial.
@@ -46,7 +49,7 @@ def render(decision: Decision, door: Door) -> HttpResponse:
         return HttpResponse(200, tuple(headers))
     return HttpResponse(
         decision.status, tuple((h.name, h.value) for h in decision.response_headers),
-        decision.body.encode())
+        b"" if door is Door.NGINX else decision.body.encode())
 
 
 def echoed(decision: Decision, headers: Mapping[str, str], token_headers: Iterable[str]

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.proxies import start_nginx, start_traefik
+from tests.e2e.proxies import counter_for, start_nginx, start_traefik
 from tests.e2e.rig import (
     EchoUpstream,
     Envoy,
@@ -139,4 +139,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # Keep Route importable from the fixtures module for tests that build routes.
-__all__ = ["AuthzProcess", "Route", "start_nginx", "start_traefik"]
+__all__ = ["AuthzProcess", "Route", "counter_for", "start_nginx", "start_traefik"]

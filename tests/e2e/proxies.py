@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -29,7 +31,11 @@ from authz.testing.traefik import traefik_argv, traefik_binary, write_traefik
 from tests.e2e.rig import Front, Process, wait_until
 from tests.shared_data import in_ci
 
-__all__ = ["StartNginx", "StartTraefik", "require_binary", "start_nginx", "start_traefik"]
+if TYPE_CHECKING:  # tests.e2e.conftest imports this module's fixtures
+    from tests.e2e.conftest import AuthzProcess
+
+__all__ = ["ConnectionCounter", "StartNginx", "StartTraefik", "counter_for", "require_binary",
+           "start_nginx", "start_traefik"]
 
 StartNginx = Callable[..., Awaitable[Front]]
 StartTraefik = Callable[..., Awaitable[Front]]
@@ -116,3 +122,63 @@ async def start_traefik() -> AsyncIterator[StartTraefik]:
     yield start
     for process in started:
         process.stop()
+
+
+class ConnectionCounter:
+    """A TCP relay in front of authz's HTTP check port that counts connections: TLS runs
+    end to end through it, and every connection is a TLS handshake of its own."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.opened: list[float] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def since(self, moment: float) -> int:
+        return sum(1 for t in self.opened if t >= moment)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened.append(time.monotonic())
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        tasks = [asyncio.create_task(pipe(reader, up_writer)),
+                 asyncio.create_task(pipe(up_reader, writer))]
+        self._tasks.update(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.difference_update(tasks)
+
+
+@pytest.fixture
+async def counter_for() -> AsyncIterator[Any]:
+    started: list[ConnectionCounter] = []
+
+    async def start(authz: AuthzProcess) -> ConnectionCounter:
+        counter = ConnectionCounter(authz.http_check_port)
+        await counter.start()
+        started.append(counter)
+        return counter
+
+    yield start
+    for counter in started:
+        await counter.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from authz.testing.ports import free_port
 from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, SigningKey, ec_key, ed_key, jwks_of, rsa_key
 from tests.e2e.jwt_rig import request_authentication as ra_policy
-from tests.e2e.proxies import StartNginx, StartTraefik
+from tests.e2e.proxies import ConnectionCounter, StartNginx, StartTraefik
 from tests.e2e.rig import EchoUpstream, Front, Reply, Route
 from tests.e2e.test_check import POLICIES, ROUTES
 from tests.e2e.test_jwt import COMPARED_HEADERS, VARIANTS, token_cases
@@ -331,3 +332,23 @@ async def test_authz_down_fails_closed_through_both_proxies(
         reply = await front.send("GET", "/anything", {"authorization": "Bearer t"})
         assert (reply.status, reply.upstream) == (500, None), reply.body
     assert echo_upstream.seen == []
+
+
+async def test_nginx_keeps_its_connection_to_authz_across_denies(
+    start_authz: StartAuthz, start_nginx: StartNginx, echo_upstream: EchoUpstream,
+    counter_for: Any, tmp_path: Path,
+) -> None:
+    """nginx never reads an auth subrequest's body, so an answer with one cannot leave
+    the connection reusable: /nginx answers with none (nginx shows its own error page
+    anyway), and 60 denies and 60 allows in turn go over the one kept-alive connection
+    (with a body, each deny cost a new connection, and with TLS a new handshake)."""
+    (tmp_path / "p.yaml").write_text(POLICIES)
+    authz = await start_authz(tmp_path / "p.yaml", http_check=True)
+    counter: ConnectionCounter = await counter_for(authz)
+    nginx = await start_nginx(counter.port, echo_upstream.port, [NginxRoute("/", "foo")])
+    statuses = Counter()
+    for _ in range(60):
+        for path in ("/admin", "/public"):
+            statuses[(await nginx.send("GET", path)).status] += 1
+    assert statuses == {403: 60, 200: 60}, statuses
+    assert len(counter.opened) <= 2, len(counter.opened)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ import aiohttp
 import pytest
 
 from authz.testing.nginx import AuthTls, NginxRoute
-from authz.testing.ports import free_port
 from tests.ca import TestCA
-from tests.e2e.conftest import AuthzProcess, StartAuthz, StartEnvoy
+from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, SigningKey, jwks_of
 from tests.e2e.jwt_rig import request_authentication as ra_policy
-from tests.e2e.proxies import StartNginx, StartTraefik
+from tests.e2e.proxies import ConnectionCounter, StartNginx, StartTraefik
 from tests.e2e.rig import EchoUpstream
 from tests.e2e.test_jwt import VARIANTS, token_cases
 from tests.e2e.test_proxies import (
@@ -207,66 +205,6 @@ async def test_a_proxy_without_a_client_certificate_fails_closed(
             assert reply.upstream is None, (why, name, reply)
     assert answers == dict.fromkeys(answers, 500), answers
     assert echo_upstream.seen == []
-
-
-class ConnectionCounter:
-    """A TCP relay in front of authz's HTTP check port that counts connections: TLS runs
-    end to end through it, and every connection is a TLS handshake of its own."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self.opened: list[float] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def since(self, moment: float) -> int:
-        return sum(1 for t in self.opened if t >= moment)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.opened.append(time.monotonic())
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        tasks = [asyncio.create_task(pipe(reader, up_writer)),
-                 asyncio.create_task(pipe(up_reader, writer))]
-        self._tasks.update(tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.difference_update(tasks)
-
-
-@pytest.fixture
-async def counter_for() -> AsyncIterator[Any]:
-    started: list[ConnectionCounter] = []
-
-    async def start(authz: AuthzProcess) -> ConnectionCounter:
-        counter = ConnectionCounter(authz.http_check_port)
-        await counter.start()
-        started.append(counter)
-        return counter
-
-    yield start
-    for counter in started:
-        await counter.stop()
 
 
 async def test_rotation_under_load_through_nginx_fails_no_request(

@@ -38,13 +38,16 @@ def test_deny_keeps_status_body_and_www_authenticate(door: Door) -> None:
     decision = Decision.deny(401, "Jwt is expired", Reason.JWT_INVALID, response_headers=(
         Header("www-authenticate", 'Bearer realm="http://x/", error="invalid_token"'),))
     response = render(decision, door)
+    # nginx never reads an auth subrequest's body (it shows its own error page) and
+    # closes a connection whose answer had one: /nginx answers with none.
+    nginx = door is Door.NGINX
     assert response.status == 401
-    assert response.body == b"Jwt is expired"
+    assert response.body == (b"" if nginx else b"Jwt is expired")
     assert response.headers == (
         ("www-authenticate", 'Bearer realm="http://x/", error="invalid_token"'),)
     forbidden = render(Decision.deny(403, "RBAC: access denied", Reason.RBAC_DENIED), door)
     assert (forbidden.status, forbidden.body, forbidden.headers) == (
-        403, b"RBAC: access denied", ())
+        403, b"" if nginx else b"RBAC: access denied", ())
 
 
 TOKENS = ("authorization", "x-token")
