@@ -213,8 +213,7 @@ async def test_rotation_under_load_through_nginx_fails_no_request(
 ) -> None:
     """authz's certificate is replaced (kubelet's atomic swap) while 8 clients send
     requests through nginx (ingress flavour, mutual TLS). nginx keeps connections to
-    authz alive; ``keepalive_requests 20`` closes each after 20 auth subrequests, and
-    nginx closes one whose answer was a deny (it never reads a subrequest's body), so new
+    authz alive; ``keepalive_requests 20`` closes each after 20 auth subrequests, so new
     connections, each a TLS handshake, keep coming before and after the rotation. Every
     answer is the policy's: /open 200, /secret 403 (edge, named by the certificate)."""
     (tmp_path / "p.yaml").write_text(DENY_SECRET)
