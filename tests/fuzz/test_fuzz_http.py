@@ -398,18 +398,24 @@ def _protocol_property(case: tuple[bytes, Lines, int | None, list[int]], which: 
             if fed > MAX_HEADER_BYTES + 1:
                 assert not open_after[i], f"{fed} bytes of an unfinished head and no 431"
                 break
-    # How the bytes were split over reads changes nothing.
+    # How the bytes were split over reads changes nothing but, for a head over the
+    # limit, that its 431 may come before the byte llhttp would refuse with 400.
     if cuts:
         whole = Echo(service=service)
         proto = CheckProtocol(Connections(whole))
         other = Transport()
         proto.connection_made(other)  # type: ignore[arg-type]
         proto.data_received(stream)
-        split_out = bytes(transport.out)
-        assert split_out.startswith(bytes(other.out)), "the split changed the answers"
-        rest = split_out[len(other.out):]
-        if rest:  # the whole read ends mid-request; the split one also got 408 or 431
-            assert [a.status for a in parse_answers(rest, lambda i: False)] in ([408], [431])
+        assert [(r.method, r.target) for r in whole.seen] == [
+            (r.method, r.target) for r in seen]
+        alone = parse_answers(bytes(other.out),
+                              lambda i: i < len(seen) and seen[i].method == "HEAD")
+        assert [a.wire for a in alone[:len(seen)]] == [a.wire for a in answers[:len(seen)]]
+        last, split_last = alone[len(seen):], answers[len(seen):]
+        if not last:  # the whole read ends mid-request: the split one also met the timeout
+            assert [a.status for a in split_last] in ([], [408], [431])
+        else:
+            assert split_last == last or (split_last[0].status, last[0].status) == (431, 400)
 
 
 def test_http_bytes_into_the_protocol() -> None:
@@ -417,10 +423,19 @@ def test_http_bytes_into_the_protocol() -> None:
 
 
 # -- structured check requests through check_http ------------------------------
-def _wire_text(value: str | bytes) -> str:
-    """What the protocol makes of bytes on the wire (UTF-8, others surrogate-escaped)."""
+def _wire_text(value: str | bytes, refused: re.Pattern[str] | None = None) -> str:
+    """What the protocol makes of bytes on the wire (UTF-8, others surrogate-escaped),
+    without the characters llhttp refuses there (``refused``): a check request only
+    ever comes from the protocol."""
     raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "surrogateescape")
+    return refused.sub("", text) if refused else text
+
+
+_NOT_IN_VALUES = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+"""llhttp refuses every control character but HTAB in a header value (no obs-fold)."""
+_NOT_IN_TARGETS = re.compile("[\x00-\x20\x7f]")
+_NOT_IN_NAMES = re.compile("[^!#$%&'*+\\-.^_`|~0-9a-z]")
 
 
 claim_text = st.text(max_size=40) | st.sampled_from(
@@ -465,8 +480,8 @@ HEADERS_BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "access-control-request-method": st.sampled_from(["GET", ""]),
     "origin": nasty_text,
 }
-header_names = st.sampled_from(sorted(HEADERS_BY_NAME)) | st.text(max_size=12).map(
-    lambda n: n.encode("utf-8", "surrogatepass").decode("latin-1").lower())
+header_names = st.sampled_from(sorted(HEADERS_BY_NAME)) | st.text(min_size=1, max_size=12).map(
+    lambda n: _NOT_IN_NAMES.sub("", n.lower())).filter(bool)
 query_values = st.sampled_from(["namespace=default", "labels=app%3Dx", "labels=app",
                                 "namespace=&labels=", "access_token=x.y.z", "%zz", "&&=",
                                 "labels=a%3Db%2Cc"]) | nasty_text.map(
@@ -486,10 +501,11 @@ def check_http_requests(draw: st.DrawFn) -> HttpRequest:
     headers: dict[str, str] = {}
     for name in draw(st.lists(header_names, max_size=8)):
         strategy = HEADERS_BY_NAME.get(name, nasty_text)
-        headers[name] = _wire_text(draw(strategy))
+        headers[name] = _wire_text(draw(strategy), _NOT_IN_VALUES)
     return HttpRequest(
-        _wire_text(draw(st.sampled_from(["GET", "POST", "HEAD", "OPTIONS"]) | nasty_text)),
-        draw(door_targets), MappingProxyType(headers),
+        draw(st.sampled_from(["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH",
+                              "CONNECT", "TRACE", "PROPFIND", "SEARCH", "PURGE"])),
+        _NOT_IN_TARGETS.sub("", draw(door_targets)), MappingProxyType(headers),
         draw(st.sampled_from(["10.1.2.3", "::1", ""]) | st.text(max_size=15)),
         draw(st.none() | st.integers(0, 65535)))
 
