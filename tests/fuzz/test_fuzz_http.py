@@ -519,10 +519,12 @@ def _check_answer(request: HttpRequest) -> HttpResponse:
     for name, value in response.headers:
         assert not _UNSAFE.search(name) and not _UNSAFE.search(value), (name, value)
     encoded = encode_response(response, close=False)
-    if response.wire:
-        assert response.wire == encoded, "the memoized encoding is not the answer's"
     [answer] = parse_answers(encoded, lambda i: False)
     assert answer.status == response.status and answer.body == response.body
+    if response.wire:  # the memoized encoding says the same (its lines may be in another order)
+        [memo] = parse_answers(response.wire, lambda i: False)
+        assert (memo.status, sorted(memo.headers), memo.body) == (
+            answer.status, sorted(answer.headers), answer.body)
     return response
 
 
