@@ -21,10 +21,11 @@ policy reads the same headers whichever door the request came through.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from enum import Enum
 from types import MappingProxyType
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from authz.http.protocol import HttpRequest
 from authz.request.address import XFF, make_peer, parse_ip
@@ -179,6 +180,24 @@ def _address(text: str) -> tuple[str, int | None]:
     return (host, int(port)) if parse_ip(host) is not None else ("", None)
 
 
+_URL = re.compile(r"(?:([A-Za-z][A-Za-z0-9+.-]*):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?",
+                  re.DOTALL)
+"""RFC 3986 appendix B: splits any text into a URL's parts, never refuses."""
+
+
+def _split_url(url: str) -> SplitResult:
+    """``urlsplit``, but a URL it refuses (``http://[::1/x``: a bracket not closed)
+    still yields its path, so the policies on that path decide (a fallback to ``/``
+    would let a bad ``X-Original-URL`` pass a DENY on the path); no exception, no 500."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        match = _URL.match(url)
+        assert match is not None  # every part is optional: the pattern matches any text
+        scheme, netloc, path, query, fragment = (g or "" for g in match.groups())
+        return SplitResult(scheme.lower(), netloc, path, query, fragment)
+
+
 def _last_xff(headers: Mapping[str, str]) -> str:
     """The rightmost ``x-forwarded-for`` entry: what the proxy appended, its direct peer."""
     xff = headers.get(XFF, "")
@@ -214,7 +233,7 @@ def view_from_http(
     elif door is Door.NGINX:
         url = given.get("x-original-url", "")
         if url:
-            parts = urlsplit(url)
+            parts = _split_url(url)
             host, scheme = parts.netloc or given.get("host", ""), parts.scheme
             target = parts.path or "/"
             if parts.query:

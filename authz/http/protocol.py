@@ -243,6 +243,11 @@ class CheckProtocol(asyncio.Protocol):
         self._name = b""
         self._header_bytes = 0
         self._body_bytes = 0
+        self._in_head = False
+        self._heads = 0
+        """Request heads begun on this connection."""
+        self._head_reads = 0
+        """Bytes of the reads that fell wholly inside the head in progress."""
         self._started: float | None = None
         """When the request in progress began (None: between requests)."""
         self._last_active = time.monotonic()
@@ -281,6 +286,7 @@ class CheckProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        in_head, heads = self._in_head, self._heads
         try:
             self._parser.feed_data(data)
         except _Refused as exc:
@@ -297,6 +303,14 @@ class CheckProtocol(asyncio.Protocol):
                 self._refuse(_INTERNAL)
         except httptools.HttpParserError:
             self._refuse(_BAD_REQUEST)
+        else:
+            if in_head and self._in_head and heads == self._heads:
+                # httptools keeps an unfinished header line without bound and calls
+                # on_header (which counts) only once it ends: count what arrives
+                # inside a head, or a header line that never ends fills the memory.
+                self._head_reads += len(data)
+                if self._head_reads > MAX_HEADER_BYTES:
+                    self._refuse(_HEADERS_TOO_LARGE)
 
     # -- httptools callbacks -------------------------------------------------
     def on_message_begin(self) -> None:
@@ -305,6 +319,9 @@ class CheckProtocol(asyncio.Protocol):
         self._headers = {}
         self._header_bytes = 0
         self._body_bytes = 0
+        self._in_head = True
+        self._heads += 1
+        self._head_reads = 0
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -318,6 +335,7 @@ class CheckProtocol(asyncio.Protocol):
         headers[key] = join_header(key, headers[key], text) if key in headers else text
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise _Refused(_TOO_LARGE)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 LONG = os.environ.get("AUTHZ_FUZZ", "") == "long"
-TARGETS = 6
+TARGETS = 8
 """How many targets share the long budget (the ``fuzz(...)`` calls in tests/fuzz)."""
 BUDGET = float(os.environ.get("AUTHZ_FUZZ_SECONDS", "600")) / TARGETS
 SHORT_EXAMPLES = 60
