@@ -353,7 +353,12 @@ def realm(view: RequestView) -> str:
     path cut to 256 characters (jwt_authn's limit). A token sent as a query parameter
     is echoed to the client that sent it, exactly as Envoy does."""
     scheme = view.headers.get("x-forwarded-proto") or view.scheme or "http"
-    return f"{scheme}://{view.host}{view.original_path[:MAX_REALM_PATH]}"
+    uri = f"{scheme}://{view.host}{view.original_path[:MAX_REALM_PATH]}"
+    if _UNSENDABLE.search(uri) is not None:
+        # Never a header value a proxy must refuse: no parser in front of authz lets
+        # a control character through today, and none reaches the answer if one does.
+        uri = _UNSENDABLE.sub(lambda m: f"%{ord(m.group()):02X}", uri)
+    return uri
 
 
 def www_authenticate(view: RequestView, status: Status) -> str:

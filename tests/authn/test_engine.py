@@ -15,6 +15,7 @@ from authz.authn.engine import (
     AuthnSuccess,
     StaticKeys,
     claim_value,
+    header_value_ok,
     normalize_claims,
 )
 from authz.authn.keys import KeySet, parse_jwks
@@ -417,6 +418,14 @@ def test_realm_uses_forwarded_proto_and_truncates_path() -> None:
     assert res.www_authenticate.startswith('Bearer realm="https://httpbin.foo:8000/aaa')
     assert "secret" not in res.www_authenticate
     assert len(res.www_authenticate.split('"')[1]) == len("https://httpbin.foo:8000") + 256
+
+
+def test_realm_never_carries_a_control_character() -> None:
+    """No proxy delivers one today; if one did, the 401 must still be sendable."""
+    res = fail(auth(rule()).authenticate(view(
+        headers=bearer("x") | {"x-forwarded-proto": "ht\rtp"}, path="/a\nb\x00"), NOW))
+    assert res.www_authenticate.startswith('Bearer realm="ht%0Dtp://httpbin.foo:8000/a%0Ab%00')
+    assert header_value_ok(res.www_authenticate)
 
 
 # -- cache ---------------------------------------------------------------------------
