@@ -507,7 +507,11 @@ def check_http_requests(draw: st.DrawFn) -> HttpRequest:
                               "CONNECT", "TRACE", "PROPFIND", "SEARCH", "PURGE"])),
         _NOT_IN_TARGETS.sub("", draw(door_targets)), MappingProxyType(headers),
         draw(st.sampled_from(["10.1.2.3", "::1", ""]) | st.text(max_size=15)),
-        draw(st.none() | st.integers(0, 65535)))
+        draw(st.none() | st.integers(0, 65535)),
+        # What a mutual-TLS client certificate names (a URI SAN or a subject), or none.
+        draw(st.sampled_from(["", "spiffe://cluster.local/ns/edge/sa/ingress",
+                              "spiffe://cluster.local/ns/", "CN=proxy,O=x"])
+             | st.text(max_size=40)))
 
 
 _UNSAFE = re.compile("[\r\n\x00]")
