@@ -49,6 +49,34 @@ async def test_every_worker_answers_http_checks(
     assert 'transport="http"' in text
 
 
+async def test_every_worker_serves_the_http_check_port_over_tls(
+        supervised: Callable[..., Awaitable[Supervised]], tmp_path: Path) -> None:
+    """Each worker loads the certificate files itself and shows its own state on
+    /readyz; a check over TLS is answered whichever worker the kernel picks."""
+    import json
+    import ssl
+
+    from tests.ca import TestCA
+
+    ca = TestCA()
+    cert, key = ca.server().write(tmp_path / "tls", "server")
+    server, port = await start(supervised, tmp_path, "--tls-cert", str(cert),
+                               "--tls-key", str(key))
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+
+    async def status(path: str) -> int:
+        connector = aiohttp.TCPConnector(force_close=True, ssl=context)
+        async with aiohttp.ClientSession(connector=connector) as s, s.get(
+                f"https://127.0.0.1:{port}/nginx", headers={"x-original-uri": path}) as r:
+            return r.status
+
+    statuses = await asyncio.gather(*(status("/admin" if i % 2 else "/") for i in range(20)))
+    assert statuses == [200, 403] * 10
+    _, text = await server.get("/readyz")
+    workers = json.loads(text)["workers"]
+    assert len(workers) == 2 and all(w["tls"]["enabled"] for w in workers), workers
+
+
 async def read_answer(reader: asyncio.StreamReader) -> bytes:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
