@@ -384,7 +384,7 @@ class CheckProtocol(asyncio.Protocol):
                 self._transport.pause_reading()
 
     def _landed(self, task: asyncio.Future[HttpResponse]) -> None:
-        if not task.cancelled():
+        if self._transport is not None:  # else connection_lost cancelled it
             self._flush()
 
     def _flush(self) -> None:
@@ -396,7 +396,8 @@ class CheckProtocol(asyncio.Protocol):
             if entry.task is not None:
                 if not entry.task.done():
                     break
-                error = entry.task.exception()
+                error = (asyncio.CancelledError() if entry.task.cancelled()
+                         else entry.task.exception())
                 if error is not None:  # the handler answers its own failures: a bug
                     log.error("http_handler_failed", error=type(error).__name__)
                     response = _INTERNAL

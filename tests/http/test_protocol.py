@@ -43,6 +43,8 @@ async def deferred(target: str) -> HttpResponse:
         raise
     if target.endswith("/boom"):
         raise RuntimeError("a bug, later")
+    if target.endswith("/cancel"):
+        raise asyncio.CancelledError  # something it awaited was cancelled: a bug too
     return HttpResponse(200, (("x-target", target),), b"later")
 
 
@@ -311,11 +313,12 @@ async def test_deferred_answers_land_out_of_order_and_are_written_in_order(
     writer.close()
 
 
-async def test_a_deferred_failure_is_500_in_its_place(server: Server) -> None:
+@pytest.mark.parametrize("failure", ["/later/boom", "/later/cancel"])
+async def test_a_deferred_failure_is_500_in_its_place(server: Server, failure: str) -> None:
     reader, writer = await server.connect()
-    writer.write(get("/later/boom") + get("/f"))
+    writer.write(get(failure) + get("/f"))
     await asyncio.sleep(0.05)
-    land("/later/boom")
+    land(failure)
     assert (await read_response(reader))[0] == 500
     assert (await read_response(reader))[1]["x-target"] == "/f"
     writer.close()
