@@ -75,6 +75,9 @@ SERVE_OPTIONS = (
            "refreshes (a shorter Cache-Control max-age wins, down to 30 s)", 1200.0, float),
     Option("--jwks-refetch-interval", "jwks_refetch_interval", "a token with an unknown kid "
            "refetches its JWKS at most once per this many seconds", 2.0, float),
+    Option("--jwks-refetch-wait", "jwks_refetch_wait", "seconds a request whose token has "
+           "an unknown kid may wait for the JWKS fetch in flight before it is decided "
+           "again; 0 answers at once", 0.5, float),
     Option("--jwks-ca-file", "jwks_ca_file", "CA bundle for HTTPS JWKS and OIDC discovery "
            "(default: the system's)"),
     Option("--watch-interval", "watch_interval", "seconds between checks of the policy files "
@@ -285,6 +288,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         watch_settle=args.watch_settle,
         jwks_refresh_interval=args.jwks_refresh_interval,
         jwks_refetch_interval=args.jwks_refetch_interval,
+        jwks_refetch_wait=args.jwks_refetch_wait,
         jwks_ca_file=args.jwks_ca_file or None,
         otel_endpoint=args.otel_endpoint or None,
         decision_log=args.decision_log,

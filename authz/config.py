@@ -115,6 +115,10 @@ class Settings:
     """Seconds between JWKS refreshes (Istio's default: 20 min); max-age can shorten it."""
     jwks_refetch_interval: float = 2.0
     """At most one unknown-kid refetch per JWKS source per this many seconds."""
+    jwks_refetch_wait: float = 0.5
+    """Seconds a Check whose token has an unknown kid may wait for the JWKS fetch in
+    flight (and the fetch's own timeout at most); under the 1 s ext_authz timeout
+    ``authz envoy-config`` gives Envoy, so the wait ends before the proxy gives up."""
     jwks_ca_file: str | None = None
     """CA bundle for HTTPS JWKS endpoints (default: the system's)."""
     watch_interval: float = 0.5
@@ -177,6 +181,8 @@ class Settings:
             raise ConfigError("--jwks-refresh-interval must be >= 1 (seconds)")
         if self.jwks_refetch_interval < 0:
             raise ConfigError("--jwks-refetch-interval must be >= 0")
+        if not 0 <= self.jwks_refetch_wait <= 10:
+            raise ConfigError("--jwks-refetch-wait must be within [0, 10] (seconds)")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be >= 0")
         if self.watch_settle < 0:

@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,6 +27,7 @@ from prometheus_client import generate_latest
 from authz import __version__, eventloop, heap
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.admin import AdminServer
+from authz.authn.engine import PendingKeys
 from authz.authn.jwks import JwksManager, JwksSettings, describe
 from authz.config import Settings, format_address, parse_address
 from authz.decision import Decision, Reason
@@ -202,6 +203,8 @@ class AuthorizationService:
         self.ready = False
         """What the HTTP check port's /readyz says (the server sets it with health)."""
         self._health_poll: Callable[[str], None] | None = health_poll
+        self._refetch_wait = settings.jwks_refetch_wait
+        """Longest a Check waits for the key-set fetch an unknown kid needs (``_await_keys``)."""
 
     def flush_log(self) -> None:
         self._decision_log.flush()
@@ -237,32 +240,70 @@ class AuthorizationService:
     def decide(
         self, request: external_auth_pb2.CheckRequest, peer: str = ""
     ) -> tuple[RequestView | None, Decision]:
-        return self._decide(lambda snapshot: view_from_check_request(
-            request, self._default_namespace, snapshot.peer, snapshot.scope, peer))
+        """The decision now, whatever fetch is in flight (``Check`` may wait for one)."""
+        view, decision, _ = self._decide(self._grpc_view(request, peer))
+        return view, decision
 
     def decide_http(self, door: Door, request: HttpRequest
                     ) -> tuple[RequestView | None, Decision]:
         """``decide`` for an HTTP front door's check request (authz/http/)."""
-        return self._decide(lambda snapshot: view_from_http(
-            door, request, self._default_namespace, snapshot.peer, snapshot.scope))
+        view, decision, _ = self._decide(self._http_view(door, request))
+        return view, decision
+
+    def _grpc_view(self, request: external_auth_pb2.CheckRequest, peer: str
+                   ) -> Callable[[Snapshot], RequestView]:
+        return lambda snapshot: view_from_check_request(
+            request, self._default_namespace, snapshot.peer, snapshot.scope, peer)
+
+    def _http_view(self, door: Door, request: HttpRequest) -> Callable[[Snapshot], RequestView]:
+        return lambda snapshot: view_from_http(
+            door, request, self._default_namespace, snapshot.peer, snapshot.scope)
 
     def _decide(self, build_view: Callable[[Snapshot], RequestView]
-                ) -> tuple[RequestView | None, Decision]:
-        """The view the transport's adapter builds, then the snapshot's decision."""
-        snapshot = self._store.current  # read once: a reload never splits a Check
+                ) -> tuple[RequestView | None, Decision, tuple[PendingKeys, ...]]:
+        """The view the transport's adapter builds, then the snapshot's decision, and
+        the key-set fetches in flight that could change it (``Snapshot.evaluate_pending``)."""
+        snapshot = self._store.current  # read once: a reload never splits a decision
         try:
             view = build_view(snapshot)
         except ScopeError as exc:
             # The route's scope (context_extensions, or the HTTP door's scope headers
             # or query) is wrong: fail closed, say why.
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
-            return None, denied
-        return view, snapshot.evaluate(view, time.time())
+            return None, denied, ()
+        decision, pending = snapshot.evaluate_pending(view, time.time())
+        return view, decision, pending
 
-    def check_http(self, request: HttpRequest) -> HttpResponse:
+    async def _await_keys(
+        self, build_view: Callable[[Snapshot], RequestView], view: RequestView | None,
+        decision: Decision, pending: tuple[PendingKeys, ...],
+    ) -> tuple[RequestView | None, Decision]:
+        """A token refused only because its ``kid`` is not in the key set while that
+        set is being fetched (an identity provider rotated its keys): wait for the
+        fetch and decide again with the keys it brings, as Envoy's jwt_authn holds a
+        request while the JWKS fetch it needs runs. At most ``--jwks-refetch-wait``
+        seconds in all (and each fetch's own timeout); the loop is free meanwhile.
+        A fetch that fails or is too slow, too many waiters on its source, or no
+        fetch at all (the refetch rate limit): the refusal stands, as Envoy's."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._refetch_wait
+        while pending:
+            landed = False
+            for keys in pending:
+                landed = await keys.wait(deadline - loop.time()) or landed
+            if not landed:
+                break
+            # The new keys may still lack the kid (the fetch began before the provider
+            # published it): then a refetch of its own may run, and is waited for too.
+            view, decision, pending = self._decide(build_view)
+        return view, decision
+
+    def check_http(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         """One HTTP check, synchronously on the loop (the protocol calls it as soon as
         the request is parsed): the same decision, counters, log line and span as
-        ``Check``, rendered for the front door the path names."""
+        ``Check``, rendered for the front door the path names. Only a token refused
+        for an unknown kid while its keys are being fetched gets an awaitable answer
+        instead (``_await_keys``); the protocol keeps answers in request order."""
         door = door_of(request.target)
         if door is None:
             if request.target == HEALTH_PATH:
@@ -279,9 +320,36 @@ class AuthorizationService:
         start_ns = time.time_ns() if self._tracing.enabled else 0
         self.in_flight += 1
         try:
-            view, decision = self.decide_http(door, request)
-            # The snapshot's memo (Snapshot.answers): no await since decide_http read
-            # it, so this is the snapshot that decided.
+            build = self._http_view(door, request)
+            view, decision, pending = self._decide(build)
+        except Exception as exc:
+            return self._http_failed(request, exc, start)
+        if pending:
+            return self._http_after_keys(request, door, build, view, decision, pending,
+                                         start, start_ns)
+        return self._http_answer(request, door, view, decision, start, start_ns)
+
+    async def _http_after_keys(
+        self, request: HttpRequest, door: Door, build: Callable[[Snapshot], RequestView],
+        view: RequestView | None, decision: Decision, pending: tuple[PendingKeys, ...],
+        start: float, start_ns: int,
+    ) -> HttpResponse:
+        """``check_http``'s answer once the key-set fetches it waits for landed."""
+        try:
+            view, decision = await self._await_keys(build, view, decision, pending)
+        except Exception as exc:
+            return self._http_failed(request, exc, start)
+        except BaseException:  # cancelled: the client went away
+            self.in_flight -= 1
+            raise
+        return self._http_answer(request, door, view, decision, start, start_ns)
+
+    def _http_answer(self, request: HttpRequest, door: Door, view: RequestView | None,
+                     decision: Decision, start: float, start_ns: int) -> HttpResponse:
+        """The decision rendered for ``door``; ends the Check ``check_http`` began."""
+        try:
+            # The snapshot's memo (Snapshot.answers): no await since _decide read it,
+            # so this is the snapshot that decided.
             snapshot = self._store.current
             answers = snapshot.answers
             response: HttpResponse | None = answers.get(decision, door)
@@ -293,19 +361,23 @@ class AuthorizationService:
                 response = with_echo(response, echoed(
                     decision, view.headers, snapshot.token_locations))
         except Exception as exc:
-            # Not a deny: 500, so Envoy applies status_on_error / failure_mode_allow
-            # and nginx its own error (500), closed by default.
-            self._metrics.check_errors.labels("internal", "http").inc()
-            log.error("check_failed", error=type(exc).__name__, at=_where(exc),
-                      request_id=request.headers.get("x-request-id", ""), transport="http")
-            return INTERNAL_ERROR
-        finally:
-            self.in_flight -= 1
-            latency = time.perf_counter() - start
-            self._latency["http"].observe(latency)
+            return self._http_failed(request, exc, start)
+        self.in_flight -= 1
+        latency = time.perf_counter() - start
+        self._latency["http"].observe(latency)
         self._count(decision, "http")
         self._after(view, decision, latency, start_ns)
         return response
+
+    def _http_failed(self, request: HttpRequest, exc: Exception, start: float) -> HttpResponse:
+        """Not a deny: 500, so Envoy applies status_on_error / failure_mode_allow and
+        nginx its own error (500), closed by default. Ends the Check."""
+        self.in_flight -= 1
+        self._latency["http"].observe(time.perf_counter() - start)
+        self._metrics.check_errors.labels("internal", "http").inc()
+        log.error("check_failed", error=type(exc).__name__, at=_where(exc),
+                  request_id=request.headers.get("x-request-id", ""), transport="http")
+        return INTERNAL_ERROR
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest | _Undecodable,
@@ -328,7 +400,10 @@ class AuthorizationService:
             # destination principal the request does not carry (docs/tls.md).
             peer = (peer_principal(context.auth_context())
                     if self._tls_peer and not request.attributes.destination.principal else "")
-            view, decision = self.decide(request, peer)
+            build = self._grpc_view(request, peer)
+            view, decision, pending = self._decide(build)
+            if pending:  # an unknown kid while its key set is being fetched: rare
+                view, decision = await self._await_keys(build, view, decision, pending)
             response = response_bytes(decision, self._store.current.responses)
         except Exception as exc:
             # An internal failure is not a deny: answer with a gRPC error so Envoy

@@ -21,11 +21,14 @@ A provider that runs first removes the client's headers of its own output names.
 
 Key sets are read from the JWKS manager with plain dict reads; an unknown
 ``kid`` asks the manager for a rate-limited refetch and is answered from the
-keys at hand.
+keys at hand. When that refetch runs, the failure names it (``AuthnFailure.refetches``)
+so the server, which can await, may wait for it and decide again (``authz.server``):
+this module itself never waits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -67,7 +70,8 @@ from authz.request.scope import Scope
 from authz.request.view import RequestView
 
 __all__ = [
-    "AUTHN_HEADERS", "Authenticator", "AuthnFailure", "AuthnSuccess", "KeyProvider", "StaticKeys",
+    "AUTHN_HEADERS", "Authenticator", "AuthnFailure", "AuthnSuccess", "KeyProvider",
+    "PendingKeys", "StaticKeys",
     "aggregate", "claim_value", "header_value_ok", "is_cors_preflight", "normalize_claims",
     "realm",
     "www_authenticate",
@@ -79,6 +83,15 @@ MAX_REALM_PATH = 256
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+class PendingKeys(Protocol):
+    """A key-set fetch in flight (the JWKS manager's ``Refetch``)."""
+
+    async def wait(self, limit: float) -> bool:
+        """True once it succeeded, within ``limit`` seconds; False at once if too
+        many wait already; False if it failed or took longer."""
+        ...
+
+
 class KeyProvider(Protocol):
     """Live key sets for remote rules (``JwksManager`` implements it)."""
 
@@ -86,8 +99,9 @@ class KeyProvider(Protocol):
         """The current set, or None if none was ever fetched. Must not block."""
         ...
 
-    def request_refetch(self, rule: JwtRule) -> None:
-        """Ask for an early refetch (unknown kid). Fire and forget; must not block."""
+    def request_refetch(self, rule: JwtRule) -> PendingKeys | None:
+        """Ask for an early refetch (unknown kid); must not block. The fetch in
+        flight for that rule's keys, if one runs, for a caller that can wait."""
         ...
 
     @property
@@ -144,6 +158,9 @@ class AuthnFailure:
     reason: str
     detail: str = ""
     """Which rule and location failed; never the token."""
+    refetches: tuple[PendingKeys, ...] = field(default=(), compare=False)
+    """Key-set fetches in flight for tokens refused only for an unknown ``kid``: the
+    answer may change once they land (the server may wait for them, bounded)."""
 
 
 AuthnResult = AuthnSuccess | AuthnFailure
@@ -218,7 +235,7 @@ class _Run:
     """One request's evaluation: extraction and verification memoized, and the
     request's changes so far (as Envoy makes them while the tree runs)."""
 
-    __slots__ = ("auth", "events", "failures", "goods", "log", "now", "parts",
+    __slots__ = ("auth", "events", "failures", "goods", "log", "now", "parts", "refetches",
                  "removed_headers", "removed_params", "tokens", "until", "verdicts")
 
     def __init__(self, auth: Authenticator, parts: RequestParts, now: float) -> None:
@@ -243,6 +260,8 @@ class _Run:
         is part of the key a built response is remembered by."""
         self.until = math.inf
         """When the time checks of the tokens read so far can first answer differently."""
+        self.refetches: list[PendingKeys] = []
+        """Fetches in flight that unknown kids asked for (``AuthnFailure.refetches``)."""
 
     def tokens_for(self, p: _Provider) -> tuple[ExtractedToken, ...]:
         found = self.tokens.get(p.index)
@@ -262,7 +281,7 @@ class _Run:
         key = (p.index, tok.token)
         verdict = self.verdicts.get(key)
         if verdict is None:
-            status, jwt, until = self.auth._verify(p, tok.token, self.now)
+            status, jwt, until = self.auth._verify(p, tok.token, self.now, self.refetches)
             verdict = self.verdicts[key] = (status, jwt)
             if until < self.until:
                 self.until = until
@@ -500,7 +519,10 @@ class Authenticator:
         run = _Run(self, RequestParts(view.headers, view.query), now)
         status = run.evaluate(plan.tree)
         if status is not Status.OK:
-            return self._failure(view, status, run), run.until
+            failure = self._failure(view, status, run)
+            if run.refetches:
+                failure = dataclasses.replace(failure, refetches=tuple(run.refetches))
+            return failure, run.until
         try:
             return self._success(plan, run), run.until
         except UnsendableClaim as exc:
@@ -534,12 +556,14 @@ class Authenticator:
 
     # -- one token -------------------------------------------------------------
 
-    def _verify(self, p: _Provider, token: str, now: float
+    def _verify(self, p: _Provider, token: str, now: float,
+                refetches: list[PendingKeys] | None = None
                 ) -> tuple[Status, Jwt | None, float]:
         """Envoy's ``startVerify`` for one token and one provider; with the first moment
         the answer can change for the same keys (the token's ``time_horizon``; ``inf``
         for a token that cannot be parsed; ``now`` when a refetch was asked for: the
-        new keys may answer differently, and a remembered answer would not ask again)."""
+        new keys may answer differently, and a remembered answer would not ask again).
+        A fetch in flight for an unknown kid is added to ``refetches``."""
         keys = p.inline_keys if p.inline_keys is not None else (
             self.keys.keys_for(p.rule) if self.keys is not None else None)
         if len(token) > self.max_token_bytes:
@@ -584,7 +608,9 @@ class Authenticator:
             self.cache.reject(p.rule_id, digest, keys.fingerprints, jwt)
         if (jwt.kid is not None and jwt.kid not in keys.kids and p.inline_keys is None
                 and self.keys is not None):
-            self.keys.request_refetch(p.rule)
+            pending = self.keys.request_refetch(p.rule)
+            if pending is not None and refetches is not None:
+                refetches.append(pending)
             return status, None, now
         return status, None, until
 

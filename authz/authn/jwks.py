@@ -18,7 +18,11 @@ process:
   key counts as a failure;
 - a token with an unknown ``kid`` may trigger an early refetch
   (``request_refetch``): single-flight and at most once per
-  ``refetch_min_interval`` per source, callable from any thread, never awaited;
+  ``refetch_min_interval`` per source, callable from any thread. On the loop it
+  hands back the fetch in flight (a ``Refetch``), which the server may await,
+  bounded, before answering: a key rotation then costs the new kid's first
+  requests a fetch's latency instead of a 401. At most ``max_waiters`` requests
+  wait per source; the rest, like every rate-limited kid, are answered at once;
 - TLS certificates are always verified (system roots, or ``ca_bundle``).
 
 Published key sets are immutable and replaced whole; ``keys_for`` is a plain
@@ -46,7 +50,10 @@ from authz.authn.keys import KeySet, parse_jwks
 from authz.errors import AuthzError
 from authz.policy.request_authentication import JwtRule, check_jwks_uri
 
-__all__ = ["FetchError", "JwksManager", "JwksSettings", "JwksSource", "SourceStatus", "describe"]
+__all__ = [
+    "FetchError", "JwksManager", "JwksSettings", "JwksSource", "Refetch", "SourceStatus",
+    "describe",
+]
 
 log = structlog.get_logger("authz.authn.jwks")
 
@@ -87,6 +94,10 @@ class JwksSettings:
     """Floor for a server's ``max-age``, so a tiny value cannot make us hammer it."""
     refetch_min_interval: float = 30.0
     """Unknown-kid refetches: at most one per source per this many seconds."""
+    max_waiters: int = 1024
+    """Requests that may wait at once for one source's fetch in flight (``Refetch``).
+    Anyone can mint a token with an unknown kid, so waiting must not grow without
+    bound: past this, a request is answered from the keys at hand, as if rate-limited."""
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     max_body_bytes: int = 1024 * 1024
@@ -142,24 +153,52 @@ class _Fetcher:
         self.outcomes: dict[str, int] = {"updated": 0, "not_modified": 0, "failed": 0}
         self.keys_updated: float | None = None
         self.task: asyncio.Task[None] | None = None
+        self.landing: asyncio.Future[bool] | None = None
+        """Resolved when the fetch running (or woken) ends: True if it succeeded.
+        Created only when a request asks to wait for it."""
+        self.waiters = 0
+        """Requests awaiting ``landing`` now (``Refetch.wait``)."""
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"jwks:{self.source}")
 
     async def _run(self) -> None:
-        while True:
-            delay = await self._attempt()
-            self.first_done.set()
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+        try:
+            while True:
+                delay = await self._attempt()
+                self.first_done.set()
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
+        finally:  # stopped (source dropped, manager stopped): nobody waits for nothing
+            self._land(False)
 
-    def poke(self) -> None:
-        """Unknown kid: refetch now unless one is running or one ran too recently."""
+    @property
+    def busy(self) -> bool:
+        """A fetch is running, or was woken and is about to."""
+        return self.in_flight or self.wake.is_set()
+
+    def landed(self) -> asyncio.Future[bool]:
+        """The future the running (or woken) fetch resolves; call only when ``busy``."""
+        if self.landing is None:
+            self.landing = asyncio.get_running_loop().create_future()
+        return self.landing
+
+    def _land(self, ok: bool) -> None:
+        landing, self.landing = self.landing, None
+        if landing is not None and not landing.done():
+            landing.set_result(ok)
+
+    def poke(self) -> bool:
+        """Unknown kid: refetch now unless one is running or one ran too recently.
+        True if a fetch is now running or woken (one a request may wait for)."""
+        if self.busy:
+            return True
         now = self.manager.clock()
-        if self.in_flight or now - self.last_attempt < self.manager.settings.refetch_min_interval:
-            return
+        if now - self.last_attempt < self.manager.settings.refetch_min_interval:
+            return False
         self.wake.set()
+        return True
 
     async def _attempt(self) -> float:
         settings = self.manager.settings
@@ -184,6 +223,7 @@ class _Fetcher:
         self.failures = 0
         self.last_error = None
         self.last_success = self.manager.clock()
+        self._land(True)  # after _publish: a waiter decides again with the new keys
         interval = settings.refresh_interval
         if result.max_age is not None and result.max_age < interval:
             # The floor bounds what a server asks for; the operator's own interval
@@ -196,6 +236,7 @@ class _Fetcher:
         self.failures += 1
         self.outcomes["failed"] += 1
         self.last_error = error
+        self._land(False)
         delay: float = min(settings.backoff_max, settings.refresh_interval,
                     settings.backoff_initial * 2.0 ** min(self.failures - 1, 30))
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
@@ -236,6 +277,36 @@ class _Fetcher:
         if problem:
             raise FetchError(f"OIDC discovery {url}: jwks_uri {problem}")
         return uri
+
+
+class Refetch:
+    """A key-set fetch in flight that a request whose token has an unknown ``kid``
+    may wait for (``JwksManager.request_refetch``), as Envoy's jwt_authn holds a
+    request while the JWKS fetch it needs runs rather than failing it."""
+
+    __slots__ = ("_fetcher", "_landed")
+
+    def __init__(self, fetcher: _Fetcher, landed: asyncio.Future[bool]) -> None:
+        self._fetcher = fetcher
+        self._landed = landed
+
+    async def wait(self, limit: float) -> bool:
+        """True once the fetch succeeded (its keys are published), within ``limit``
+        seconds and the fetch's own timeout. False at once when ``max_waiters``
+        requests already wait for this source; False when it failed or took too long."""
+        fetcher = self._fetcher
+        if fetcher.waiters >= fetcher.manager.settings.max_waiters or limit <= 0:
+            return False
+        fetcher.waiters += 1
+        try:
+            # Shielded: one waiter's timeout (or its client going away) must not
+            # cancel what the others wait for.
+            return await asyncio.wait_for(asyncio.shield(self._landed),
+                                          min(limit, fetcher.timeout))
+        except TimeoutError:
+            return False
+        finally:
+            fetcher.waiters -= 1
 
 
 def _max_age(cache_control: str) -> float | None:
@@ -344,25 +415,31 @@ class JwksManager:
     def keys_for_source(self, source: JwksSource) -> KeySet | None:
         return self._keys.get(source)
 
-    def request_refetch(self, rule: JwtRule) -> None:
-        """Fire-and-forget early refetch (unknown kid). Rate-limited; any thread."""
+    def request_refetch(self, rule: JwtRule) -> Refetch | None:
+        """Early refetch for an unknown kid. Rate-limited; callable from any thread.
+
+        On the manager's loop: the fetch running (a scheduled one counts) or the one
+        this call started, for the caller to wait on; None when none runs and the
+        rate limit holds one back. From another thread: fire and forget (None)."""
         source = JwksSource.for_rule(rule)
         fetcher = self._fetchers.get(source) if source is not None else None
         loop = self._loop
         if fetcher is None or loop is None or loop.is_closed():
-            return
-        now = self.clock()
-        if now - fetcher.last_poke < self.settings.refetch_min_interval:
-            return
-        fetcher.last_poke = now
+            return None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            fetcher.poke()
-        else:
+        if running is loop and fetcher.busy:
+            return Refetch(fetcher, fetcher.landed())
+        now = self.clock()
+        if now - fetcher.last_poke < self.settings.refetch_min_interval:
+            return None
+        fetcher.last_poke = now
+        if running is not loop:
             loop.call_soon_threadsafe(fetcher.poke)
+            return None
+        return Refetch(fetcher, fetcher.landed()) if fetcher.poke() else None
 
     def status(self) -> tuple[SourceStatus, ...]:
         out = []

@@ -3,8 +3,13 @@
 Chosen by measurement over aiohttp (docs/http-front-door.md, "Transport"): a
 check is one short request with no body to read and a small answer, so what
 costs is the framework around the parse. This protocol parses with llhttp (C),
-calls the handler synchronously from ``data_received`` (the handler never awaits:
-it reads the snapshot and returns), and writes the whole answer in one call.
+calls the handler synchronously from ``data_received`` (it reads the snapshot and
+returns), and writes the whole answer in one call.
+
+A handler may instead return an awaitable of its answer, for the rare check that
+must wait (a token whose new signing key is being fetched). It runs at once, and
+answers stay in request order: a pipelined request's answer waits behind the
+pending one, and reading pauses while ``MAX_PENDING`` answers are queued.
 
 What it guards against, all answered with a short response and no traceback:
 
@@ -24,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import NamedTuple, cast
@@ -41,6 +47,7 @@ __all__ = [
     "IDLE_TIMEOUT",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_PENDING",
     "CheckProtocol",
     "Connections",
     "Handler",
@@ -67,6 +74,10 @@ LINGER = 2.0
 """Seconds a refused client may go on sending before its connection is cut."""
 SWEEP_INTERVAL = 1.0
 """How often the timeouts are checked: one timer per listener, none per request."""
+MAX_PENDING = 16
+"""Answers a connection may queue behind one its handler has not finished (pipelined
+requests) before it stops reading. Requests already read are still parsed, so the
+queue can exceed it by what one read held; what is not read waits in the kernel."""
 
 
 class HttpRequest(NamedTuple):
@@ -108,8 +119,9 @@ def with_headers(response: HttpResponse, extra: tuple[tuple[str, str], ...]) -> 
     return HttpResponse(status, headers + extra, body, wire)
 
 
-Handler = Callable[[HttpRequest], HttpResponse]
-"""Answers one request synchronously (it must not block: no I/O)."""
+Handler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+"""Answers one request, synchronously (it must not block: no I/O) or, rarely, with an
+awaitable of the answer, which the connection runs at once and answers in order."""
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CLOSE_HEAD = b"connection: close\r\n"
@@ -227,6 +239,21 @@ class Connections:
             self._sweeper = None
 
 
+class _Queued:
+    """An answer waiting for its turn: one still being computed (``task``), or one
+    ready behind it (``response``). ``linger``: a refusal, which ends the connection."""
+
+    __slots__ = ("close", "head_only", "linger", "response", "task")
+
+    def __init__(self, response: HttpResponse | None, task: asyncio.Future[HttpResponse] | None,
+                 head_only: bool, close: bool, linger: bool = False) -> None:
+        self.response = response
+        self.task = task
+        self.head_only = head_only
+        self.close = close
+        self.linger = linger
+
+
 class CheckProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -254,6 +281,13 @@ class CheckProtocol(asyncio.Protocol):
         self._closing = False
         self._lingering: float | None = None
         self._paused = False
+        self._queue: deque[_Queued] = deque()
+        """Answers not yet written, in request order: non-empty only behind an answer
+        the handler has not finished."""
+        self._held = False
+        """Reading paused because ``MAX_PENDING`` answers are queued."""
+        self._close_after = False
+        """Close once the queue is written (the parser stopped behind a pending answer)."""
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,18 +304,24 @@ class CheckProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        queued, self._queue = self._queue, deque()
+        for entry in queued:  # nobody to answer: stop what still waits
+            if entry.task is not None:
+                entry.task.cancel()
         self._owner.lost(self)
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests.
         if self._transport is not None and not self._paused:
             self._paused = True
-            self._transport.pause_reading()
+            if not self._held:
+                self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self._transport is not None and self._paused:
             self._paused = False
-            self._transport.resume_reading()
+            if not self._held:
+                self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -360,7 +400,9 @@ class CheckProtocol(asyncio.Protocol):
                  or parser.should_upgrade())
         self._started = None
         self._last_active = time.monotonic()
-        if self._transport is not None:
+        if self._queue or response.__class__ is not HttpResponse:
+            self._enqueue(response, method == "HEAD", close)
+        elif self._transport is not None:
             head_only = method == "HEAD"
             self._transport.write(
                 response.wire if response.wire and not close and not head_only
@@ -368,6 +410,62 @@ class CheckProtocol(asyncio.Protocol):
         if close:
             self._close()
             raise _Closed
+
+    # -- answers in order ------------------------------------------------------
+    def _enqueue(self, answer: HttpResponse | Awaitable[HttpResponse], head_only: bool,
+                 close: bool) -> None:
+        """Queue an answer behind the ones not yet written; a pending one starts now."""
+        if isinstance(answer, HttpResponse):
+            self._queue.append(_Queued(answer, None, head_only, close))
+        else:
+            task = asyncio.ensure_future(answer)
+            self._queue.append(_Queued(None, task, head_only, close))
+            task.add_done_callback(self._landed)
+        if len(self._queue) >= MAX_PENDING and not self._held and self._transport is not None:
+            self._held = True
+            if not self._paused:
+                self._transport.pause_reading()
+
+    def _landed(self, task: asyncio.Future[HttpResponse]) -> None:
+        if self._transport is not None:  # else connection_lost cancelled it
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the answers at the head of the queue that are ready, in order."""
+        queue = self._queue
+        while queue and self._transport is not None:
+            entry = queue[0]
+            response = entry.response
+            if entry.task is not None:
+                if not entry.task.done():
+                    break
+                error = (asyncio.CancelledError() if entry.task.cancelled()
+                         else entry.task.exception())
+                if error is not None:  # the handler answers its own failures: a bug
+                    log.error("http_handler_failed", error=type(error).__name__)
+                    response = _INTERNAL
+                else:
+                    response = entry.task.result()
+            assert response is not None
+            queue.popleft()
+            close = entry.close or (not queue and (self._close_after or (
+                self._owner.draining and self._started is None)))
+            self._last_active = time.monotonic()
+            self._transport.write(
+                response.wire if response.wire and not close and not entry.head_only
+                else encode_response(response, close, entry.head_only))
+            if close:
+                queue.clear()
+                if entry.linger:
+                    self._linger()
+                else:
+                    self._closing = True
+                    self._transport.close()
+                return
+        if self._held and len(queue) < MAX_PENDING and self._transport is not None:
+            self._held = False
+            if not self._paused:
+                self._transport.resume_reading()
 
     # -- helpers -------------------------------------------------------------
     def _count(self, size: int) -> None:
@@ -380,6 +478,11 @@ class CheckProtocol(asyncio.Protocol):
             return
         if response.status >= 500:
             log.error("http_request_failed", status=response.status)
+        if self._queue:  # after the answers still owed, in order
+            self._closing = True
+            self._started = None
+            self._queue.append(_Queued(response, None, False, True, linger=True))
+            return
         self._transport.write(encode_response(response, close=True))
         self._linger()
 
@@ -401,6 +504,9 @@ class CheckProtocol(asyncio.Protocol):
     def _close(self) -> None:
         self._closing = True
         self._started = None
+        if self._queue:  # answers still owed: the last one written closes
+            self._close_after = True
+            return
         if self._transport is not None:
             self._transport.close()  # after what was written is sent
 
@@ -408,12 +514,12 @@ class CheckProtocol(asyncio.Protocol):
         """No request in progress and every answer sent."""
         if self._transport is None:
             return True
-        if self._transport.get_write_buffer_size():
+        if self._queue or self._transport.get_write_buffer_size():
             return False
         return self._started is None or self._closing
 
     def close_if_idle(self) -> None:
-        if self._started is None:
+        if self._started is None and not self._queue:
             self._close()
 
     def abort(self) -> None:
@@ -429,7 +535,7 @@ class CheckProtocol(asyncio.Protocol):
         if self._started is not None:
             if now - self._started > self._owner.header_timeout:
                 self._refuse(_TIMEOUT)
-        elif now - self._last_active > self._owner.idle_timeout:
+        elif not self._queue and now - self._last_active > self._owner.idle_timeout:
             self._close()
 
 

@@ -21,6 +21,7 @@ from authz.authn.engine import (
     AuthnFailure,
     AuthnSuccess,
     KeyProvider,
+    PendingKeys,
 )
 from authz.authn.selection import RequestAuthnPolicies
 from authz.decision import Decision, Header, Reason
@@ -53,6 +54,9 @@ ENFORCED_KINDS = frozenset({"AuthorizationPolicy", "RequestAuthentication"})
 NOT_FOR_THIS_SERVER = {
     "PeerAuthentication": "mTLS modes are enforced by the proxies' TLS settings, not by ext_authz",
 }
+
+
+_NONE_PENDING: tuple[PendingKeys, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,13 @@ class Snapshot:
         manager replaces is read as a whole, old or new. A request that repeats
         everything a decision reads gets the decision made for the first one.
         """
+        return self.evaluate_pending(view, now)[0]
+
+    def evaluate_pending(self, view: RequestView, now: float
+                         ) -> tuple[Decision, tuple[PendingKeys, ...]]:
+        """``evaluate``, with the key-set fetches in flight that could change a
+        refusal of a token for its unknown ``kid`` (almost always none): a caller
+        that can await may wait for them and evaluate again (``authz.server``)."""
         scope = view.scope
         inputs = self.inputs.get(scope.key)
         if inputs is None:
@@ -138,21 +149,24 @@ class Snapshot:
         key = request_key(view, inputs)
         generation = self.authenticator.key_generation
         decision = self.recent.get(key, now, generation)
-        if decision is None:
-            decision, until = self.decide(view, now)
-            self.recent.put(key, decision, now, until, generation)
-        return decision
+        if decision is not None:
+            return decision, _NONE_PENDING
+        decision, until, pending = self.decide(view, now)
+        self.recent.put(key, decision, now, until, generation)
+        return decision, pending
 
-    def decide(self, view: RequestView, now: float) -> tuple[Decision, float]:
+    def decide(self, view: RequestView, now: float
+               ) -> tuple[Decision, float, tuple[PendingKeys, ...]]:
         """Authenticate and authorize, whatever was decided before; with the moment the
-        tokens' time checks can first change the answer."""
+        tokens' time checks can first change the answer, and the fetches in flight
+        that can (``evaluate_pending``)."""
         authn, until = self.authenticator.authenticate_until(view, now)
         if isinstance(authn, AuthnFailure):
             return Decision.deny(
                 authn.status, authn.body, Reason(authn.reason),
                 response_headers=(Header("www-authenticate", authn.www_authenticate),),
                 detail=authn.detail,
-            ), until
+            ), until, authn.refetches
         auth = RequestAuth(authn.claims) if authn.claims is not None else None
         ctx = AuthzContext(
             view, auth, original_client_ip(view, self.options.xff_num_trusted_hops)
@@ -162,7 +176,7 @@ class Snapshot:
         decision = self.decisions.get(authn, extra)
         if decision is None:
             decision = self.decisions.put(authn, self._build_decision(authn, result), extra)
-        return decision, until
+        return decision, until, _NONE_PENDING
 
     def _build_decision(self, authn: AuthnSuccess, result: rbac.AuthzResult) -> Decision:
         # The Decision's own constructor, with no dict of shared fields passed on by

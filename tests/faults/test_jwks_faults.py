@@ -1,5 +1,6 @@
 """JWKS outages, hangs, garbage, empty sets and key rotation under load: tokens keep
-being judged by the last good key set, a rotated key is accepted within seconds."""
+being judged by the last good key set, and tokens signed with a rotated key are
+accepted from the first one (their Checks wait for the refetch the new kid starts)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,11 @@ async def test_jwks_faults_under_load(
     await jwks.start()
     policy = tmp_path / "jwt.json"
     policy.write_text(policies(jwks.uri))
-    authz = await start_authz(policy, args=["--jwks-refresh-interval", "1"])
+    # Refreshed every second, so each fault is seen at once; no refetch interval, or
+    # the refreshes would hold back every unknown-kid refetch (the interval counts
+    # from the last fetch of any kind) and the rotation would wait for the next one.
+    authz = await start_authz(policy, args=["--jwks-refresh-interval", "1",
+                                            "--jwks-refetch-interval", "0"])
     envoy = await start_envoy(authz.port, echo_upstream.port)
     signer: list[SigningKey] = [k1]
     bad = stranger.mint({"iss": ISSUER, "sub": "mallory"})
@@ -98,7 +103,8 @@ async def test_jwks_faults_under_load(
                                    len(wrong(during)), None, "last good keys kept"))
                 await asyncio.sleep(1.0)
             # Rotation: the JWKS publishes k2 beside k1 and tokens signed with k2 appear
-            # at once (before any scheduled refresh): the unknown kid triggers a refetch.
+            # at once (before any scheduled refresh): the unknown kid triggers a refetch,
+            # and the k2 Checks wait for it rather than answer 401.
             jwks.jwks = jwks_of(k1, k2)
             rotated = time.monotonic()
             signer[0] = k2
@@ -110,11 +116,12 @@ async def test_jwks_faults_under_load(
     accepted = min(a.end for a in after if a.tag == "good:k2" and a.status == 200)
     results.append(Row("JWKS rotation (new kid, tokens at once)", len(after),
                        len(refused), accepted - rotated,
-                       "failed: k2 tokens answered 401 before the unknown-kid refetch"))
+                       "k2 Checks wait for the unknown-kid refetch"))
     before_rotation = load.between(0.0, rotated)
     assert not wrong(before_rotation), wrong(before_rotation)[:5]
     assert not [a for a in after if a.tag != "good:k2" and a.status != EXPECTED[a.tag]]
-    assert accepted - rotated < 3.0
+    assert not refused, refused[:5]
+    assert accepted - rotated < 1.0
     late = [a for a in after if a.start > accepted]
     assert late and not wrong([Answer(a.start, a.end, a.path, a.status, a.tag.split(":")[0])
                                for a in late])

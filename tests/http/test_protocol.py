@@ -4,13 +4,14 @@ client can misbehave gets a short answer (or a closed connection), never a trace
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
 from authz.http.protocol import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
+    MAX_PENDING,
     Connections,
     HttpRequest,
     HttpResponse,
@@ -18,13 +19,37 @@ from authz.http.protocol import (
 )
 
 SEEN: list[HttpRequest] = []
+LATER: dict[str, asyncio.Future[None]] = {}
+"""Deferred answers (``/later/<name>``) land when the test resolves their future."""
+CANCELLED: list[str] = []
 
 
-def echo(request: HttpRequest) -> HttpResponse:
+def echo(request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
     SEEN.append(request)
     if request.target == "/boom":
         raise RuntimeError("a bug")
+    if request.target.startswith("/later/"):
+        return deferred(request.target)
     return HttpResponse(200, (("x-target", request.target),), b"ok")
+
+
+async def deferred(target: str) -> HttpResponse:
+    """What ``check_http`` returns for a token whose keys are being fetched."""
+    landed = LATER.setdefault(target, asyncio.get_running_loop().create_future())
+    try:
+        await landed
+    except asyncio.CancelledError:
+        CANCELLED.append(target)
+        raise
+    if target.endswith("/boom"):
+        raise RuntimeError("a bug, later")
+    if target.endswith("/cancel"):
+        raise asyncio.CancelledError  # something it awaited was cancelled: a bug too
+    return HttpResponse(200, (("x-target", target),), b"later")
+
+
+def land(target: str) -> None:
+    LATER.setdefault(target, asyncio.get_running_loop().create_future()).set_result(None)
 
 
 class Server:
@@ -38,6 +63,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     SEEN.clear()
+    LATER.clear()
+    CANCELLED.clear()
     connections = Connections(echo, header_timeout=0.4, idle_timeout=0.6, sweep_interval=0.05)
     srv = await asyncio.get_running_loop().create_server(connections.protocol, "127.0.0.1", 0)
     yield Server(connections, srv, srv.sockets[0].getsockname()[1])
@@ -239,3 +266,123 @@ def test_prepared_answer_is_the_keep_alive_encoding() -> None:
 
     answer = prepared(HttpResponse(200, (("x-user", "alice"),)))
     assert answer.wire == encode_response(HttpResponse(200, (("x-user", "alice"),)), False)
+
+
+def get(target: str, *extra: str) -> bytes:
+    return "".join([f"GET {target} HTTP/1.1\r\nHost: a\r\n", *extra, "\r\n"]).encode()
+
+
+async def test_a_deferred_answer_keeps_pipelined_answers_in_order(server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/a") + get("/later/x") + get("/b") + get("/c"))
+    assert (await read_response(reader))[1]["x-target"] == "/a"
+    await asyncio.sleep(0.1)
+    assert [r.target for r in SEEN] == ["/a", "/later/x", "/b", "/c"]  # all decided...
+    assert not await nothing_to_read(reader)  # ...but /b and /c wait behind /later/x
+    assert server.connections.busy() == 1
+    land("/later/x")
+    answers = [await read_response(reader) for _ in range(3)]
+    assert [(s, h["x-target"]) for s, h, _ in answers] == [
+        (200, "/later/x"), (200, "/b"), (200, "/c")]
+    assert answers[0][2] == b"later"
+    assert server.connections.busy() == 0
+    writer.write(get("/d"))  # the connection goes on
+    assert (await read_response(reader))[1]["x-target"] == "/d"
+    writer.close()
+
+
+async def nothing_to_read(reader: asyncio.StreamReader) -> bool:
+    """True if bytes arrive within 0.1 s."""
+    try:
+        await asyncio.wait_for(reader.read(1), 0.1)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_deferred_answers_land_out_of_order_and_are_written_in_order(
+        server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/later/1") + get("/later/2") + get("/e"))
+    await asyncio.sleep(0.05)
+    land("/later/2")
+    assert not await nothing_to_read(reader)
+    land("/later/1")
+    targets = [(await read_response(reader))[1]["x-target"] for _ in range(3)]
+    assert targets == ["/later/1", "/later/2", "/e"]
+    writer.close()
+
+
+@pytest.mark.parametrize("failure", ["/later/boom", "/later/cancel"])
+async def test_a_deferred_failure_is_500_in_its_place(server: Server, failure: str) -> None:
+    reader, writer = await server.connect()
+    writer.write(get(failure) + get("/f"))
+    await asyncio.sleep(0.05)
+    land(failure)
+    assert (await read_response(reader))[0] == 500
+    assert (await read_response(reader))[1]["x-target"] == "/f"
+    writer.close()
+
+
+async def test_a_deferred_answer_to_connection_close_closes_after_it(server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/a") + get("/later/y", "Connection: close\r\n") + get("/ignored"))
+    await asyncio.sleep(0.05)
+    land("/later/y")
+    assert (await read_response(reader))[1]["x-target"] == "/a"
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["x-target"], headers["connection"]) == (200, "/later/y", "close")
+    assert await closed(reader)
+    assert [r.target for r in SEEN] == ["/a", "/later/y"]
+
+
+async def test_a_refusal_behind_a_deferred_answer_waits_its_turn(server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/later/z") + b"NOT HTTP AT ALL\r\n\r\n")
+    await asyncio.sleep(0.05)
+    assert not await nothing_to_read(reader)
+    land("/later/z")
+    assert (await read_response(reader))[1]["x-target"] == "/later/z"
+    assert (await read_response(reader))[0] == 400
+    assert await closed(reader)
+
+
+async def test_reading_pauses_while_too_many_answers_wait(server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/later/head"))
+    await asyncio.sleep(0.05)
+    for i in range(MAX_PENDING + 10):  # one read each: the pause can act between them
+        writer.write(get(f"/q{i}"))
+        await writer.drain()
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.1)
+    assert len(SEEN) == MAX_PENDING  # the head and MAX_PENDING - 1 behind it; no more read
+    land("/later/head")
+    targets = [(await read_response(reader))[1]["x-target"]
+               for _ in range(MAX_PENDING + 11)]
+    assert targets == ["/later/head", *(f"/q{i}" for i in range(MAX_PENDING + 10))]
+    writer.close()
+
+
+async def test_a_client_gone_cancels_its_deferred_answers(server: Server) -> None:
+    _reader, writer = await server.connect()
+    writer.write(get("/later/gone") + get("/g"))
+    await asyncio.sleep(0.05)
+    assert server.connections.busy() == 1
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert CANCELLED == ["/later/gone"]
+    assert server.connections.busy() == 0 and not server.connections.open
+
+
+async def test_drain_answers_deferred_requests_then_closes(server: Server) -> None:
+    reader, writer = await server.connect()
+    writer.write(get("/later/drain"))
+    await asyncio.sleep(0.05)
+    server.connections.close_idle()  # a request is pending: the connection stays
+    assert server.connections.open
+    land("/later/drain")
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (200, "close")
+    assert await closed(reader)
+    await asyncio.wait_for(server.connections.all_closed.wait(), 5)

@@ -69,7 +69,7 @@ async def test_internal_error_is_a_grpc_error_not_a_crash(
         raise RuntimeError("secret-token-value must not be logged")
 
     snapshot = server.store.current
-    monkeypatch.setattr(type(snapshot), "evaluate", boom)
+    monkeypatch.setattr(type(snapshot), "evaluate_pending", boom)
     stub = external_auth_pb2_grpc.AuthorizationStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Check(check_request())

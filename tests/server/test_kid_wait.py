@@ -1,0 +1,233 @@
+"""A token signed with a key its issuer has just published (a new ``kid``): the Check
+waits, bounded, for the JWKS fetch in flight and is decided again with the new keys;
+with no fetch to wait for (rate limit, inline keys), a failed or slow fetch, or too
+many waiters, the 401 is answered at once, as before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.authn.jwks import JwksManager, JwksSettings
+from authz.config import Settings
+from authz.http.protocol import HttpRequest, HttpResponse
+from authz.observe import Metrics
+from authz.pipeline.snapshot import SnapshotStore, compile_snapshot
+from authz.policy.errors import PolicyError
+from authz.policy.load import iter_paths
+from authz.server import AuthorizationService
+from tests.authn.helpers import Key, claims, jwks, rsa_key
+
+ISSUER = "https://rotating.example"
+K1, K2 = rsa_key("k1"), rsa_key("k2", seed=1)
+
+
+@dataclass
+class Idp:
+    """A JWKS endpoint: its key set, how slow it is, whether it fails, who asked."""
+
+    keys: list[Key] = field(default_factory=lambda: [K1])
+    delay: float = 0.0
+    status: int = 200
+    hits: int = 0
+    uri: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        keys = list(self.keys)  # what was published when the request arrived
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status != 200:
+            return web.Response(status=self.status, text="unavailable")
+        return web.Response(text=jwks(*(k.jwk() for k in keys)),
+                            content_type="application/json")
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[Idp]:
+    state = Idp()
+    app = web.Application()
+    app.router.add_get("/keys", state.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.uri = f"http://127.0.0.1:{port}/keys"
+    yield state
+    await runner.cleanup()
+
+
+@dataclass
+class Rig:
+    idp: Idp
+    manager: JwksManager
+    service: AuthorizationService
+
+    def check(self, key: Key = K2) -> HttpResponse | Awaitable[HttpResponse]:
+        token = key.sign(claims(iss=ISSUER, exp=int(time.time()) + 600))
+        return self.service.check_http(HttpRequest(
+            "GET", "/envoy/api", MappingProxyType({"authorization": f"Bearer {token}"}),
+            "127.0.0.1", 40000))
+
+    def publish_k2(self, delay: float = 0.0) -> None:
+        """The provider rotates: k2 beside k1, served after ``delay`` seconds."""
+        self.idp.keys, self.idp.delay = [K1, K2], delay
+
+
+def policy(tmp_path: Path, uri: str, **rule: Any) -> Path:
+    path = tmp_path / "ra.json"
+    path.write_text(json.dumps({
+        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "ra", "namespace": "default"},
+        "spec": {"jwtRules": [{"issuer": ISSUER, "jwksUri": uri, "timeout": "2s", **rule}]}}))
+    return path
+
+
+async def make_rig(idp: Idp, tmp_path: Path, *, refetch_min_interval: float = 0.0,
+                   max_waiters: int = 1024, wait: float = 0.5) -> Rig:
+    manager = JwksManager(JwksSettings(refresh_interval=3600,
+                                       refetch_min_interval=refetch_min_interval,
+                                       max_waiters=max_waiters))
+    await manager.start()
+    problems: list[PolicyError] = []
+    snapshot = compile_snapshot(iter_paths([policy(tmp_path, idp.uri)], "default", problems),
+                                1, keys=manager)
+    assert not problems
+    manager.set_rules(snapshot.jwt_rules)
+    assert await manager.wait_ready(5)
+    service = AuthorizationService(SnapshotStore(snapshot),
+                                   Settings(jwks_refetch_wait=wait, decision_log="none"),
+                                   Metrics())
+    return Rig(idp, manager, service)
+
+
+@pytest.fixture
+async def rigs() -> AsyncIterator[list[Rig]]:
+    made: list[Rig] = []
+    yield made
+    for rig in made:
+        await rig.manager.stop()
+
+
+async def answer(result: HttpResponse | Awaitable[HttpResponse]) -> HttpResponse:
+    return result if isinstance(result, HttpResponse) else await result
+
+
+async def test_new_kid_waits_for_the_fetch_in_flight_and_is_allowed(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = await make_rig(idp, tmp_path)
+    rigs.append(rig)
+    rig.publish_k2(delay=0.2)
+    began = time.perf_counter()
+    first = rig.check()
+    assert not isinstance(first, HttpResponse)  # deferred: a fetch is in flight
+    others = [rig.check() for _ in range(20)]  # arrive while it runs: wait for the same one
+    answers = [await answer(first), *await asyncio.gather(*(answer(o) for o in others))]
+    assert [a.status for a in answers] == [200] * 21
+    assert 0.15 < time.perf_counter() - began < 1.0
+    assert idp.hits == 2  # the first fetch, then one refetch for all 21 requests
+    assert rig.service.in_flight == 0
+    # The keys landed: the next request is answered at once.
+    assert isinstance(rig.check(), HttpResponse)
+
+
+async def test_grpc_check_waits_too(idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = await make_rig(idp, tmp_path)
+    rigs.append(rig)
+    rig.publish_k2(delay=0.1)
+    request = external_auth_pb2.CheckRequest()
+    token = K2.sign(claims(iss=ISSUER, exp=int(time.time()) + 600))
+    request.attributes.request.http.headers["authorization"] = f"Bearer {token}"
+    request.attributes.request.http.path = "/api"
+    request.attributes.request.http.method = "GET"
+    request.attributes.request.http.host = "h"
+    body = await rig.service.Check(request, None)  # type: ignore[arg-type]
+    response = external_auth_pb2.CheckResponse.FromString(body)
+    assert response.status.code == 0  # OK: allowed with the new key
+    assert idp.hits == 2
+
+
+async def test_no_fetch_to_wait_for_answers_at_once(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    # The rate limit holds the refetch back (the first fetch was just now): 401 now.
+    rig = await make_rig(idp, tmp_path, refetch_min_interval=60)
+    rigs.append(rig)
+    rig.publish_k2()
+    result = rig.check()
+    assert isinstance(result, HttpResponse) and result.status == 401
+    assert b"Jwks doesn't have key to match kid or alg from Jwt" in result.body
+    await asyncio.sleep(0.1)
+    assert idp.hits == 1  # and nothing was fetched
+    # A known kid with a bad signature is no kid miss: 401 at once, no fetch either.
+    forged = rsa_key("k1", seed=7)
+    result = rig.check(forged)
+    assert isinstance(result, HttpResponse) and result.status == 401
+
+
+async def test_a_failed_fetch_answers_401_without_waiting_out_the_bound(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = await make_rig(idp, tmp_path, wait=2.0)
+    rigs.append(rig)
+    idp.status, idp.delay = 503, 0.05
+    began = time.perf_counter()
+    result = await answer(rig.check())
+    assert result.status == 401
+    assert time.perf_counter() - began < 1.0  # the fetch failed: no reason to go on waiting
+
+
+async def test_a_slow_fetch_is_waited_for_at_most_the_bound(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = await make_rig(idp, tmp_path, wait=0.2)
+    rigs.append(rig)
+    rig.publish_k2(delay=1.5)
+    began = time.perf_counter()
+    result = rig.check()
+    assert not isinstance(result, HttpResponse)
+    assert (await result).status == 401
+    assert 0.15 < time.perf_counter() - began < 0.6
+    assert rig.service.in_flight == 0
+
+
+async def test_waiters_are_capped_per_source(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    # Anyone can mint unknown kids: past the cap a request is answered at once.
+    rig = await make_rig(idp, tmp_path, max_waiters=3)
+    rigs.append(rig)
+    rig.publish_k2(delay=0.4)
+    done: list[tuple[int, float]] = []
+    began = time.perf_counter()
+
+    async def one() -> None:
+        status = (await answer(rig.check())).status
+        done.append((status, time.perf_counter() - began))
+
+    await asyncio.gather(*(one() for _ in range(10)))
+    waited = [t for s, t in done if s == 200]
+    refused = [t for s, t in done if s == 401]
+    assert len(waited) == 3 and len(refused) == 7
+    assert max(refused) < 0.2 < min(waited)  # the refused did not wait for the fetch
+    assert rig.manager._fetchers[next(iter(rig.manager._fetchers))].waiters == 0
+
+
+async def test_a_waiter_gone_does_not_cancel_the_fetch_for_the_others(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = await make_rig(idp, tmp_path)
+    rigs.append(rig)
+    rig.publish_k2(delay=0.2)
+    gone = asyncio.ensure_future(answer(rig.check()))
+    stays = asyncio.ensure_future(answer(rig.check()))
+    await asyncio.sleep(0.05)
+    gone.cancel()  # its client went away
+    assert (await stays).status == 200
+    assert rig.service.in_flight == 0
