@@ -68,13 +68,13 @@ async def test_in_flight_gauge_counts_a_check_while_it_runs(
     assert service is not None
     registry = server.metrics.registry
     seen: list[float | None] = []
-    real = service.decide
+    real = service._decide
 
-    def decide(request: external_auth_pb2.CheckRequest, peer: str = "") -> object:
+    def decide(build_view: object) -> object:
         seen.append(registry.get_sample_value("authz_check_in_flight"))
-        return real(request, peer)
+        return real(build_view)  # type: ignore[arg-type]
 
-    service.decide = decide  # type: ignore[assignment,method-assign]
+    service._decide = decide  # type: ignore[assignment,method-assign]
     await service.Check(external_auth_pb2.CheckRequest(), None)  # type: ignore[arg-type]
     assert seen == [1.0]
     assert registry.get_sample_value("authz_check_in_flight") == 0.0
