@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 import jwt as pyjwt
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.request.scope import Scope
@@ -133,3 +134,13 @@ def require_samples() -> None:
     """Skip (fail under CI) unless Istio's test tokens are in the shared corpus."""
     require_shared(f"{COMMON_DIR}/jwks.json")
     require_shared(f"{COMMON_DIR}/TokenIssuer1.jwt")
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """``app`` on a free loopback port: its runner (``cleanup()`` when done) and base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"

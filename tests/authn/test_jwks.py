@@ -12,7 +12,7 @@ from aiohttp import web
 from authz.authn.engine import Authenticator, AuthnFailure, AuthnSuccess
 from authz.authn.jwks import JwksManager, JwksSettings, JwksSource
 from authz.policy.request_authentication import JwtRule
-from tests.authn.helpers import NOW, claims, jwks, rsa_key, view
+from tests.authn.helpers import NOW, claims, jwks, rsa_key, serve_app, view
 
 
 @dataclass
@@ -53,12 +53,7 @@ async def issuer() -> AsyncIterator[Issuer]:
     app = web.Application()
     app.router.add_get("/keys", state.keys)
     app.router.add_get("/oidc/.well-known/openid-configuration", state.discovery)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.base = f"http://127.0.0.1:{port}"
+    runner, state.base = await serve_app(app)
     yield state
     await runner.cleanup()
 

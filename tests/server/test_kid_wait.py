@@ -26,7 +26,7 @@ from authz.pipeline.snapshot import SnapshotStore, compile_snapshot
 from authz.policy.errors import PolicyError
 from authz.policy.load import iter_paths
 from authz.server import AuthorizationService
-from tests.authn.helpers import Key, claims, jwks, rsa_key
+from tests.authn.helpers import Key, claims, jwks, rsa_key, serve_app
 
 ISSUER = "https://rotating.example"
 K1, K2 = rsa_key("k1"), rsa_key("k2", seed=1)
@@ -58,12 +58,8 @@ async def idp() -> AsyncIterator[Idp]:
     state = Idp()
     app = web.Application()
     app.router.add_get("/keys", state.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.uri = f"http://127.0.0.1:{port}/keys"
+    runner, base = await serve_app(app)
+    state.uri = f"{base}/keys"
     yield state
     await runner.cleanup()
 
