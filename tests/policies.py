@@ -8,10 +8,12 @@ inline; these are the ones that only set the scene.
 from __future__ import annotations
 
 
-def deny_path(path: str = "/admin", *, name: str = "deny-admin",
+def deny_path(path: str = "/admin", *more: str, name: str = "deny-admin",
               namespace: str = "default") -> str:
-    """DENY every request to ``path`` (exact, or a ``*`` prefix/suffix as Istio matches),
-    allow the rest: the smallest policy whose answer a request can flip (403 / 200)."""
+    """DENY every request to ``path`` (and ``more`` paths; exact, or a ``*`` prefix/suffix
+    as Istio matches), allow the rest: the smallest policy whose answer a request can
+    flip (403 / 200)."""
+    paths = ", ".join(f'"{p}"' for p in (path, *more))
     return f"""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -20,7 +22,7 @@ spec:
   action: DENY
   rules:
   - to:
-    - operation: {{paths: ["{path}"]}}
+    - operation: {{paths: [{paths}]}}
 """
 
 

@@ -41,21 +41,13 @@ from tests.e2e.test_proxies import (
     tutorial_policies,
 )
 from tests.e2e.test_tls import SecretMount, readyz
+from tests.policies import deny_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxies]
 
 INGRESS = "spiffe://cluster.local/ns/edge/sa/ingress"
 OTHER = "spiffe://cluster.local/ns/other/sa/ingress"
-DENY_SECRET = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-secret, namespace: edge}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["/secret", "/scoped/secret"]}
-"""
+DENY_SECRET = deny_path("/secret", "/scoped/secret", name="no-secret", namespace="edge")
 
 
 @dataclass(frozen=True)

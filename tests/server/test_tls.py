@@ -23,21 +23,13 @@ from authz.config import ConfigError, Settings
 from authz.server import AuthzServer, run_server
 from authz.tls import CertificateReloader, TlsError, TlsFiles, fingerprint, read_material
 from tests.ca import Issued, TestCA
+from tests.policies import deny_path
 
 StartServer = Callable[..., Awaitable[AuthzServer]]
 
 EDGE = "spiffe://cluster.local/ns/edge/sa/envoy"
 # Namespace edge denies /secret; default has no policy (allow).
-EDGE_POLICY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-secret, namespace: edge}
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["/secret"]}
-"""
+EDGE_POLICY = deny_path("/secret", name="no-secret", namespace="edge")
 
 
 @dataclass
