@@ -105,15 +105,21 @@ class JwksCollector(Collector):
         failing = GaugeMetricFamily(
             "authz_jwks_consecutive_failures",
             "Failed fetches since the last success, by source.", labels=["source"])
+        waits = CounterMetricFamily(
+            "authz_jwks_refetch_waits",
+            "Checks that waited for a key-set fetch (a token with an unknown kid), by "
+            "source and how the wait ended.", labels=["source", "outcome"])
         now = self._manager.clock()
         for status in self._manager.status():
             for outcome, count in status.fetches.items():
                 fetches.add_metric([status.source, outcome], count)
+            for outcome, count in status.waits.items():
+                waits.add_metric([status.source, outcome], count)
             keys.add_metric([status.source], status.keys)
             failing.add_metric([status.source], status.consecutive_failures)
             if status.keys_updated is not None:
                 age.add_metric([status.source], now - status.keys_updated)
-        yield from (fetches, keys, age, failing)
+        yield from (fetches, keys, age, failing, waits)
 
 
 class Lookups(Protocol):

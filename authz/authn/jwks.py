@@ -119,6 +119,10 @@ class SourceStatus:
     """Attempts by outcome: ``updated``, ``not_modified``, ``failed``."""
     keys_updated: float | None = None
     """Clock time the key set in use was published (its age is now minus this)."""
+    waits: Mapping[str, int] = field(default_factory=dict)
+    """Requests that met an unknown kid during a fetch, by how their wait ended:
+    ``landed`` (the fetch brought keys), ``failed`` (it failed or took too long),
+    ``capped`` (``max_waiters`` already waited: answered at once)."""
 
 
 class FetchError(AuthzError):
@@ -158,6 +162,7 @@ class _Fetcher:
         Created only when a request asks to wait for it."""
         self.waiters = 0
         """Requests awaiting ``landing`` now (``Refetch.wait``)."""
+        self.waits: dict[str, int] = {"landed": 0, "failed": 0, "capped": 0}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"jwks:{self.source}")
@@ -295,18 +300,24 @@ class Refetch:
         seconds and the fetch's own timeout. False at once when ``max_waiters``
         requests already wait for this source; False when it failed or took too long."""
         fetcher = self._fetcher
-        if fetcher.waiters >= fetcher.manager.settings.max_waiters or limit <= 0:
+        if limit <= 0:
+            return False
+        if fetcher.waiters >= fetcher.manager.settings.max_waiters:
+            fetcher.waits["capped"] += 1
             return False
         fetcher.waiters += 1
+        landed = False
         try:
             # Shielded: one waiter's timeout (or its client going away) must not
             # cancel what the others wait for.
-            return await asyncio.wait_for(asyncio.shield(self._landed),
-                                          min(limit, fetcher.timeout))
+            landed = await asyncio.wait_for(asyncio.shield(self._landed),
+                                            min(limit, fetcher.timeout))
         except TimeoutError:
-            return False
+            pass
         finally:
             fetcher.waiters -= 1
+        fetcher.waits["landed" if landed else "failed"] += 1
+        return landed
 
 
 def _max_age(cache_control: str) -> float | None:
@@ -451,6 +462,7 @@ class JwksManager:
                 last_success=fetcher.last_success, last_error=fetcher.last_error,
                 consecutive_failures=fetcher.failures,
                 fetches=dict(fetcher.outcomes), keys_updated=fetcher.keys_updated,
+                waits=dict(fetcher.waits),
             ))
         return tuple(out)
 

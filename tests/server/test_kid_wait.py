@@ -116,6 +116,15 @@ async def rigs() -> AsyncIterator[list[Rig]]:
         await rig.manager.stop()
 
 
+def waits(rig: Rig) -> dict[str, int]:
+    """The wait outcomes as /metrics exports them (authz_jwks_refetch_waits_total)."""
+    metrics = Metrics()
+    metrics.watch_jwks(rig.manager)
+    return {outcome: int(metrics.registry.get_sample_value(
+        "authz_jwks_refetch_waits_total", {"source": rig.idp.uri, "outcome": outcome}) or 0)
+        for outcome in ("landed", "failed", "capped")}
+
+
 async def answer(result: HttpResponse | Awaitable[HttpResponse]) -> HttpResponse:
     return result if isinstance(result, HttpResponse) else await result
 
@@ -134,6 +143,7 @@ async def test_new_kid_waits_for_the_fetch_in_flight_and_is_allowed(
     assert 0.15 < time.perf_counter() - began < 1.0
     assert idp.hits == 2  # the first fetch, then one refetch for all 21 requests
     assert rig.service.in_flight == 0
+    assert waits(rig) == {"landed": 21, "failed": 0, "capped": 0}
     # The keys landed: the next request is answered at once.
     assert isinstance(rig.check(), HttpResponse)
 
@@ -193,6 +203,7 @@ async def test_a_slow_fetch_is_waited_for_at_most_the_bound(
     assert (await result).status == 401
     assert 0.15 < time.perf_counter() - began < 0.6
     assert rig.service.in_flight == 0
+    assert waits(rig) == {"landed": 0, "failed": 1, "capped": 0}
 
 
 async def test_waiters_are_capped_per_source(
@@ -213,6 +224,7 @@ async def test_waiters_are_capped_per_source(
     refused = [t for s, t in done if s == 401]
     assert len(waited) == 3 and len(refused) == 7
     assert max(refused) < 0.2 < min(waited)  # the refused did not wait for the fetch
+    assert waits(rig) == {"landed": 3, "failed": 0, "capped": 7}
     assert rig.manager._fetchers[next(iter(rig.manager._fetchers))].waiters == 0
 
 
