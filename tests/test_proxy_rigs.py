@@ -28,8 +28,11 @@ def test_ingress_flavour_sends_what_ingress_nginx_sends(tmp_path: Path) -> None:
                  'proxy_set_header X-Sent-From "nginx-ingress-controller";',
                  "proxy_set_header X-Real-IP $remote_addr;",
                  "proxy_set_header X-Auth-Request-Redirect $request_uri;",
-                 "proxy_pass http://authz/nginx?namespace=shop;",
-                 "proxy_pass http://authz/nginx;",  # "/" unscoped: --default-namespace
+                 # ingress-nginx's auth location: the auth-url in $target, then
+                 # proxy_pass $target (where an auth-snippet goes just before).
+                 "set $target http://authz/nginx?namespace=shop;",
+                 "set $target http://authz/nginx;",  # "/" unscoped: --default-namespace
+                 "proxy_pass $target;",
                  "auth_request_set $authz_x_auth_request_user "
                  "$upstream_http_x_auth_request_user;",
                  "proxy_set_header X-Auth-Request-User $authz_x_auth_request_user;"):
