@@ -18,7 +18,8 @@ process:
   key counts as a failure;
 - a token with an unknown ``kid`` may trigger an early refetch
   (``request_refetch``): single-flight and at most once per
-  ``refetch_min_interval`` per source, callable from any thread. On the loop it
+  ``refetch_min_interval`` per source (counted between refetches: a scheduled
+  fetch does not hold one back), callable from any thread. On the loop it
   hands back the fetch in flight (a ``Refetch``), which the server may await,
   bounded, before answering: a key rotation then costs the new kid's first
   requests a fetch's latency instead of a 401. At most ``max_waiters`` requests
@@ -149,7 +150,6 @@ class _Fetcher:
         self.first_done = asyncio.Event()
         self.wake = asyncio.Event()
         self.in_flight = False
-        self.last_attempt = float("-inf")
         self.last_poke = float("-inf")
         self.last_success: float | None = None
         self.last_error: str | None = None
@@ -194,21 +194,16 @@ class _Fetcher:
         if landing is not None and not landing.done():
             landing.set_result(ok)
 
-    def poke(self) -> bool:
-        """Unknown kid: refetch now unless one is running or one ran too recently.
-        True if a fetch is now running or woken (one a request may wait for)."""
-        if self.busy:
-            return True
-        now = self.manager.clock()
-        if now - self.last_attempt < self.manager.settings.refetch_min_interval:
-            return False
-        self.wake.set()
-        return True
+    def poke(self) -> None:
+        """Unknown kid: fetch now unless a fetch is already running (its rate limit
+        is ``request_refetch``'s). A scheduled fetch that just ran does not hold it
+        back: the provider may have published the new key a moment after it."""
+        if not self.busy:
+            self.wake.set()
 
     async def _attempt(self) -> float:
         settings = self.manager.settings
         self.in_flight = True
-        self.last_attempt = self.manager.clock()
         try:
             result = await self._fetch()
         except FetchError as exc:
@@ -450,7 +445,8 @@ class JwksManager:
         if running is not loop:
             loop.call_soon_threadsafe(fetcher.poke)
             return None
-        return Refetch(fetcher, fetcher.landed()) if fetcher.poke() else None
+        fetcher.poke()
+        return Refetch(fetcher, fetcher.landed())
 
     def status(self) -> tuple[SourceStatus, ...]:
         out = []

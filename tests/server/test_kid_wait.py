@@ -166,15 +166,18 @@ async def test_grpc_check_waits_too(idp: Idp, tmp_path: Path, rigs: list[Rig]) -
 
 async def test_no_fetch_to_wait_for_answers_at_once(
         idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    # The rate limit holds the refetch back (the first fetch was just now): 401 now.
+    # A kid the provider does not have: one refetch, waited for, still 401.
     rig = await make_rig(idp, tmp_path, refetch_min_interval=60)
     rigs.append(rig)
+    assert (await answer(rig.check())).status == 401
+    assert idp.hits == 2
+    # The rate limit now holds the next refetch back: 401 at once, nothing fetched.
     rig.publish_k2()
     result = rig.check()
     assert isinstance(result, HttpResponse) and result.status == 401
     assert b"Jwks doesn't have key to match kid or alg from Jwt" in result.body
     await asyncio.sleep(0.1)
-    assert idp.hits == 1  # and nothing was fetched
+    assert idp.hits == 2
     # A known kid with a bad signature is no kid miss: 401 at once, no fetch either.
     forged = rsa_key("k1", seed=7)
     result = rig.check(forged)
