@@ -17,7 +17,9 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from authz.testing.ports import free_port
 
 __all__ = [
     "AUTHZ_SERVICE", "STARTUP_TIMEOUT", "EchoUpstream", "Envoy", "Front", "Process", "Reply",
-    "Route", "bootstrap", "envoy_binary", "wait_until",
+    "Route", "bootstrap", "envoy_binary", "steady_load", "wait_until",
 ]
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
@@ -139,6 +141,33 @@ class Front:
             hdrs = {k.lower(): v for k, v in r.headers.items()}
             upstream = json.loads(text) if hdrs.get("x-echo") == "1" else None
             return Reply(r.status, text, hdrs, upstream)
+
+
+@asynccontextmanager
+async def steady_load(front: Front, denied_every: int, clients: int = 8
+                      ) -> AsyncIterator[Counter[tuple[str, int]]]:
+    """``clients`` keep-alive clients sending through ``front`` while the body runs:
+    ``/secret`` every ``denied_every``-th request of each (staggered), else ``/open``.
+    Yields the (path, status) counts, complete once the block exits."""
+    results: Counter[tuple[str, int]] = Counter()
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession, offset: int) -> None:
+        n = 0
+        while not stop.is_set():
+            path = "/secret" if (n + offset) % denied_every == 0 else "/open"
+            n += 1
+            async with session.get(f"http://127.0.0.1:{front.port}{path}") as r:
+                await r.read()
+                results[(path, r.status)] += 1
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(client(session, i)) for i in range(clients)]
+        try:
+            yield results
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
 
 
 class Envoy(Front):

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from authz.testing.nginx import AuthTls, NginxRoute
@@ -27,7 +25,7 @@ from tests.e2e.conftest import StartAuthz, StartEnvoy
 from tests.e2e.jwt_rig import JwksServer, SigningKey, jwks_of
 from tests.e2e.jwt_rig import request_authentication as ra_policy
 from tests.e2e.proxies import ConnectionCounter, StartNginx, StartTraefik
-from tests.e2e.rig import EchoUpstream
+from tests.e2e.rig import EchoUpstream, steady_load
 from tests.e2e.test_jwt import VARIANTS
 from tests.e2e.test_proxies import (
     TUTORIAL_HEADERS,
@@ -40,7 +38,7 @@ from tests.e2e.test_proxies import (
     tutorial_jwks,
     tutorial_policies,
 )
-from tests.e2e.test_tls import SecretMount, readyz
+from tests.e2e.test_tls import SecretMount, readyz, reloaded_times
 from tests.policies import deny_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxies]
@@ -207,35 +205,15 @@ async def test_rotation_under_load_through_nginx_fails_no_request(
     nginx = await start_nginx(counter.port, echo_upstream.port, (), (), style="ingress",
                               tls=certs.proxy, keepalive_requests=20)
     first = (await readyz(authz))["tls"]["certificate"]["serial"]
-    results: Counter[tuple[str, int]] = Counter()
-    stop = asyncio.Event()
-
-    async def load(session: aiohttp.ClientSession, worker: int) -> None:
-        n = 0
-        while not stop.is_set():
-            path = "/secret" if (n + worker) % 8 == 0 else "/open"
-            n += 1
-            async with session.get(f"http://127.0.0.1:{nginx.port}{path}") as r:
-                await r.read()
-                results[(path, r.status)] += 1
-
     rotated = certs.ca.server()
-    async with aiohttp.ClientSession() as session:
-        workers = [asyncio.create_task(load(session, i)) for i in range(8)]
-        try:
-            await asyncio.sleep(1.0)
-            before = sum(results.values())
-            certs.mount.swap(rotated)
-            deadline = time.monotonic() + 10
-            while (await readyz(authz))["tls"]["reloads"] < 1:
-                assert time.monotonic() < deadline, authz.process.output()
-                await asyncio.sleep(0.1)
-            reloaded, at_reload = time.monotonic(), sum(results.values())
-            while sum(results.values()) < at_reload + 400:  # noqa: ASYNC110 - counting
-                await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
+    async with steady_load(nginx, denied_every=8) as results:
+        await asyncio.sleep(1.0)
+        before = sum(results.values())
+        certs.mount.swap(rotated)
+        await reloaded_times(authz, 1)
+        reloaded, at_reload = time.monotonic(), sum(results.values())
+        while sum(results.values()) < at_reload + 400:  # noqa: ASYNC110 - counting
+            await asyncio.sleep(0.1)
     total = sum(results.values())
     failed = {k: v for k, v in results.items() if k not in {("/open", 200), ("/secret", 403)}}
     after = counter.since(reloaded)

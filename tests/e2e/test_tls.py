@@ -8,7 +8,6 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from authz.testing.ports import free_port
 from authz.tools.envoy_config import AuthzTls, bootstrap
 from tests.ca import Issued, TestCA
 from tests.e2e.conftest import AuthzProcess, StartAuthz
-from tests.e2e.rig import EchoUpstream, Envoy, Process, envoy_binary, wait_until
+from tests.e2e.rig import EchoUpstream, Envoy, Process, envoy_binary, steady_load, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +175,14 @@ async def readyz(authz: AuthzProcess) -> dict[str, Any]:
         return body
 
 
+async def reloaded_times(authz: AuthzProcess, n: int) -> None:
+    """Until /readyz counts ``n`` certificate reloads (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while (await readyz(authz))["tls"]["reloads"] < n:
+        assert time.monotonic() < deadline, authz.process.output()
+        await asyncio.sleep(0.1)
+
+
 async def test_envoy_over_tls(
     start_authz: StartAuthz, echo_upstream: EchoUpstream, setup: Setup, envoys: list[Process],
     transport: str,
@@ -242,38 +249,18 @@ async def test_rotation_under_load_fails_no_request(
         key=str(setup.envoy_key)), envoys, requests_per_connection=25)
     first = (await readyz(authz))["tls"]["certificate"]["serial"]
     handshakes_before = await stat(envoy, "cluster.authz.ssl.handshake")
-    results: Counter[tuple[str, int]] = Counter()
-    stop = asyncio.Event()
-
-    async def load(session: aiohttp.ClientSession, worker: int) -> None:
-        n = 0
-        while not stop.is_set():
-            path = "/secret" if (n + worker) % 4 == 0 else "/open"
-            n += 1
-            async with session.get(f"http://127.0.0.1:{envoy.port}{path}") as r:
-                await r.read()
-                results[(path, r.status)] += 1
-
     rotations = [setup.ca.server() for _ in range(3)]
-    async with aiohttp.ClientSession() as session:
-        workers = [asyncio.create_task(load(session, i)) for i in range(8)]
-        try:
-            for n, issued in enumerate(rotations, start=1):
-                await asyncio.sleep(1.0)
-                if n == 2:
-                    await asyncio.to_thread(setup.mount.overwrite, issued)
-                else:
-                    setup.mount.swap(issued)
-                deadline = time.monotonic() + 10
-                while (await readyz(authz))["tls"]["reloads"] < n:
-                    assert time.monotonic() < deadline, authz.process.output()
-                    await asyncio.sleep(0.1)
-            while sum(results.values()) < 800:  # noqa: ASYNC110 - counting, no event
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # and some more on the last certificate
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
+    async with steady_load(envoy, denied_every=4) as results:
+        for n, issued in enumerate(rotations, start=1):
+            await asyncio.sleep(1.0)
+            if n == 2:
+                await asyncio.to_thread(setup.mount.overwrite, issued)
+            else:
+                setup.mount.swap(issued)
+            await reloaded_times(authz, n)
+        while sum(results.values()) < 800:  # noqa: ASYNC110 - counting, no event
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # and some more on the last certificate
     total = sum(results.values())
     failed = {k: v for k, v in results.items()
               if k not in {("/open", 200), ("/secret", 403)}}
