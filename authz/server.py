@@ -272,7 +272,8 @@ class AuthorizationService:
             denied = Decision.deny(403, f"authz: invalid scope: {exc}", Reason.INVALID_SCOPE)
             return None, denied, ()
         decision, pending = snapshot.evaluate_pending(view, time.time())
-        return view, decision, pending
+        # --jwks-refetch-wait 0: nothing is waited for, so nothing is deferred either.
+        return view, decision, pending if self._refetch_wait > 0 else ()
 
     async def _await_keys(
         self, build_view: Callable[[Snapshot], RequestView], view: RequestView | None,

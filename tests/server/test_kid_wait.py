@@ -19,7 +19,7 @@ from aiohttp import web
 
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz.authn.jwks import JwksManager, JwksSettings
-from authz.config import Settings
+from authz.config import ConfigError, Settings
 from authz.http.protocol import HttpRequest, HttpResponse
 from authz.observe import Metrics
 from authz.pipeline.snapshot import SnapshotStore, compile_snapshot
@@ -242,3 +242,22 @@ async def test_a_waiter_gone_does_not_cancel_the_fetch_for_the_others(
     gone.cancel()  # its client went away
     assert (await stays).status == 200
     assert rig.service.in_flight == 0
+
+
+async def test_a_zero_wait_answers_at_once(
+        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+    """``--jwks-refetch-wait 0``: the refetch still runs, nobody waits for it."""
+    rig = await make_rig(idp, tmp_path, wait=0.0)
+    rigs.append(rig)
+    rig.publish_k2(delay=0.2)
+    result = rig.check()
+    assert isinstance(result, HttpResponse) and result.status == 401
+    await asyncio.sleep(0.4)
+    assert idp.hits == 2  # the refetch ran: the next request is allowed
+    assert (await answer(rig.check())).status == 200
+
+
+@pytest.mark.parametrize("wait", [-0.1, 10.5])
+def test_the_wait_is_bounded(wait: float) -> None:
+    with pytest.raises(ConfigError, match="--jwks-refetch-wait"):
+        Settings(jwks_refetch_wait=wait)
