@@ -55,6 +55,25 @@ connection: every Check it sends lands on one authz process. A small limit makes
 busy Envoy open several connections, which the kernel spreads over every worker
 (docs/envoy-contract.md, "Spreading load over workers")."""
 
+CHECK_RETRIES = 2
+"""Times Envoy sends a Check again when the first try never got an answer (the
+connection was refused or reset, the stream refused, gRPC ``UNAVAILABLE``). A
+Check is a read: answering it twice changes nothing, so a killed or restarting
+authz process costs a retry, not a failed request (docs/envoy-contract.md,
+"Retries"). Istio's default for its own routes is two retries too."""
+RETRY_ON = {"grpc": "reset,connect-failure,refused-stream,unavailable",
+            "http": "reset,connect-failure,refused-stream"}
+"""Only failures where authz gave no answer: never a deny, and never an HTTP 5xx
+from the check port (authz's own fail-closed answer is an answer)."""
+RETRY_BACK_OFF = (timedelta(milliseconds=25), timedelta(milliseconds=250))
+"""The router's default base interval; the core ``RetryPolicy`` would otherwise
+wait 1 s, the whole Check timeout."""
+MAX_RETRIES = 4_294_967_295
+"""The authz cluster's concurrent-retry limit, as Istio sets it on every cluster.
+Envoy's default of 3 would fail closed all but three of the Checks in flight on a
+connection that breaks; ``CHECK_RETRIES`` already bounds the cost (at most three
+tries a Check)."""
+
 REQUESTS_PER_CONNECTION = 1_000
 """Checks per connection before Envoy replaces it: a new connection is hashed to a
 worker afresh, so an uneven draw, or a worker that restarted after Envoy connected,
@@ -202,10 +221,16 @@ def bootstrap(
         Bootstrap,
         BootstrapStaticResources,
     )
-    from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+    from envoy_data_plane.envoy.config.cluster.v3 import (
+        CircuitBreakers,
+        CircuitBreakersThresholds,
+        Cluster,
+        ClusterDiscoveryType,
+    )
     from envoy_data_plane.envoy.config.core.v3 import (
         Address,
         ApiVersion,
+        BackoffStrategy,
         GrpcService,
         GrpcServiceEnvoyGrpc,
         HeaderValue,
@@ -216,6 +241,8 @@ def bootstrap(
         Http2ProtocolOptions,
         HttpUri,
         Metadata,
+        RetryPolicy,
+        RetryPolicyRetryHostPredicate,
         SocketAddress,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
@@ -248,6 +275,9 @@ def bootstrap(
         HttpConnectionManager,
         HttpConnectionManagerCodecType,
         HttpFilter,
+    )
+    from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import (
+        PreviousHostsPredicate,
     )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions,
@@ -283,6 +313,16 @@ def bootstrap(
         )
 
     http = transport == "http"
+    retry = RetryPolicy(
+        retry_on=RETRY_ON[transport], num_retries=CHECK_RETRIES,
+        retry_back_off=BackoffStrategy(base_interval=RETRY_BACK_OFF[0],
+                                       max_interval=RETRY_BACK_OFF[1]),
+        # Another authz host when there is one (a headless Service's pods).
+        retry_host_predicate=[RetryPolicyRetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=PbAny.pack(PreviousHostsPredicate()))],
+        host_selection_retry_max_attempts=5,
+    )
 
     def route_scope(scope: RouteScope) -> dict[str, Any]:
         """gRPC: the scope in ``context_extensions``. HTTP: in the route's metadata,
@@ -307,6 +347,7 @@ def bootstrap(
                 server_uri=HttpUri(uri=f"http://{format_address(*authz_address)}",
                                    cluster="authz", timeout=timedelta(seconds=timeout)),
                 path_prefix=ENVOY_PATH_PREFIX,
+                retry_policy=retry,
                 authorization_request=AuthorizationRequest(headers_to_add=[
                     HeaderValue(key=header, value=value)
                     for header, value in HTTP_CHECK_HEADERS.items()]),
@@ -329,6 +370,7 @@ def bootstrap(
             grpc_service=GrpcService(
                 envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="authz"),
                 timeout=timedelta(seconds=timeout),
+                retry_policy=retry,
             ),
             transport_api_version=ApiVersion.V3,
             failure_mode_allow=False,
@@ -347,6 +389,8 @@ def bootstrap(
         ],
     )
     authz = cluster("authz", *authz_address)
+    authz.circuit_breakers = CircuitBreakers(thresholds=[
+        CircuitBreakersThresholds(max_retries=MAX_RETRIES)])
     interval = timedelta(seconds=health_check_interval)
     if http:
         # HTTP/1.1 keep-alive, closed by Envoy before authz's idle timeout can race a

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from authz.tools import envoy_config
 from tests.deploy.helpers import KUSTOMIZATIONS, one, render, tool
 
 BOOTSTRAP = KUSTOMIZATIONS["standalone-envoy"] / "envoy.yaml"
@@ -48,3 +49,21 @@ def test_validation_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
     assert validate(path).returncode != 0
+
+
+@pytest.mark.parametrize("overlay", ["standalone-envoy", "standalone-envoy-tls"])
+def test_bootstrap_retries_checks_as_envoy_config_does(overlay: str) -> None:
+    """The hand-written bootstraps carry the retry policy `authz envoy-config` writes:
+    a pod that dies with Checks in flight costs retries, not 503s."""
+    config = yaml.safe_load((KUSTOMIZATIONS[overlay] / "envoy.yaml").read_text())
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (ext_authz,) = [f["typed_config"] for f in manager["typed_config"]["http_filters"]
+                    if f["name"] == "envoy.filters.http.ext_authz"]
+    retry = ext_authz["grpc_service"]["retry_policy"]
+    assert retry["retry_on"] == envoy_config.RETRY_ON["grpc"]
+    assert retry["num_retries"] == envoy_config.CHECK_RETRIES
+    assert [p["name"] for p in retry["retry_host_predicate"]] == [
+        "envoy.retry_host_predicates.previous_hosts"]
+    (authz,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "authz"]
+    assert authz["circuit_breakers"]["thresholds"] == [
+        {"max_retries": envoy_config.MAX_RETRIES}]

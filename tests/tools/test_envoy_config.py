@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,32 @@ def test_authz_cluster_spreads_checks_over_connections(tmp_path: Path) -> None:
                           "127.0.0.1:81", "--authz-streams-per-connection", "-1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--authz-streams-per-connection" in bad.stderr, bad.stderr
+
+
+def ext_authz_service(config: dict[str, Any]) -> dict[str, Any]:
+    """The ext_authz filter's ``grpcService`` or ``httpService``."""
+    manager = config["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]
+    (ext_authz,) = [f["typedConfig"] for f in manager["typedConfig"]["httpFilters"]
+                    if f["name"] == "envoy.filters.http.ext_authz"]
+    service: dict[str, Any] = ext_authz.get("grpcService") or ext_authz["httpService"]
+    return service
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_checks_without_an_answer_are_retried(transport: str) -> None:
+    """A Check whose connection broke is sent again, soon enough to fit the timeout;
+    an answer (a deny, authz's own 5xx) never is. The cluster lets every Check in
+    flight retry at once, not Envoy's default of three."""
+    config = bootstrap(listener_port=1, authz_address=("127.0.0.1", 2),
+                       upstream_address=("127.0.0.1", 3), transport=transport)
+    retry = ext_authz_service(config)["retryPolicy"]
+    conditions = set(retry["retryOn"].split(","))
+    assert {"reset", "connect-failure", "refused-stream"} <= conditions
+    assert not conditions & {"5xx", "gateway-error", "retriable-4xx", "retriable-status-codes"}
+    assert ("unavailable" in conditions) == (transport == "grpc")
+    assert retry["numRetries"] == 2
+    assert retry["retryBackOff"] == {"baseInterval": "0.025s", "maxInterval": "0.250s"}
+    assert [p["name"] for p in retry["retryHostPredicate"]] == [
+        "envoy.retry_host_predicates.previous_hosts"]
+    (authz,) = [c for c in config["staticResources"]["clusters"] if c["name"] == "authz"]
+    assert authz["circuitBreakers"]["thresholds"] == [{"maxRetries": 4294967295}]
