@@ -154,13 +154,6 @@ async def envoys() -> Any:
             print(f"--- envoy output ---\n{process.output()}")
 
 
-async def stat(envoy: Envoy, name: str) -> int:
-    """A counter's value; a name Envoy does not have fails (not a silent 0)."""
-    text = await envoy.admin(f"/stats?filter=^{name.replace('.', '[.]')}$")
-    assert text.startswith(f"{name}: "), f"no stat {name}: {text!r}"
-    return int(text.split(":")[1])
-
-
 @pytest.fixture(params=["grpc", "http"])
 def transport(request: pytest.FixtureRequest) -> str:
     """Envoy's ext_authz over gRPC (grpc_service) or HTTP (http_service, authz's HTTP
@@ -194,7 +187,7 @@ async def test_envoy_over_tls(
     assert (await envoy.send("GET", "/open")).status == 200
     # No client certificate: a request naming no namespace is checked as "default".
     assert (await envoy.send("GET", "/secret")).status == 403
-    assert await stat(envoy, "cluster.authz.ssl.handshake") >= 1
+    assert await envoy.stat("cluster.authz.ssl.handshake") >= 1
     assert (await readyz(authz))["tls"]["mutual"] is False
 
 
@@ -209,7 +202,7 @@ async def test_envoy_that_expects_another_name_is_refused(
     envoy = await start_envoy(authz, echo_upstream, AuthzTls(
         ca=str(setup.client_ca), server_name="authz.elsewhere"), envoys, wait_healthy=False)
     deadline = time.monotonic() + 20
-    while await stat(envoy, "cluster.authz.ssl.fail_verify_san") == 0:
+    while await envoy.stat("cluster.authz.ssl.fail_verify_san") == 0:
         assert time.monotonic() < deadline, envoy.process.output()
         await asyncio.sleep(0.2)
     assert (await envoy.send("GET", "/open")).status == 403  # failure_mode_allow: false
@@ -248,7 +241,7 @@ async def test_rotation_under_load_fails_no_request(
         ca=str(setup.client_ca), server_name="127.0.0.1", cert=str(setup.envoy_cert),
         key=str(setup.envoy_key)), envoys, requests_per_connection=25)
     first = (await readyz(authz))["tls"]["certificate"]["serial"]
-    handshakes_before = await stat(envoy, "cluster.authz.ssl.handshake")
+    handshakes_before = await envoy.stat("cluster.authz.ssl.handshake")
     rotations = [setup.ca.server() for _ in range(3)]
     async with steady_load(envoy, denied_every=4) as results:
         for n, issued in enumerate(rotations, start=1):
@@ -270,8 +263,8 @@ async def test_rotation_under_load_fails_no_request(
     assert tls["reloads"] == 3 and tls["last_error"] is None
     assert tls["certificate"]["serial"] == format(rotations[-1].serial, "x") != first
     # Envoy shook hands again during the rotations (new connections got new certificates).
-    handshakes = await stat(envoy, "cluster.authz.ssl.handshake") - handshakes_before
+    handshakes = await envoy.stat("cluster.authz.ssl.handshake") - handshakes_before
     assert handshakes >= 10, handshakes
-    assert await stat(envoy, "cluster.authz.ssl.connection_error") == 0
-    assert await stat(envoy, "http.ingress.ext_authz.error") == 0
-    assert await stat(envoy, "http.ingress.ext_authz.ok") >= results[("/open", 200)]
+    assert await envoy.stat("cluster.authz.ssl.connection_error") == 0
+    assert await envoy.stat("http.ingress.ext_authz.error") == 0
+    assert await envoy.stat("http.ingress.ext_authz.ok") >= results[("/open", 200)]
