@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -90,30 +90,38 @@ def policy(tmp_path: Path, uri: str, **rule: Any) -> Path:
     return path
 
 
-async def make_rig(idp: Idp, tmp_path: Path, *, refetch_min_interval: float = 0.0,
-                   max_waiters: int = 1024, wait: float = 0.5) -> Rig:
-    manager = JwksManager(JwksSettings(refresh_interval=3600,
-                                       refetch_min_interval=refetch_min_interval,
-                                       max_waiters=max_waiters))
-    await manager.start()
-    problems: list[PolicyError] = []
-    snapshot = compile_snapshot(iter_paths([policy(tmp_path, idp.uri)], "default", problems),
-                                1, keys=manager)
-    assert not problems
-    manager.set_rules(snapshot.jwt_rules)
-    assert await manager.wait_ready(5)
-    service = AuthorizationService(SnapshotStore(snapshot),
-                                   Settings(jwks_refetch_wait=wait, decision_log="none"),
-                                   Metrics())
-    return Rig(idp, manager, service)
+class MakeRig(Protocol):
+    async def __call__(self, *, refetch_min_interval: float = 0.0, max_waiters: int = 1024,
+                       wait: float = 0.5) -> Rig: ...
 
 
 @pytest.fixture
-async def rigs() -> AsyncIterator[list[Rig]]:
-    made: list[Rig] = []
-    yield made
-    for rig in made:
-        await rig.manager.stop()
+async def make_rig(idp: Idp, tmp_path: Path) -> AsyncIterator[MakeRig]:
+    """Builds a service whose one policy reads ``idp``'s keys; stops its JWKS manager
+    after the test."""
+    managers: list[JwksManager] = []
+
+    async def make(*, refetch_min_interval: float = 0.0, max_waiters: int = 1024,
+                   wait: float = 0.5) -> Rig:
+        manager = JwksManager(JwksSettings(refresh_interval=3600,
+                                           refetch_min_interval=refetch_min_interval,
+                                           max_waiters=max_waiters))
+        managers.append(manager)
+        await manager.start()
+        problems: list[PolicyError] = []
+        snapshot = compile_snapshot(
+            iter_paths([policy(tmp_path, idp.uri)], "default", problems), 1, keys=manager)
+        assert not problems
+        manager.set_rules(snapshot.jwt_rules)
+        assert await manager.wait_ready(5)
+        service = AuthorizationService(SnapshotStore(snapshot),
+                                       Settings(jwks_refetch_wait=wait, decision_log="none"),
+                                       Metrics())
+        return Rig(idp, manager, service)
+
+    yield make
+    for manager in managers:
+        await manager.stop()
 
 
 def waits(rig: Rig) -> dict[str, int]:
@@ -130,9 +138,8 @@ async def answer(result: HttpResponse | Awaitable[HttpResponse]) -> HttpResponse
 
 
 async def test_new_kid_waits_for_the_fetch_in_flight_and_is_allowed(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    rig = await make_rig(idp, tmp_path)
-    rigs.append(rig)
+        idp: Idp, make_rig: MakeRig) -> None:
+    rig = await make_rig()
     rig.publish_k2(delay=0.2)
     began = time.perf_counter()
     first = rig.check()
@@ -148,9 +155,8 @@ async def test_new_kid_waits_for_the_fetch_in_flight_and_is_allowed(
     assert isinstance(rig.check(), HttpResponse)
 
 
-async def test_grpc_check_waits_too(idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    rig = await make_rig(idp, tmp_path)
-    rigs.append(rig)
+async def test_grpc_check_waits_too(idp: Idp, make_rig: MakeRig) -> None:
+    rig = await make_rig()
     rig.publish_k2(delay=0.1)
     request = external_auth_pb2.CheckRequest()
     token = K2.sign(claims(iss=ISSUER, exp=int(time.time()) + 600))
@@ -165,10 +171,9 @@ async def test_grpc_check_waits_too(idp: Idp, tmp_path: Path, rigs: list[Rig]) -
 
 
 async def test_no_fetch_to_wait_for_answers_at_once(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+        idp: Idp, make_rig: MakeRig) -> None:
     # A kid the provider does not have: one refetch, waited for, still 401.
-    rig = await make_rig(idp, tmp_path, refetch_min_interval=60)
-    rigs.append(rig)
+    rig = await make_rig(refetch_min_interval=60)
     assert (await answer(rig.check())).status == 401
     assert idp.hits == 2
     # The rate limit now holds the next refetch back: 401 at once, nothing fetched.
@@ -185,9 +190,8 @@ async def test_no_fetch_to_wait_for_answers_at_once(
 
 
 async def test_a_failed_fetch_answers_401_without_waiting_out_the_bound(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    rig = await make_rig(idp, tmp_path, wait=2.0)
-    rigs.append(rig)
+        idp: Idp, make_rig: MakeRig) -> None:
+    rig = await make_rig(wait=2.0)
     idp.status, idp.delay = 503, 0.05
     began = time.perf_counter()
     result = await answer(rig.check())
@@ -196,9 +200,8 @@ async def test_a_failed_fetch_answers_401_without_waiting_out_the_bound(
 
 
 async def test_a_slow_fetch_is_waited_for_at_most_the_bound(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    rig = await make_rig(idp, tmp_path, wait=0.2)
-    rigs.append(rig)
+        idp: Idp, make_rig: MakeRig) -> None:
+    rig = await make_rig(wait=0.2)
     rig.publish_k2(delay=1.5)
     began = time.perf_counter()
     result = rig.check()
@@ -210,10 +213,9 @@ async def test_a_slow_fetch_is_waited_for_at_most_the_bound(
 
 
 async def test_waiters_are_capped_per_source(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+        idp: Idp, make_rig: MakeRig) -> None:
     # Anyone can mint unknown kids: past the cap a request is answered at once.
-    rig = await make_rig(idp, tmp_path, max_waiters=3)
-    rigs.append(rig)
+    rig = await make_rig(max_waiters=3)
     rig.publish_k2(delay=0.4)
     done: list[tuple[int, float]] = []
     began = time.perf_counter()
@@ -232,9 +234,8 @@ async def test_waiters_are_capped_per_source(
 
 
 async def test_a_waiter_gone_does_not_cancel_the_fetch_for_the_others(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
-    rig = await make_rig(idp, tmp_path)
-    rigs.append(rig)
+        idp: Idp, make_rig: MakeRig) -> None:
+    rig = await make_rig()
     rig.publish_k2(delay=0.2)
     gone = asyncio.ensure_future(answer(rig.check()))
     stays = asyncio.ensure_future(answer(rig.check()))
@@ -245,10 +246,9 @@ async def test_a_waiter_gone_does_not_cancel_the_fetch_for_the_others(
 
 
 async def test_a_zero_wait_answers_at_once(
-        idp: Idp, tmp_path: Path, rigs: list[Rig]) -> None:
+        idp: Idp, make_rig: MakeRig) -> None:
     """``--jwks-refetch-wait 0``: the refetch still runs, nobody waits for it."""
-    rig = await make_rig(idp, tmp_path, wait=0.0)
-    rigs.append(rig)
+    rig = await make_rig(wait=0.0)
     rig.publish_k2(delay=0.2)
     result = rig.check()
     assert isinstance(result, HttpResponse) and result.status == 401
