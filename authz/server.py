@@ -244,12 +244,6 @@ class AuthorizationService:
         view, decision, _ = self._decide(self._grpc_view(request, peer))
         return view, decision
 
-    def decide_http(self, door: Door, request: HttpRequest
-                    ) -> tuple[RequestView | None, Decision]:
-        """``decide`` for an HTTP front door's check request (authz/http/)."""
-        view, decision, _ = self._decide(self._http_view(door, request))
-        return view, decision
-
     def _grpc_view(self, request: external_auth_pb2.CheckRequest, peer: str
                    ) -> Callable[[Snapshot], RequestView]:
         return lambda snapshot: view_from_check_request(
